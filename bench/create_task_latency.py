@@ -1,0 +1,107 @@
+"""Benchmark 1: CreateTask latency while sandboxes are slow.
+
+The embedded mesh runs with FOUNDRY_SANDBOX__CREATE_DELAY_SECONDS=30 (every sandbox takes 30 s), and
+50 concurrent callers create tasks over gRPC. Side by side, the same client drives a bare grpc.aio
+server whose only work is inserting one row through the platform's `Database` (bench/bare_server.py).
+The request path of CreateTask must not wait for the sandbox: p99(CreateTask) / p99(bare insert) ≤ 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+from foundry.task.v1 import task_pb2
+from foundry.task.v1 import task_service_pb2 as pb
+from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
+
+from bench.common import caller_metadata, latency_summary, scratch, target, write
+from bench.driver import GRPC_OPTIONS, QUIET_MESH, bare_server, closed_loop, targets_of, world_on
+from bench.profiling import notes, py_spy, summarize
+from load.mesh import EmbeddedMesh
+
+NAME = "create_task_latency"
+CONCURRENCY = 50
+SANDBOX_DELAY_SECONDS = 30
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    per_worker = 2 if quick else 20
+    warmup = 1
+    with scratch("bench-create-") as tmp:
+        mesh = await asyncio.to_thread(
+            EmbeddedMesh.start,
+            {**QUIET_MESH, "FOUNDRY_SANDBOX__CREATE_DELAY_SECONDS": str(SANDBOX_DELAY_SECONDS)},
+        )
+        try:
+            world = await world_on(targets_of(mesh), Path(tmp), ready_task=False)
+            metadata = caller_metadata(world.caller)
+
+            def request() -> pb.CreateTaskRequest:
+                return pb.CreateTaskRequest(
+                    parent=world.organization,
+                    task=task_pb2.Task(repository=world.repository, prompt="benchmark: add a hello file"),
+                    request_id=str(uuid.uuid4()),
+                )
+
+            payload = request().SerializeToString()
+            async with bare_server() as bare_channel:
+                insert: Any = bare_channel.unary_unary("/bench.Bare/Insert")
+                await closed_loop(lambda: insert(payload), concurrency=CONCURRENCY, per_worker=warmup)
+                bare = await closed_loop(
+                    lambda: insert(payload), concurrency=CONCURRENCY, per_worker=per_worker
+                )
+            async with grpc.aio.insecure_channel(mesh.target("task"), options=GRPC_OPTIONS) as channel:
+                stub = pb_grpc.TaskServiceStub(channel)
+                create = lambda: stub.CreateTask(request(), metadata=metadata, timeout=60)  # noqa: E731
+                await closed_loop(create, concurrency=CONCURRENCY, per_worker=warmup)
+                with py_spy(mesh.proc.pid, Path(tmp) / "profile.txt") as profile:
+                    real = await closed_loop(create, concurrency=CONCURRENCY, per_worker=per_worker)
+                profile_summary = summarize(profile) if profile else {"samples": 0}
+        finally:
+            await asyncio.to_thread(mesh.stop)
+    real_s, bare_s = latency_summary(real.latencies), latency_summary(bare.latencies)
+    ratio = round(real_s["p99_ms"] / max(bare_s["p99_ms"], 1e-6), 2)
+    met = ratio <= 2.0
+    return write(
+        NAME,
+        quick=quick,
+        inputs={
+            "concurrency": CONCURRENCY,
+            "calls_per_caller": per_worker,
+            "sandbox_create_delay_seconds": SANDBOX_DELAY_SECONDS,
+            "mesh": "embedded (SQLite, in-process broker), one process",
+            "baseline": "bench.bare_server Insert: one row through services.platform.db.Database (SQLite)",
+        },
+        figures={
+            "create_task": {
+                **real_s,
+                "calls_per_second": round(real.calls / real.wall, 1),
+                "errors": dict(real.errors),
+            },
+            "bare_insert": {
+                **bare_s,
+                "calls_per_second": round(bare.calls / bare.wall, 1),
+                "errors": dict(bare.errors),
+            },
+            "p99_ratio": ratio,
+            "p50_ratio": round(real_s["p50_ms"] / max(bare_s["p50_ms"], 1e-6), 2),
+            "profile": profile_summary,
+        },
+        targets={"p99_ratio": target("CreateTask p99 / bare insert p99 <= 2", ratio, met)},
+        profile_notes="" if met else notes("embedded mesh process during CreateTask", profile_summary),
+    )
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    return asyncio.run(main(quick))
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(run("--quick" in sys.argv), indent=2))

@@ -1,0 +1,172 @@
+"""Benchmark 6: tasks from create to running, per second, on PostgreSQL + RabbitMQ.
+
+The organization, github-data and task services run as their own processes (the mesh shape) on a
+fresh PostgreSQL database and RabbitMQ vhost; the sandbox service is bench/instant_sandbox.py (every
+provisioning call answers at once: an instant provider and a cheap agent). 50 concurrent callers
+create N tasks; the clock stops when the task database shows all N at stage `ready` (status idle,
+first session ready). Target: ≥ 200 tasks/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from foundry.task.v1 import task_pb2
+from foundry.task.v1 import task_service_pb2 as pb
+from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
+
+from bench.common import caller_metadata, latency_summary, scratch, target, write
+from bench.driver import GRPC_OPTIONS, QUIET_MESH, closed_loop, world_on
+from bench.instant_sandbox import serve
+from bench.profiling import notes, py_spy, summarize
+from load.config import Targets
+from load.mesh import Ports, spawn, stop, wait_ready
+from services.platform.settings import Settings
+
+NAME = "task_throughput"
+CONCURRENCY = 50
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
+SERVICES = ("organization", "github_data", "task")
+
+
+@contextlib.asynccontextmanager
+async def pg_database(name: str) -> AsyncIterator[str]:
+    conn = await asyncpg.connect(PG_ADMIN)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        conn = await asyncpg.connect(PG_ADMIN)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+@contextlib.contextmanager
+def rabbit_vhost(name: str) -> Iterator[str]:
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+    ctl("add_vhost", name)
+    ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    try:
+        yield f"{AMQP_BASE}/{name}"
+    finally:
+        with contextlib.suppress(Exception):
+            ctl("delete_vhost", name)
+
+
+async def ready_count(db_url: str) -> int:
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM task.tasks WHERE stage = 'ready'"))
+    finally:
+        await conn.close()
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    total = 50 if quick else 1000
+    suffix = uuid.uuid4().hex[:8]
+    with scratch("bench-throughput-") as tmp, rabbit_vhost(f"bench_{suffix}") as amqp:
+        async with pg_database(f"bench_{suffix}") as db_url:
+            ports = Ports()
+            sandbox = await serve(ports.services["sandbox"])
+            env = {
+                **ports.env(),
+                **QUIET_MESH,
+                "FOUNDRY_DATABASE_URL": db_url,
+                "FOUNDRY_AMQP_URL": amqp,
+                "FOUNDRY_METRICS_PORT": "0",
+                "FOUNDRY_LOG_FORMAT": "console",
+                "FOUNDRY_DATA_DIR": tmp,
+            }
+            procs = {
+                name: spawn(f"services.{name}", env, log_path=Path(tmp) / f"{name}.log") for name in SERVICES
+            }
+            try:
+                for name, proc in procs.items():
+                    await asyncio.to_thread(wait_ready, [f"127.0.0.1:{ports.services[name]}"], [], proc)
+                targets = Targets(
+                    organization=f"127.0.0.1:{ports.services['organization']}",
+                    task=f"127.0.0.1:{ports.services['task']}",
+                    github_data=f"127.0.0.1:{ports.services['github_data']}",
+                    gateway_url="",
+                    secret=Settings().internal_auth_secret.get_secret_value(),
+                )
+                world = await world_on(targets, Path(tmp), ready_task=False)
+                metadata = caller_metadata(world.caller)
+                per_worker = total // CONCURRENCY
+                async with grpc.aio.insecure_channel(targets.task, options=GRPC_OPTIONS) as channel:
+                    stub = pb_grpc.TaskServiceStub(channel)
+
+                    def create() -> Any:
+                        return stub.CreateTask(
+                            pb.CreateTaskRequest(
+                                parent=world.organization,
+                                task=task_pb2.Task(repository=world.repository, prompt="throughput"),
+                                request_id=str(uuid.uuid4()),
+                            ),
+                            metadata=metadata,
+                            timeout=60,
+                        )
+
+                    with py_spy(procs["task"].pid, Path(tmp) / "profile.txt") as profile:
+                        began = time.perf_counter()
+                        creates = await closed_loop(create, concurrency=CONCURRENCY, per_worker=per_worker)
+                        created = len(creates.latencies)
+                        ready, deadline = 0, time.perf_counter() + (60 if quick else 300)
+                        while ready < created and time.perf_counter() < deadline:
+                            await asyncio.sleep(0.05)
+                            ready = await ready_count(db_url)
+                        elapsed = time.perf_counter() - began
+                    profile_summary = summarize(profile) if profile else {"samples": 0}
+            finally:
+                for proc in procs.values():
+                    await asyncio.to_thread(stop, proc, 15)
+                await sandbox.stop(None)
+    rate = round(ready / elapsed, 1)
+    met = ready == created and rate >= 200
+    return write(
+        NAME,
+        quick=quick,
+        inputs={
+            "tasks": created,
+            "concurrency": CONCURRENCY,
+            "database": "postgresql",
+            "messaging": "rabbitmq",
+            "processes": "organization, github_data, task (one each) + instant sandbox in the bench process",
+        },
+        figures={
+            "tasks_ready": ready,
+            "seconds_create_to_all_ready": round(elapsed, 2),
+            "tasks_per_second": rate,
+            "create_phase_seconds": round(creates.wall, 2),
+            "create_calls_per_second": round(created / creates.wall, 1),
+            "create_errors": dict(creates.errors),
+            "create_task_latency": latency_summary(creates.latencies),
+            "profile": profile_summary,
+        },
+        targets={"tasks_per_second": target("create -> ready >= 200 tasks/s", rate, met)},
+        profile_notes="" if met else notes("task service process (create + provisioning)", profile_summary),
+    )
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    return asyncio.run(main(quick))
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(run("--quick" in sys.argv), indent=2))

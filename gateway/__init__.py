@@ -1,0 +1,1 @@
+"""The browser edge: JSON over HTTP, Server-Sent Events, auth and the web workbench."""

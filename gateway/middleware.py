@@ -1,0 +1,64 @@
+"""The gateway's edge middleware (pure ASGI, outermost): request id, in-flight accounting for the
+drain, 503 once draining, CSRF checks, and the CSRF cookie for browsers that have none yet."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.auth import csrf
+from gateway.errors import GatewayError, error_response
+from gateway.runtime import GatewayRuntime
+from services.platform import context as request_context
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ALWAYS_OPEN = ("/livez", "/readyz")
+
+
+class EdgeMiddleware:
+    """Binds `x-request-id` for the request (logs and upstream metadata carry it) and echoes it."""
+
+    def __init__(self, app: ASGIApp, runtime: GatewayRuntime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        incoming = request.headers.get("x-request-id", "")
+        rid = incoming if _SAFE_REQUEST_ID.match(incoming) else request_context.new_request_id()
+        new_csrf = None if request.cookies.get(csrf.CSRF_COOKIE) else csrf.new_token()
+        secure = "; Secure" if self.runtime.settings.gateway.cookie_secure else ""
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.append("x-request-id", rid)
+                if new_csrf is not None:
+                    headers.append(
+                        "set-cookie", f"{csrf.CSRF_COOKIE}={new_csrf}; Path=/; SameSite=Lax{secure}"
+                    )
+            await send(message)
+
+        state = self.runtime.state
+        state.enter()
+        try:
+            with request_context.bound(request_id=rid):
+                app: ASGIApp = self.app
+                try:
+                    if state.draining and scope["path"].startswith("/v1/"):
+                        raise GatewayError(
+                            grpc.StatusCode.UNAVAILABLE, "gateway is draining; retry", reason="DRAINING"
+                        )
+                    csrf.check(request, self.runtime.settings.gateway.public_url)
+                except GatewayError as exc:
+                    app = error_response(exc)
+                await app(scope, receive, send_with_headers)
+        finally:
+            state.leave()

@@ -1,0 +1,124 @@
+"""What every gateway route needs, built once per app: settings, upstream channels, the route table,
+session cookies and checks, the subscription manager and the lifecycle state."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from foundry.organization.v1 import organization_service_pb2 as org_pb2
+from google.protobuf.message import Message
+from starlette.requests import Request
+
+from gateway.api.table import ROUTES, SERVICES, Rpc
+from gateway.auth.github import GithubOAuth
+from gateway.auth.sessions import SESSION_COOKIE, Principal, SessionChecker, SessionCodec
+from gateway.errors import GatewayError
+from services.platform import context as request_context
+from services.platform.channels import Channels
+from services.platform.settings import ServiceName, Settings
+
+_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+UnaryCall = Callable[..., Awaitable[Any]]
+
+
+class GatewayState:
+    """Lifecycle flags and in-flight counters shared by routes and the drain."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.draining = False
+        self.active_requests = 0
+        self.open_streams = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.drain_started = asyncio.Event()
+
+    def enter(self) -> None:
+        self.active_requests += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.active_requests -= 1
+        if self.active_requests <= 0:
+            self.idle.set()
+
+
+class GatewayRuntime:
+    """Shared services of the gateway's routes (one per app)."""
+
+    def __init__(
+        self, settings: Settings, upstreams: Channels, state: GatewayState, routes: tuple[Rpc, ...] = ROUTES
+    ) -> None:
+        self.settings = settings
+        self.upstreams = upstreams
+        self.state = state
+        self.routes = routes
+        gw = settings.gateway
+        self.cookies = SessionCodec(gw.session_secret.get_secret_value(), gw.session_ttl_hours * 3600)
+        self._calls: dict[str, UnaryCall] = {}
+        self.github = GithubOAuth(settings)
+        self.sessions = SessionChecker(self._get_auth_session)
+
+    async def _get_auth_session(
+        self, request: org_pb2.GetAuthSessionRequest
+    ) -> org_pb2.GetAuthSessionResponse:
+        call = self.unary("organization", "GetAuthSession", org_pb2.GetAuthSessionResponse)
+        with request_context.bound(request_id=request_context.request_id(), caller=None):
+            response: org_pb2.GetAuthSessionResponse = await call(request)
+        return response
+
+    def unary(self, service: ServiceName, method: str, response_class: type[Message]) -> UnaryCall:
+        """A cached unary multicallable `/<service>/<method>` on the peer's channel."""
+        path = f"/{SERVICES[service].full_name}/{method}"
+        if path not in self._calls:
+            self._calls[path] = self.upstreams.channel(service).unary_unary(
+                path,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_class.FromString,
+            )
+        return self._calls[path]
+
+    def call_for(self, rpc: Rpc) -> UnaryCall:
+        return self.unary(rpc.service, rpc.method, rpc.response_class)
+
+    async def principal(self, request: Request) -> Principal | None:
+        """The signed-in browser of `request`, or None (no, forged, expired or revoked session)."""
+        principal = self.cookies.decode(request.cookies.get(SESSION_COOKIE))
+        if principal is None or not await self.sessions.is_live(principal):
+            return None
+        return principal
+
+    async def require_principal(self, request: Request) -> Principal:
+        """The signed-in browser; GatewayError(UNAUTHENTICATED) otherwise."""
+        principal = await self.principal(request)
+        if principal is None:
+            raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "sign in first", reason="SIGNED_OUT")
+        return principal
+
+    def deadline(self, request: Request) -> float:
+        """Seconds for the upstream call: `grpc-timeout` or `X-Request-Timeout` (seconds), else the
+        default call timeout; always capped by `gateway.deadline_cap_seconds`."""
+        cap = self.settings.gateway.deadline_cap_seconds
+        wanted = self.settings.call_timeout_seconds
+        raw = request.headers.get("grpc-timeout")
+        if raw and (m := _GRPC_TIMEOUT.match(raw.strip())):
+            wanted = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        elif raw := request.headers.get("x-request-timeout"):
+            try:
+                wanted = float(raw)
+            except ValueError as exc:
+                raise GatewayError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "X-Request-Timeout: seconds expected",
+                    reason="BAD_TIMEOUT",
+                ) from exc
+        if wanted <= 0:
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT, "timeout must be positive", reason="BAD_TIMEOUT"
+            )
+        return min(wanted, cap)

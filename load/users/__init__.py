@@ -1,0 +1,1 @@
+"""Locust user classes (importing this package imports locust and its gevent patching)."""

@@ -1,0 +1,82 @@
+"""Wiring of the organization service: `wire(runtime) -> Wiring` (see services.platform.server.host).
+
+Queues consumed:
+    <prefix>.organization.summary_events   bound to the task and github-data events the summary
+                                           projection is built from (`projection.ROUTING_KEYS`)
+    <prefix>.organization.audit            AppendAuditEvent work items from every service
+    <prefix>.organization.connect_provider ConnectOrganization calls to github-data, written in the
+                                           ConnectLocalOrganization and discovery transactions
+    <prefix>.organization.github_user_sync SyncGithubUser: GitHub organization discovery, written in
+                                           the SignInWithGithub transaction
+"""
+
+from __future__ import annotations
+
+from foundry.organization.v1 import organization_service_pb2_grpc as pb_grpc
+
+from services.organization.api.servicer import OrganizationServicer
+from services.organization.projection import ROUTING_KEYS
+from services.organization.usecases.accounts import Accounts
+from services.organization.usecases.audit import AuditLog
+from services.organization.usecases.github_discovery import GithubDiscovery
+from services.organization.usecases.organizations import Organizations, member_check
+from services.organization.usecases.settings import SettingsWrites
+from services.organization.usecases.summary import Summaries
+from services.organization.usecases.task_index import TaskIndex
+from services.organization.workers import audit, connect_provider, github_user_sync, summary_events
+from services.platform.authz import Membership
+from services.platform.messaging.broker import QueueSpec, queue_name
+from services.platform.server.host import Runtime, Servicer, Wiring
+
+SERVICE = "organization"
+FULL_NAME = "foundry.organization.v1.OrganizationService"
+
+
+def queue(rt: Runtime, name: str) -> str:
+    """Full name of one of this service's queues."""
+    return queue_name(rt.settings.name_prefix, SERVICE, name)
+
+
+def wire(rt: Runtime) -> Wiring:
+    """Build the organization service on `rt`: use cases over its database, watch hub and outbox."""
+    membership = Membership(member_check(rt.db), ttl_seconds=5.0)
+    connect_queue = queue(rt, "connect_provider")
+    discovery = GithubDiscovery(
+        rt.db,
+        rt.outbox,
+        membership,
+        github=rt.settings.github,
+        sync_queue=queue(rt, "github_user_sync"),
+        connect_queue=connect_queue,
+    )
+    discovery_spec = QueueSpec(name=queue(rt, "github_user_sync"), prefetch=4)
+    servicer = OrganizationServicer(
+        accounts=Accounts(rt.db, rt.hub, rt.settings, on_github_sign_in=discovery.enqueue),
+        organizations=Organizations(rt.db, rt.outbox, membership, connect_queue=connect_queue),
+        task_index=TaskIndex(rt.db, membership),
+        summaries=Summaries(rt.db, rt.hub, membership),
+        audit=AuditLog(rt.db, membership),
+        settings=SettingsWrites(rt.db),
+    )
+    return Wiring(
+        servicers=[Servicer(pb_grpc.add_OrganizationServiceServicer_to_server, servicer, FULL_NAME)],
+        queues=[
+            # Events of one entity may be applied out of order: versions decide, so a few run at once.
+            (
+                QueueSpec(name=queue(rt, "summary_events"), bindings=ROUTING_KEYS, prefetch=8),
+                summary_events.handle,
+            ),
+            # Audit entries arrive as work (enqueued by name) or as `<service>.audit.appended` events.
+            (QueueSpec(name=queue(rt, "audit"), bindings=("*.audit.appended",)), audit.handle),
+            (QueueSpec(name=connect_queue), connect_provider.handler(rt.peers)),
+            # Slow GitHub reads, off every request path; the last attempt records a failure.
+            (
+                discovery_spec,
+                github_user_sync.handler(
+                    discovery,
+                    rt.db,
+                    max_attempts=discovery_spec.max_attempts or rt.settings.messaging.max_attempts,
+                ),
+            ),
+        ],
+    )

@@ -1,0 +1,1 @@
+"""The organization service's tables and queries; migrations live in `migrations/`."""

@@ -1,0 +1,51 @@
+"""Queries of the audit log. Keyword-only, taking a session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Row, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.organization.store._sql import insert
+from services.organization.store.tables import audit_events
+
+
+async def append(session: AsyncSession, **values: Any) -> bool:
+    """Insert one event; False when (organization_id, event_id) is already stored."""
+    stmt = (
+        insert(session, audit_events)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[audit_events.c.organization_id, audit_events.c.event_id])
+    )
+    return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    org_id: str,
+    repository: str,
+    branch: str,
+    task: str,
+    before: tuple[int, int] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """Events newest first (create_us, id descending), strictly before `before`, at most `limit`."""
+    query = select(audit_events).where(audit_events.c.organization_id == org_id)
+    if repository:
+        query = query.where(audit_events.c.repository == repository)
+    if branch:
+        query = query.where(audit_events.c.branch == branch)
+    if task:
+        query = query.where(audit_events.c.task == task)
+    if before is not None:
+        at, row_id = before
+        query = query.where(
+            or_(
+                audit_events.c.create_us < at,
+                and_(audit_events.c.create_us == at, audit_events.c.id < row_id),
+            )
+        )
+    query = query.order_by(audit_events.c.create_us.desc(), audit_events.c.id.desc()).limit(limit)
+    return list(await session.execute(query))

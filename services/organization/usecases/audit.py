@@ -1,0 +1,82 @@
+"""The audit log: appended from the `organization.audit` work queue, listed newest first."""
+
+from __future__ import annotations
+
+from foundry.organization.v1 import audit_event_pb2
+from foundry.organization.v1 import events_pb2 as org_events
+from google.protobuf import json_format
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.organization.domain.errors import DOMAIN
+from services.organization.domain.names import organization_name, parse_child, parse_organization
+from services.organization.projection._time import to_us
+from services.organization.store import audit as store
+from services.organization.store._sql import now_us
+from services.organization.usecases import records
+from services.platform.authz import Membership
+from services.platform.db import Database
+from services.platform.errors import require
+
+
+async def append(session: AsyncSession, message: org_events.AppendAuditEvent, *, fallback_id: str) -> bool:
+    """Store one AppendAuditEvent work item in the caller's transaction; False if its event id is
+    already stored. `fallback_id` (the message id) is used when the sender gave no event id.
+
+    Raises InvalidArgument for a malformed organization or an empty kind (dead-lettered)."""
+    org_id = parse_organization(message.organization, "organization")
+    event = message.audit_event
+    require(bool(event.kind), "audit_event.kind", "is required", domain=DOMAIN)
+    return await store.append(
+        session,
+        organization_id=org_id,
+        event_id=(message.event_id or fallback_id)[:64],
+        kind=event.kind,
+        repository=event.repository,
+        task=event.task,
+        branch=event.branch,
+        actor=event.actor,
+        payload=json_format.MessageToDict(event.payload) if event.HasField("payload") else {},
+        create_us=to_us(event.create_time) or now_us(),
+    )
+
+
+class AuditLog:
+    """ListAuditEvents."""
+
+    def __init__(self, db: Database, membership: Membership) -> None:
+        self._db = db
+        self._membership = membership
+
+    async def list_events(
+        self, *, parent: str, repository: str, branch: str, task: str, page_size: int, page_token: str
+    ) -> tuple[list[audit_event_pb2.AuditEvent], str]:
+        """Events newest first, filtered by repository, branch and task; page_size 0 → 20, max 500.
+
+        Raises InvalidArgument (bad names or token), PermissionDenied (not a member)."""
+        org_id = parse_organization(parent, "parent")
+        if repository:
+            parse_child(repository, "repositories", "repository")
+        if task:
+            parse_child(task, "tasks", "task")
+        require(page_size >= 0, "page_size", "must not be negative", domain=DOMAIN)
+        before: tuple[int, int] | None = None
+        if page_token:
+            at, _, row_id = page_token.partition(".")
+            require(
+                at.isdigit() and row_id.isdigit(), "page_token", "is not a token of this list", domain=DOMAIN
+            )
+            before = (int(at), int(row_id))
+        await self._membership.require(organization_name(org_id))
+        limit = min(page_size or 20, 500)
+        async with self._db.snapshot() as session:
+            rows = await store.list_events(
+                session,
+                org_id=org_id,
+                repository=repository,
+                branch=branch,
+                task=task,
+                before=before,
+                limit=limit + 1,
+            )
+        token = f"{rows[limit - 1].create_us}.{rows[limit - 1].id}" if len(rows) > limit else ""
+        return [records.audit_event(r) for r in rows[:limit]], token

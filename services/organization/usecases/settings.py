@@ -1,0 +1,125 @@
+"""UpdateOrganization, UpdateUser and ResolveGithubToken: settings writes and the token lookup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foundry.organization.v1 import member_pb2, organization_pb2, user_pb2
+
+from services.organization.domain.errors import DOMAIN, organization_not_found
+from services.organization.domain.names import (
+    check_organization_id,
+    organization_name,
+    parse_organization,
+    parse_user,
+)
+from services.organization.store import accounts as a
+from services.organization.store import projection as q
+from services.organization.store._sql import now_us
+from services.organization.usecases import _caller, app_feed, records
+from services.platform.db import Database
+from services.platform.errors import InvalidArgument, NotFound, PermissionDenied, require
+
+ORGANIZATION_FIELDS = ("display_name", "slug", "primary_domain", "default_model", "auto_import_repositories")
+USER_FIELDS = ("display_name", "default_model")
+_ADMINS = (member_pb2.MEMBER_ROLE_OWNER, member_pb2.MEMBER_ROLE_ADMIN)
+
+
+def _mask(paths: list[str], allowed: tuple[str, ...]) -> list[str]:
+    require(bool(paths), "update_mask", "must name at least one field", domain=DOMAIN)
+    unknown = [p for p in paths if p not in allowed]
+    if unknown:
+        raise InvalidArgument(
+            f"update_mask: unsupported fields {unknown}; allowed: {list(allowed)}",
+            domain=DOMAIN,
+            field_violations={"update_mask": "unsupported field"},
+        )
+    return paths
+
+
+class SettingsWrites:
+    """Writes of organization and user settings, and the GitHub token lookup for services."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def update_organization(
+        self, organization: organization_pb2.Organization, paths: list[str]
+    ) -> organization_pb2.Organization:
+        """Write the masked fields; admins, owners and services only.
+
+        Raises InvalidArgument (mask or values), NotFound, PermissionDenied (`ADMIN_REQUIRED`)."""
+        org_id = parse_organization(organization.name)
+        values: dict[str, Any] = {p: getattr(organization, p) for p in _mask(paths, ORGANIZATION_FIELDS)}
+        if "slug" in values:
+            check_organization_id(values["slug"], "organization.slug")
+        if "display_name" in values:
+            require(
+                bool(values["display_name"].strip()),
+                "organization.display_name",
+                "must not be empty",
+                domain=DOMAIN,
+            )
+        caller = _caller.current()
+        async with self._db.transaction() as session:
+            if await a.get_organization(session, org_id=org_id) is None:
+                raise organization_not_found(org_id)
+            if not caller.is_service:
+                member = await a.get_member(session, org_id=org_id, user_id=caller.user_id)
+                if (
+                    member is None
+                    or member.state != member_pb2.MEMBER_STATE_ACTIVE
+                    or member.role not in _ADMINS
+                ):
+                    raise PermissionDenied(
+                        "only admins and owners change settings",
+                        reason="ADMIN_REQUIRED",
+                        domain=DOMAIN,
+                        metadata={"organization": organization_name(org_id)},
+                    )
+            await a.update_organization(session, org_id=org_id, update_us=now_us(), **values)
+            await app_feed.organization_changed(session, org_id=org_id)
+            row = await a.get_organization(session, org_id=org_id)
+            status = await q.get_sync_status(session, org_id=org_id)
+        return records.organization(row, status)
+
+    async def update_user(self, user: user_pb2.User, paths: list[str]) -> user_pb2.User:
+        """Write the caller's own `display_name` / `default_model`. Raises InvalidArgument, NotFound,
+        PermissionDenied (another user)."""
+        user_id = _caller.user_id() if user.name == "users/me" else parse_user(user.name, "user.name")
+        _caller.require_self_or_service(user_id)
+        values: dict[str, Any] = {p: getattr(user, p) for p in _mask(paths, USER_FIELDS)}
+        async with self._db.transaction() as session:
+            if await a.get_user(session, user_id=user_id) is None:
+                raise NotFound(f"user {user_id!r} not found", reason="USER_NOT_FOUND", domain=DOMAIN)
+            await a.update_user(session, user_id=user_id, update_us=now_us(), **values)
+            await app_feed.user_changed(session, user_id=user_id)
+            row = await a.get_user(session, user_id=user_id)
+            eligible = await a.eligible_organization_ids(session, user_id=user_id)
+        return records.user(row, eligible)
+
+    async def resolve_github_token(
+        self, *, organization: str, user: str, require_repo_scope: bool
+    ) -> tuple[str, list[str], str, int | None]:
+        """(token, scopes, `users/{id}`, expire_us) usable for the organization: `user`'s own token,
+        or the newest one of an active member. Service callers only.
+
+        Raises PermissionDenied (user caller), NotFound `NO_GITHUB_TOKEN`."""
+        if not _caller.current().is_service:
+            raise PermissionDenied(
+                "only services resolve tokens", reason="SERVICE_CALLER_REQUIRED", domain=DOMAIN
+            )
+        org_id = parse_organization(organization, "organization")
+        wanted = parse_user(user, "user") if user else None
+        now = now_us()
+        async with self._db.snapshot() as session:
+            rows = await a.member_tokens(session, org_id=org_id)
+        for row in rows:
+            if wanted is not None and row.user_id != wanted:
+                continue
+            if row.expire_us is not None and row.expire_us <= now:
+                continue
+            if require_repo_scope and "repo" not in row.scopes:
+                continue
+            return row.access_token, list(row.scopes), f"users/{row.user_id}", row.expire_us
+        raise NotFound(f"no usable GitHub token for {organization}", reason="NO_GITHUB_TOKEN", domain=DOMAIN)

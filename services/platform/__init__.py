@@ -1,0 +1,2 @@
+"""Shared plumbing for every service and the gateway: settings, logging, errors, database, messaging,
+outbox/inbox, watch streams, gRPC server bootstrap and drain. It imports no service."""

@@ -1,0 +1,133 @@
+"""Outbound gRPC channels to peer services: one cached grpc.aio channel per peer, round-robin over
+the peer's addresses (use `dns:///name:port` with a headless Service), automatic retry of UNAVAILABLE
+(a draining peer refuses before running any code), a default deadline, and metadata propagation:
+`x-request-id` plus the signed caller (the user being served, or this service for background work).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from services.platform import context as request_context
+from services.platform.identity import CALLER_HEADER, Caller, sign
+from services.platform.settings import ServiceName, Settings
+
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+CHANNEL_OPTIONS = [
+    ("grpc.service_config", _SERVICE_CONFIG),
+    ("grpc.enable_retries", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def outgoing_metadata(settings: Settings, fallback: Caller, extra: Any = None) -> list[tuple[str, str]]:
+    """Metadata for a call made now: request id and the caller from context (else `fallback`).
+
+    Values already in `extra` win: a caller that signs explicitly (e.g. the gateway's shared upstream
+    watches, which must run as the gateway whichever browser request opened them) is kept as is.
+    """
+    md = list(extra or ())
+    present = {key for key, _ in md}
+    if request_context.REQUEST_ID_HEADER not in present:
+        rid = request_context.request_id() or request_context.new_request_id()
+        md.append((request_context.REQUEST_ID_HEADER, rid))
+    if CALLER_HEADER not in present:
+        caller = request_context.caller() or fallback
+        md.extend(sign(caller, settings.internal_auth_secret.get_secret_value()))
+    return md
+
+
+class _Sign:
+    """Builds call details carrying the request id, the signed caller and a default deadline."""
+
+    def __init__(self, settings: Settings, fallback: Caller, default_timeout: float) -> None:
+        self.settings, self.fallback, self.default_timeout = settings, fallback, default_timeout
+
+    def details(self, details: grpc.aio.ClientCallDetails, *, streaming: bool) -> grpc.aio.ClientCallDetails:
+        timeout = details.timeout
+        if timeout is None and not streaming:
+            timeout = self.default_timeout
+        return grpc.aio.ClientCallDetails(
+            method=details.method,
+            timeout=timeout,
+            metadata=grpc.aio.Metadata(*outgoing_metadata(self.settings, self.fallback, details.metadata)),
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+        )
+
+
+# grpc.aio files an interceptor object under ONE call kind only, so unary and streaming need separate objects.
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, sign: _Sign) -> None:
+        self.sign = sign
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.sign.details(details, streaming=False), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, sign: _Sign) -> None:
+        self.sign = sign
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.sign.details(details, streaming=True), request)
+
+
+def _interceptors(settings: Settings, caller: Caller, timeout: float) -> list[Any]:
+    sign = _Sign(settings, caller, timeout)
+    return [_UnaryUnary(sign), _UnaryStream(sign)]
+
+
+class Channels:
+    """Channels from one process (acting as `caller_service`) to its peers."""
+
+    def __init__(self, settings: Settings, caller_service: str) -> None:
+        self.settings = settings
+        self.caller = Caller.service(caller_service)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, peer: ServiceName) -> grpc.aio.Channel:
+        """The (lazily created) channel to `peer`."""
+        if peer not in self._channels:
+            self._channels[peer] = grpc.aio.insecure_channel(
+                self.settings.target_of(peer),
+                options=CHANNEL_OPTIONS,
+                interceptors=_interceptors(self.settings, self.caller, self.settings.call_timeout_seconds),
+            )
+        return self._channels[peer]
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+def open_channel(
+    target: str, settings: Settings, caller: Caller, *, timeout: float | None = None
+) -> grpc.aio.Channel:
+    """A channel that always speaks as `caller` (tools, tests and the CLI; services use `Channels`)."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=CHANNEL_OPTIONS,
+        interceptors=_interceptors(settings, caller, timeout or settings.call_timeout_seconds),
+    )

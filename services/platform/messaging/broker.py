@@ -1,0 +1,139 @@
+"""The messaging interface every service codes against; `amqp.AmqpBroker` (RabbitMQ, production) and
+`memory.MemoryBroker` (in-process, embedded mode only) implement it with the same semantics.
+
+Topology (names start with `Settings.name_prefix`, default `foundry`):
+
+    <prefix>.events       topic exchange; events published through the outbox, routing keys
+                          `<service>.<entity>.<event>` (e.g. `task.summary.updated`)
+    <prefix>.<svc>.<name> durable work queue (quorum by default) with
+                          - dead-letter queue `<queue>.dlq` (via the `<prefix>.dlx` exchange), and
+                          - delayed retry queues `<queue>.retry.<n>` whose TTL dead-letters back to it
+    <prefix>.broadcast    fanout-style exchange for non-durable notifications to every replica
+                          (watch hubs use it to hear about commits made by other replicas)
+
+Work messages are published to the default exchange with the queue's name as routing key.
+Delivery is at least once: handlers must be idempotent (see `services.platform.outbox.inbox`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+REQUEST_ID = "x-request-id"
+ATTEMPT = "x-attempt"
+MESSAGE_TYPE = "x-message-type"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivered message. `attempt` is 1 on first delivery and grows with each retry."""
+
+    message_id: str
+    body: bytes
+    headers: Mapping[str, Any]
+    routing_key: str
+    exchange: str = ""
+    attempt: int = 1
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue a service consumes.
+
+    `bindings` are routing-key patterns on the events exchange (an event subscription); a queue
+    without bindings is a work queue fed by name. `max_attempts`/`prefetch` default to Settings.
+    """
+
+    name: str
+    bindings: tuple[str, ...] = ()
+    prefetch: int | None = None
+    max_attempts: int | None = None
+    retry_delays: tuple[float, ...] = field(default=())
+
+
+class Delivery(Protocol):
+    """A message handed to a consumer; exactly one of the settle methods must be called."""
+
+    message: Message
+
+    async def ack(self) -> None:
+        """The effect is committed: forget the message."""
+
+    async def retry(self, delay_seconds: float) -> None:
+        """Deliver again after `delay_seconds` with attempt + 1 (republish to a delay queue, then ack)."""
+
+    async def dead_letter(self, reason: str) -> None:
+        """Give up: move the message to the queue's dead-letter queue with `reason` in a header."""
+
+    async def requeue(self) -> None:
+        """Not started (e.g. draining): give it back to the queue for another consumer, attempt unchanged."""
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+BroadcastHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class Subscription(Protocol):
+    async def cancel(self) -> None:
+        """Stop receiving new deliveries (basic.cancel). Deliveries already handed over still settle."""
+
+
+class Broker(Protocol):
+    """Transport for work queues, events and broadcasts. All methods are coroutine-safe."""
+
+    async def connect(self) -> None:
+        """Open connections and declare the exchanges (idempotent)."""
+
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        """Declare `spec` with its DLQ, retry queues and bindings (idempotent)."""
+
+    async def publish(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Publish persistently and return once the broker confirmed it.
+
+        `exchange` is "" (default exchange: routing_key names a work queue) or "events" (the topic
+        exchange). Raises `services.platform.errors.Unavailable` when the confirm does not arrive in
+        time or the message was unroutable (work queue not declared).
+        """
+
+    async def consume(self, spec: QueueSpec, handler: DeliveryHandler) -> Subscription:
+        """Deliver messages of `spec` to `handler`, at most `prefetch` unsettled at a time."""
+
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        """Best-effort, non-durable notification to every process subscribed to `topic` (incl. this one)."""
+
+    async def subscribe_broadcast(self, topic_pattern: str, handler: BroadcastHandler) -> Subscription:
+        """Receive broadcasts whose topic matches `topic_pattern` (AMQP topic syntax: `*`, `#`)."""
+
+    async def close(self) -> None:
+        """Close channels and connections. Called last in the drain."""
+
+
+def retry_ladder(
+    spec: QueueSpec, *, max_attempts: int, base_delay: float, max_delay: float
+) -> tuple[float, ...]:
+    """Delays (seconds) before attempts 2..max_attempts of a message of `spec`.
+
+    `spec.retry_delays` wins when given (the last value repeats); otherwise `base_delay` doubling per
+    attempt, capped at `max_delay`. The AMQP transport declares one retry queue per distinct value.
+    """
+    count = max(1, max_attempts - 1)
+    if spec.retry_delays:
+        delays = list(spec.retry_delays)
+        return tuple(delays[min(i, len(delays) - 1)] for i in range(count))
+    return tuple(min(base_delay * (2**i), max_delay) for i in range(count))
+
+
+def queue_name(prefix: str, service: str, name: str) -> str:
+    """Full name of a work queue: `<prefix>.<service>.<name>` (e.g. `foundry.task.provision`)."""
+    return f"{prefix}.{service}.{name}"

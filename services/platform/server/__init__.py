@@ -1,0 +1,1 @@
+"""gRPC server bootstrap: interceptors, health, admin port, the service host."""

@@ -1,0 +1,45 @@
+"""The admin HTTP port of every process (FOUNDRY_METRICS_PORT, default 9464):
+
+GET  /metrics   Prometheus exposition
+GET  /livez     200 while the process runs (also while draining)
+GET  /readyz    200 when ready, 503 before start and from the moment the drain begins
+POST /drain     begin the drain (the preStop hook: `python -m services.platform.admin drain`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+def admin_app(state: Any, request_drain: Callable[[], Awaitable[None]]) -> Starlette:
+    """`state` exposes `.ready: bool`, `.draining: bool` and `.snapshot() -> dict` (active counts)."""
+
+    async def livez(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "alive", "draining": state.draining})
+
+    async def readyz(_: Request) -> JSONResponse:
+        ok = state.ready and not state.draining
+        return JSONResponse({"ready": ok, **state.snapshot()}, status_code=200 if ok else 503)
+
+    async def drain(_: Request) -> JSONResponse:
+        await request_drain()
+        return JSONResponse({"draining": True, **state.snapshot()}, status_code=202)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/livez", livez),
+            Route("/readyz", readyz),
+            Route("/drain", drain, methods=["POST"]),
+            Route("/metrics", metrics),
+        ]
+    )

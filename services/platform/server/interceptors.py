@@ -1,0 +1,261 @@
+"""Server interceptors, outermost first (grpc-interceptor `AsyncServerInterceptor`):
+
+1. `ErrorMapping`   FoundryError → status + `google.rpc.ErrorInfo` (AIP-193); anything else → INTERNAL,
+                    logged once with its traceback. Nothing reaches a client as UNKNOWN.
+2. `DrainGuard`     counts in-flight RPCs; once draining, new RPCs get UNAVAILABLE before any service code.
+3. `RequestContext` binds `x-request-id` (or a new one) and writes one access-log line + metrics per RPC.
+4. `CallerIdentity` verifies the signed caller (services.platform.identity) and binds it.
+
+Streaming handlers are async generators: each interceptor wraps the generator so it sees every message,
+mid-stream errors and client cancellation (tooling.md §3 explains why `await method(...)` is wrong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_interceptor.server import AsyncServerInterceptor
+from grpc_status import rpc_status
+
+from services.platform import context as request_context
+from services.platform.aio import wait_event
+from services.platform.errors import FoundryError, Unauthenticated, Unavailable
+from services.platform.identity import CALLER_HEADER, SIGNATURE_HEADER, IdentityError, verify
+from services.platform.logging import get_logger
+from services.platform.server import metrics
+
+log = get_logger("foundry.grpc")
+
+# RPCs served to anyone (probes, tooling): no identity needed, and they keep answering while draining.
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+def _is_open(method_name: str) -> bool:
+    return method_name.startswith(OPEN_PREFIXES)
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+async def _call(
+    method: Callable[..., Any], request: Any, context: Any, around: Callable[[Callable[[], Any]], Any]
+) -> Any:
+    """Run `method` under the async context manager factory `around`, for unary and streaming handlers."""
+    result = method(request, context)
+    if hasattr(result, "__aiter__"):
+
+        async def stream() -> AsyncIterator[Any]:
+            async with around(lambda: None):
+                async for message in result:
+                    yield message
+
+        return stream()
+    async with around(lambda: None):
+        return await result
+
+
+class ErrorMapping(AsyncServerInterceptor):
+    """Map exceptions to precise gRPC statuses with ErrorInfo details."""
+
+    async def intercept(
+        self, method: Callable[..., Any], request: Any, context: Any, method_name: str
+    ) -> Any:
+        try:
+            result = method(request, context)
+        except Exception as exc:  # a sync failure while creating the call
+            await self._abort(exc, context, method_name)
+            raise
+        if hasattr(result, "__aiter__"):
+            return self._stream(result, context, method_name)
+        try:
+            return await result
+        except Exception as exc:
+            await self._abort(exc, context, method_name)
+            raise
+
+    async def _stream(self, result: AsyncIterator[Any], context: Any, method_name: str) -> AsyncIterator[Any]:
+        try:
+            async for message in result:
+                yield message
+        except Exception as exc:
+            await self._abort(exc, context, method_name)
+            raise
+
+    async def _abort(self, exc: Exception, context: Any, method_name: str) -> None:
+        if isinstance(exc, grpc.aio.AbortError) or _already_aborted(exc):
+            return
+        await context.abort_with_status(rpc_status.to_status(to_status_proto(exc, method_name)))
+
+
+def _already_aborted(exc: Exception) -> bool:
+    return type(exc).__name__ == "AbortError"
+
+
+def to_status_proto(exc: BaseException, method_name: str = "") -> status_pb2.Status:
+    """`google.rpc.Status` for `exc`: FoundryError keeps its code/reason; others become INTERNAL."""
+    exc = _transient_infrastructure(exc) or exc
+    if isinstance(exc, FoundryError):
+        code, message = exc.code, exc.message
+        info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=exc.domain, metadata=exc.metadata)
+        details = [info]
+        if exc.field_violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                        for f, d in exc.field_violations.items()
+                    ]
+                )
+            )
+    else:
+        log.error("rpc_internal_error", method=method_name, exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server logs"
+        details = [error_details_pb2.ErrorInfo(reason="INTERNAL", domain="foundry")]
+    packed = []
+    for detail in details:
+        any_msg = any_pb2.Any()
+        any_msg.Pack(detail)
+        packed.append(any_msg)
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+
+
+def _transient_infrastructure(exc: BaseException) -> FoundryError | None:
+    """A database that cannot hand out a connection now (pool exhausted, too many clients, connection
+    refused) means nothing ran: UNAVAILABLE, which clients may retry (AIP-194), not INTERNAL."""
+    from sqlalchemy import exc as sa_exc  # local: the interceptor module stays importable without a DB
+
+    if isinstance(exc, sa_exc.TimeoutError):
+        return Unavailable("database connection pool exhausted; retry", reason="DATABASE_BUSY")
+    text = str(exc)
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, OSError)) and (
+        "too many clients" in text or "Connection refused" in text or "connection is closed" in text
+    ):
+        return Unavailable("database unavailable; retry", reason="DATABASE_UNAVAILABLE")
+    if type(exc).__name__ == "TooManyConnectionsError":
+        return Unavailable("database has too many clients; retry", reason="DATABASE_BUSY")
+    return None
+
+
+class DrainGuard(AsyncServerInterceptor):
+    """Tracks in-flight RPCs and refuses new ones (UNAVAILABLE) once `start_draining()` was called."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.draining = False
+        self.active = 0
+        self.open_streams = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start_draining(self) -> None:
+        self.draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no RPC is in flight; False if `timeout` seconds passed first."""
+        return await wait_event(self._idle, timeout)
+
+    async def intercept(
+        self, method: Callable[..., Any], request: Any, context: Any, method_name: str
+    ) -> Any:
+        if _is_open(method_name):
+            return await _passthrough(method, request, context)
+        if self.draining:
+            raise Unavailable(f"{self.service} is draining; retry on another replica", reason="DRAINING")
+        return await _call(method, request, context, self._track)
+
+    def _track(self, _: Callable[[], None]) -> Any:
+        guard = self
+
+        class _Active:
+            async def __aenter__(self) -> None:
+                guard.active += 1
+                guard._idle.clear()
+                metrics.ACTIVE_RPCS.labels(guard.service).inc()
+
+            async def __aexit__(self, *exc: object) -> None:
+                guard.active -= 1
+                metrics.ACTIVE_RPCS.labels(guard.service).dec()
+                if guard.active == 0:
+                    guard._idle.set()
+
+        return _Active()
+
+
+async def _passthrough(method: Callable[..., Any], request: Any, context: Any) -> Any:
+    result = method(request, context)
+    return result if hasattr(result, "__aiter__") else await result
+
+
+class RequestContext(AsyncServerInterceptor):
+    """Bind the correlation id; log one line and record metrics per RPC (duration, status code)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def intercept(
+        self, method: Callable[..., Any], request: Any, context: Any, method_name: str
+    ) -> Any:
+        if _is_open(method_name):
+            return await _passthrough(method, request, context)
+        md = _metadata(context)
+        rid = md.get(request_context.REQUEST_ID_HEADER) or request_context.new_request_id()
+        request_context.bind_task(request_id=rid)
+        return await _call(method, request, context, lambda _: _Observed(self.service, method_name, context))
+
+
+class _Observed:
+    def __init__(self, service: str, method_name: str, context: Any) -> None:
+        self.service, self.method, self.context = service, method_name, context
+        self.start = 0.0
+
+    async def __aenter__(self) -> None:
+        self.start = time.perf_counter()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
+        elapsed = time.perf_counter() - self.start
+        if exc is None:
+            code = "OK"
+        elif isinstance(exc, FoundryError):
+            code = exc.code.name
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # client went away mid-stream
+            code = "CANCELLED"
+        elif _already_aborted(exc if isinstance(exc, Exception) else Exception()):
+            code = self.context.code().name if self.context.code() else "ABORTED"
+        else:
+            code = "INTERNAL"
+        metrics.HANDLED.labels(self.service, self.method, code).inc()
+        metrics.LATENCY.labels(self.service, self.method).observe(elapsed)
+        log.info(
+            "rpc", service=self.service, method=self.method, code=code, duration_ms=round(elapsed * 1000, 2)
+        )
+
+
+class CallerIdentity(AsyncServerInterceptor):
+    """Require a valid signed caller identity on every service RPC and bind it to the request context."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    async def intercept(
+        self, method: Callable[..., Any], request: Any, context: Any, method_name: str
+    ) -> Any:
+        if _is_open(method_name):
+            return await _passthrough(method, request, context)
+        md = _metadata(context)
+        try:
+            caller = verify(md.get(CALLER_HEADER), md.get(SIGNATURE_HEADER), self.secret)
+        except IdentityError as exc:
+            raise Unauthenticated(str(exc), reason="CALLER_IDENTITY_INVALID") from exc
+        request_context.bind_task(caller=caller)
+        return await _passthrough(method, request, context)

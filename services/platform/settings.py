@@ -1,0 +1,216 @@
+"""Typed configuration for every process of the mesh.
+
+`Settings` reads `FOUNDRY_*` environment variables (nested sections use `__`, for example
+`FOUNDRY_SANDBOX__ROOT`). It is built once in a process's `main()` and passed down; nothing else
+reads `os.environ`. The defaults run the embedded mode (SQLite files under `data_dir`, in-process
+messaging); setting `database_url` and `amqp_url` switches to PostgreSQL and RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["organization", "task", "github_data", "sandbox"]
+SERVICE_NAMES: tuple[ServiceName, ...] = ("organization", "task", "github_data", "sandbox")
+DEFAULT_PORTS: dict[str, int] = {
+    "gateway": 8080,
+    "organization": 50051,
+    "task": 50052,
+    "github_data": 50053,
+    "sandbox": 50054,
+}
+_DEV_SECRET = "dev-insecure-change-me"
+
+
+class MessagingSettings(BaseModel):
+    """RabbitMQ behaviour (also honoured by the in-process broker where it applies)."""
+
+    prefetch: int = Field(32, ge=1, description="Unacked deliveries per consumer (basic.qos).")
+    confirm_timeout_seconds: float = Field(10.0, gt=0, description="Wait for a publisher confirm.")
+    max_attempts: int = Field(5, ge=1, description="Deliveries before a message is dead-lettered.")
+    retry_delay_seconds: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
+    retry_delay_max_seconds: float = Field(60.0, gt=0, description="Longest retry delay.")
+    outbox_sweep_seconds: float = Field(5.0, gt=0, description="Relay's safety sweep for rows left behind.")
+    queue_type: Literal["quorum", "classic"] = Field(
+        "quorum", description="RabbitMQ queue type of work queues."
+    )
+
+
+class WatchSettings(BaseModel):
+    """Watch stream contract knobs (README, "Watch streams")."""
+
+    retention_hours: float = Field(24.0, gt=0, description="Change history kept for resume.")
+    bookmark_seconds: float = Field(15.0, gt=0, description="Silence before a BOOKMARK is sent.")
+    subscriber_buffer: int = Field(1000, ge=1, description="Events buffered per subscriber before `lagging`.")
+    max_stream_seconds: float = Field(600.0, gt=0, description="Stream lifetime before END `rotate`.")
+    snapshot_page_size: int = Field(500, ge=1, description="Items per SNAPSHOT event.")
+
+
+class DrainSettings(BaseModel):
+    """Shutdown budget. Defaults fit a 45 s terminationGracePeriodSeconds with an 8 s preStop."""
+
+    readiness_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Keep ports open, refusing with DRAINING, this long before stopping (0: preStop waits).",
+    )
+    grace_seconds: float = Field(30.0, ge=0, description="In-flight RPCs and handlers get this long.")
+
+
+class SandboxSettings(BaseModel):
+    """Sandbox service: where sandboxes live and which agents it can start."""
+
+    root: Path | None = Field(
+        None, description="Directory holding one folder per sandbox (default data_dir/sandboxes)."
+    )
+    provider: Literal["local"] = Field("local", description="Sandbox provider.")
+    agents: dict[str, str] = Field(
+        default_factory=lambda: {
+            "fake": "foundry-fake-agent",
+            "claude": "claude-agent-acp",
+            "codex": "codex-acp",
+        },
+        description="Agent name -> command that speaks ACP on stdio.",
+    )
+    default_agent: str = Field("fake", description="Agent used when a task names none.")
+    step_timeout_seconds: float = Field(300.0, gt=0, description="Timeout of one provisioning step.")
+    create_delay_seconds: float = Field(0.0, ge=0, description="Artificial provider latency (benchmarks).")
+
+
+class GithubSettings(BaseModel):
+    """GitHub provider credentials and endpoints (github.com or GitHub Enterprise Server)."""
+
+    api_url: str = Field(
+        "https://api.github.com", description="GitHub REST API base URL (GHES: https://host/api/v3)."
+    )
+    oauth_authorize_url: str = Field(
+        "https://github.com/login/oauth/authorize", description="OAuth authorize endpoint."
+    )
+    oauth_token_url: str = Field(
+        "https://github.com/login/oauth/access_token", description="OAuth token endpoint."
+    )
+    app_id: str | None = Field(None, description="GitHub App id (installation tokens).")
+    app_private_key: SecretStr | None = Field(None, description="GitHub App private key (PEM).")
+    client_id: str | None = Field(None, description="OAuth app client id (sign-in).")
+    client_secret: SecretStr | None = Field(None, description="OAuth app client secret.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Secret of X-Hub-Signature-256 webhook signatures."
+    )
+    local_root: Path | None = Field(
+        None, description="Default directory of git repositories for `local` orgs."
+    )
+
+
+class GatewaySettings(BaseModel):
+    """Browser edge."""
+
+    session_secret: SecretStr = Field(
+        SecretStr(_DEV_SECRET), description="Key that signs browser session cookies."
+    )
+    session_ttl_hours: float = Field(24 * 7, gt=0, description="Browser session lifetime.")
+    dev_sign_in: bool = Field(True, description="Offline sign-in by name (embedded default only).")
+    cookie_secure: bool = Field(False, description="Send the session cookie only over HTTPS.")
+    deadline_cap_seconds: float = Field(30.0, gt=0, description="Upper bound of deadlines passed upstream.")
+    upstream_linger_seconds: float = Field(
+        30.0, ge=0, description="Keep an upstream Watch this long after its last subscriber."
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8080", description="External URL of the gateway (OAuth redirect)."
+    )
+
+
+class Settings(BaseSettings):
+    """Every `FOUNDRY_*` setting. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="FOUNDRY_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["dev", "production"] = Field(
+        "dev", description="`production` enforces real secrets."
+    )
+    data_dir: Path = Field(Path("data"), description="Embedded mode: SQLite files and sandboxes live here.")
+    database_url: str | None = Field(
+        None, description="postgresql+asyncpg://… (a schema per service). Unset: SQLite files in data_dir."
+    )
+    database_pool_size: int = Field(
+        5, ge=1, description="Connections per service engine (PostgreSQL), plus as many overflow connections."
+    )
+    amqp_url: str | None = Field(
+        None, description="amqp://… Unset: in-process messaging (embedded mode only)."
+    )
+    name_prefix: str = Field("foundry", description="Prefix of exchanges and queues (tests isolate with it).")
+    bind_host: str = Field("127.0.0.1", description="Interface every listener binds (0.0.0.0 in pods).")
+    organization_port: int = Field(DEFAULT_PORTS["organization"], description="organization gRPC port.")
+    task_port: int = Field(DEFAULT_PORTS["task"], description="task gRPC port.")
+    github_data_port: int = Field(DEFAULT_PORTS["github_data"], description="github-data gRPC port.")
+    sandbox_port: int = Field(DEFAULT_PORTS["sandbox"], description="sandbox gRPC port.")
+    gateway_port: int = Field(DEFAULT_PORTS["gateway"], description="gateway HTTP port.")
+    organization_target: str | None = Field(
+        None,
+        description="How peers reach organization (e.g. dns:///organization:50051); default bind_host:port.",
+    )
+    task_target: str | None = Field(None, description="How peers reach task.")
+    github_data_target: str | None = Field(None, description="How peers reach github-data.")
+    sandbox_target: str | None = Field(None, description="How peers reach sandbox.")
+    metrics_port: int = Field(9464, ge=0, description="Prometheus /metrics port; 0 disables it.")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["json", "console"] = Field("json", description="json lines, or console for humans.")
+    internal_auth_secret: SecretStr = Field(
+        SecretStr(_DEV_SECRET),
+        description="HMAC key for caller identity passed between gateway and services.",
+    )
+    call_timeout_seconds: float = Field(
+        5.0, gt=0, description="Default deadline of service-to-service calls."
+    )
+    migrate_on_start: bool = Field(
+        True, description="Run Alembic migrations at start (Kubernetes uses a Job instead)."
+    )
+    messaging: MessagingSettings = MessagingSettings()
+    watch: WatchSettings = WatchSettings()
+    drain: DrainSettings = DrainSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    github: GithubSettings = GithubSettings()
+    gateway: GatewaySettings = GatewaySettings()
+
+    @model_validator(mode="after")
+    def _enforce_production_secrets(self) -> Settings:
+        if self.environment == "production":
+            for name, secret in (
+                ("FOUNDRY_INTERNAL_AUTH_SECRET", self.internal_auth_secret),
+                ("FOUNDRY_GATEWAY__SESSION_SECRET", self.gateway.session_secret),
+            ):
+                if secret.get_secret_value() == _DEV_SECRET:
+                    raise ValueError(f"{name} must be set in production")
+            if self.gateway.dev_sign_in:
+                raise ValueError("FOUNDRY_GATEWAY__DEV_SIGN_IN must be false in production")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when messaging is in-process (every service must then share one process)."""
+        return self.amqp_url is None
+
+    def port_of(self, service: str) -> int:
+        """Listening port of `service` (`organization`, …, or `gateway`)."""
+        return int(getattr(self, f"{service}_port"))
+
+    def target_of(self, service: ServiceName) -> str:
+        """gRPC target other processes use to reach `service`."""
+        explicit = getattr(self, f"{service}_target")
+        return str(explicit) if explicit else f"{self.bind_host}:{self.port_of(service)}"
+
+    def database_url_for(self, service: ServiceName) -> str:
+        """SQLAlchemy URL of `service`'s own database (its schema is `schema_for`)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.sqlite3').resolve()}"
+
+    def schema_for(self, service: ServiceName) -> str | None:
+        """PostgreSQL schema owned by `service`; None on SQLite (one file per service instead)."""
+        return service if self.database_url else None
+
+    def sandbox_root(self) -> Path:
+        return (self.sandbox.root or self.data_dir / "sandboxes").resolve()

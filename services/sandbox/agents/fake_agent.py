@@ -1,0 +1,221 @@
+"""`foundry-fake-agent`: an ACP agent that needs no model and no network, for the offline default and tests.
+
+It speaks real ACP over stdio (the `acp` library's agent side) and does real work in the session's
+working directory (the checkout). What it does with a prompt's text:
+
+    $ <command>          runs `<command>` with /bin/sh in the cwd: a `tool_call` (kind `execute`),
+                         one `agent_message_chunk` and one in-progress `tool_call_update` per output
+                         line, then a final `tool_call_update` (`completed`, or `failed` on a non-zero
+                         exit) carrying the exit code.
+    write <path>: <text> asks permission (`session/request_permission`, allow-once / reject-once),
+                         then writes `<text>` plus a newline to `<path>` (relative to the cwd, must
+                         stay inside it): a `tool_call` (kind `edit`) and its `tool_call_update` with
+                         a diff, then an `agent_message_chunk` `wrote <path>`. A rejection fails the
+                         tool call and says so.
+    anything else        an `agent_thought_chunk`, a `plan`, then the text echoed back in two
+                         `agent_message_chunk`s (`echo: `, `<text>`).
+
+`session/cancel` stops a running command (its process group gets SIGTERM) and the turn ends with
+stop reason `cancelled`. The process exits 0 when stdin reaches EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, cast
+
+import acp
+from acp import schema
+
+_WRITE_PREFIX = "write "
+
+
+class FakeAgent:
+    """The agent side of one stdio connection; sessions live in memory for the life of the process."""
+
+    def __init__(self) -> None:
+        self._conn: Any = None
+        self._cwd: dict[str, Path] = {}
+        self._cancelled: dict[str, asyncio.Event] = {}
+        self._tool_seq = 0
+
+    def on_connect(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def initialize(self, protocol_version: int, **_: Any) -> schema.InitializeResponse:
+        return schema.InitializeResponse(
+            protocol_version=min(protocol_version, acp.PROTOCOL_VERSION),
+            agent_capabilities=schema.AgentCapabilities(load_session=False),
+            agent_info=schema.Implementation(name="foundry-fake-agent", version="1"),
+        )
+
+    async def new_session(self, cwd: str, **_: Any) -> schema.NewSessionResponse:
+        session_id = f"fake-{uuid.uuid4().hex[:12]}"
+        self._cwd[session_id] = Path(await asyncio.to_thread(os.path.realpath, cwd))
+        self._cancelled[session_id] = asyncio.Event()
+        return schema.NewSessionResponse(session_id=session_id)
+
+    async def set_session_mode(
+        self, session_id: str, mode_id: str, **_: Any
+    ) -> schema.SetSessionModeResponse:
+        return schema.SetSessionModeResponse()
+
+    async def cancel(self, session_id: str, **_: Any) -> None:
+        event = self._cancelled.get(session_id)
+        if event is not None:
+            event.set()
+
+    async def prompt(self, session_id: str, prompt: list[Any], **_: Any) -> schema.PromptResponse:
+        if session_id not in self._cwd:
+            raise acp.RequestError.invalid_params({"sessionId": f"unknown session {session_id}"})
+        cancelled = self._cancelled[session_id]
+        cancelled.clear()
+        text = "".join(getattr(block, "text", "") for block in prompt).strip()
+        first_line = text.splitlines()[0] if text else ""
+        if first_line.startswith("$ "):
+            stop = await self._run_command(session_id, text[2:].strip(), cancelled)
+        elif first_line.startswith(_WRITE_PREFIX) and ":" in first_line:
+            stop = await self._write_file(session_id, text[len(_WRITE_PREFIX) :])
+        else:
+            stop = await self._echo(session_id, text)
+        return schema.PromptResponse(stop_reason=stop)
+
+    # -- behaviours -------------------------------------------------------------------------------
+
+    async def _send(self, session_id: str, update: Any) -> None:
+        await self._conn.session_update(session_id=session_id, update=update)
+
+    def _next_tool_id(self) -> str:
+        self._tool_seq += 1
+        return f"tc-{self._tool_seq}"
+
+    async def _echo(self, session_id: str, text: str) -> schema.StopReason:
+        await self._send(session_id, acp.update_agent_thought_text(f"thinking about: {text}"))
+        await self._send(
+            session_id,
+            acp.update_plan([acp.plan_entry("answer the prompt", priority="high", status="in_progress")]),
+        )
+        await self._send(session_id, acp.update_agent_message_text("echo: "))
+        await self._send(session_id, acp.update_agent_message_text(text))
+        return "end_turn"
+
+    async def _run_command(
+        self, session_id: str, command: str, cancelled: asyncio.Event
+    ) -> schema.StopReason:
+        tool_id = self._next_tool_id()
+        await self._send(
+            session_id,
+            acp.start_tool_call(
+                tool_id,
+                f"run {command}",
+                kind="execute",
+                status="in_progress",
+                raw_input={"command": command},
+            ),
+        )
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            command,
+            cwd=self._cwd[session_id],
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        waiter = asyncio.create_task(cancelled.wait())
+        try:
+            while True:
+                reader = asyncio.create_task(proc.stdout.readline())
+                done, _ = await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if waiter in done:
+                    reader.cancel()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    await proc.wait()
+                    await self._send(
+                        session_id,
+                        acp.update_tool_call(tool_id, status="failed", raw_output={"cancelled": True}),
+                    )
+                    return "cancelled"
+                line = reader.result()
+                if not line:
+                    break
+                chunk = line.decode(errors="replace")
+                await self._send(session_id, acp.update_agent_message_text(chunk))
+                await self._send(
+                    session_id,
+                    acp.update_tool_call(
+                        tool_id, status="in_progress", content=[acp.tool_content(acp.text_block(chunk))]
+                    ),
+                )
+        finally:
+            waiter.cancel()
+        code = await proc.wait()
+        await self._send(
+            session_id,
+            acp.update_tool_call(
+                tool_id, status="completed" if code == 0 else "failed", raw_output={"exitCode": code}
+            ),
+        )
+        return "end_turn"
+
+    async def _write_file(self, session_id: str, instruction: str) -> schema.StopReason:
+        raw_path, _, content = instruction.partition(":")
+        content = content[1:] if content.startswith(" ") else content
+        cwd = self._cwd[session_id]
+        target = (cwd / raw_path.strip()).resolve()
+        tool_id = self._next_tool_id()
+        if not target.is_relative_to(cwd) or target == cwd:
+            await self._send(
+                session_id,
+                acp.update_agent_message_text(f"refused: {raw_path.strip()} is outside the checkout"),
+            )
+            return "end_turn"
+        rel = str(target.relative_to(cwd))
+        new_text = content if content.endswith("\n") else content + "\n"
+        old_text = target.read_text() if target.is_file() else None
+        await self._send(session_id, acp.start_edit_tool_call(tool_id, f"write {rel}", str(target), new_text))
+        decision = await self._conn.request_permission(
+            session_id=session_id,
+            tool_call=schema.ToolCallUpdate(tool_call_id=tool_id, title=f"write {rel}", kind="edit"),
+            options=[
+                schema.PermissionOption(option_id="allow", name="Allow", kind="allow_once"),
+                schema.PermissionOption(option_id="reject", name="Reject", kind="reject_once"),
+            ],
+        )
+        outcome = decision.outcome
+        if getattr(outcome, "option_id", None) != "allow":
+            await self._send(session_id, acp.update_tool_call(tool_id, status="failed"))
+            await self._send(
+                session_id, acp.update_agent_message_text(f"permission to write {rel} was refused")
+            )
+            return "end_turn"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(new_text)
+        await self._send(
+            session_id,
+            acp.update_tool_call(
+                tool_id, status="completed", content=[acp.tool_diff_content(str(target), new_text, old_text)]
+            ),
+        )
+        await self._send(session_id, acp.update_agent_message_text(f"wrote {rel}"))
+        return "end_turn"
+
+
+def main() -> int:
+    """Serve ACP on stdin/stdout until stdin reaches EOF; returns the exit status (0)."""
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        asyncio.run(acp.run_agent(cast(acp.Agent, FakeAgent())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Wiring of the sandbox service: `wire(runtime)` builds the provider, stores, agent pool, use cases,
+servicer and queue handlers from the host's Runtime.
+
+Work queues: `<prefix>.sandbox.turn` (RunTurn) and `<prefix>.sandbox.git_state` (RefreshGitStateWork).
+On start, turns left running by a crashed process are failed with a readable message and sessions
+with queued turns are kicked; processes found running are adopted. Every 30 s the same check runs
+again, so turns of a replica that died are cleaned up by the survivors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import acp
+from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
+
+from services.platform.authz import Membership
+from services.platform.logging import get_logger
+from services.platform.messaging.broker import QueueSpec
+from services.platform.server.host import Runtime, Servicer, Wiring
+from services.sandbox.agents.pool import AgentPool, venv_bin
+from services.sandbox.api.servicer import SandboxServicer
+from services.sandbox.domain.checkout import Checkouts
+from services.sandbox.domain.processes import Processes
+from services.sandbox.domain.sandboxes import Sandboxes
+from services.sandbox.domain.sessions import Sessions
+from services.sandbox.domain.turns import TurnRunner, runner_id
+from services.sandbox.providers.local import LocalProvider
+from services.sandbox.store.logs import LogRecords
+from services.sandbox.store.sandboxes import Queues, SandboxRecords
+from services.sandbox.workers import refresh_git_state, run_turn
+
+log = get_logger(__name__)
+RECOVER_EVERY_SECONDS = 30.0
+
+
+def wire(rt: Runtime) -> Wiring:
+    """Build the sandbox service on `rt` (see the module docstring)."""
+    settings = rt.settings
+    root = settings.sandbox_root()
+    root.mkdir(parents=True, exist_ok=True)
+    env = acp.default_environment()
+    env["PATH"] = os.pathsep.join([env.get("PATH", ""), venv_bin()])
+    provider = LocalProvider(root, create_delay_seconds=settings.sandbox.create_delay_seconds, base_env=env)
+    queues = Queues(settings.name_prefix)
+    records = SandboxRecords(rt.db, rt.outbox, queues)
+    logs = LogRecords(rt.db, rt.outbox)
+    pool = AgentPool(provider, settings.sandbox.agents, append=logs.append_events, extra_path=[venv_bin()])
+    sandboxes = Sandboxes(records, provider, pool)
+    sessions = Sessions(
+        sandboxes,
+        records,
+        logs,
+        pool,
+        configured=settings.sandbox.agents,
+        default_agent=settings.sandbox.default_agent,
+    )
+    checkouts = Checkouts(sandboxes, logs)
+    processes = Processes(sandboxes, logs)
+    sandboxes.before_destroy.append(processes.remove_all)
+    runner = TurnRunner(sandboxes, records, logs, pool, runner=runner_id())
+    servicer = SandboxServicer(
+        sandboxes=sandboxes,
+        sessions=sessions,
+        checkouts=checkouts,
+        processes=processes,
+        logs=logs,
+        hub=rt.hub,
+        membership=Membership.via_peer(rt.peers),
+    )
+
+    async def recover() -> None:
+        failed = await runner.recover()
+        await processes.recover()
+        log.info("sandbox_recovered", turns_failed=failed)
+
+    async def recover_periodically() -> None:
+        while True:
+            await asyncio.sleep(RECOVER_EVERY_SECONDS)
+            try:
+                await runner.recover()
+            except Exception:  # retried at the next interval
+                log.warning("sandbox_recover_failed", exc_info=True)
+
+    async def close() -> None:
+        await processes.close()
+        await pool.close()
+
+    return Wiring(
+        servicers=[
+            Servicer(
+                pb_grpc.add_SandboxServiceServicer_to_server, servicer, "foundry.sandbox.v1.SandboxService"
+            )
+        ],
+        queues=[
+            (QueueSpec(queues.turn), run_turn.handler(runner)),
+            (QueueSpec(queues.git_state), refresh_git_state.handler(checkouts)),
+        ],
+        on_started=[recover],
+        background=[recover_periodically],
+        on_close=[close],
+    )

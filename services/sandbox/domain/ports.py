@@ -1,0 +1,250 @@
+"""What the sandbox domain needs from the outside world, as Protocols.
+
+`Provider` hosts sandboxes (the `local` provider: one directory per sandbox on this machine).
+Paths given to a provider are relative to the sandbox root unless absolute inside it; commands run
+in their own process group so a whole tree can be signalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from services.sandbox.domain.models import (
+    AgentConnection,
+    AgentSession,
+    GitState,
+    NewEvent,
+    Process,
+    ProcessState,
+    Sandbox,
+    SandboxKey,
+    SessionEvent,
+    SessionKey,
+    SessionState,
+    Turn,
+    TurnState,
+)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A finished command: exit status and decoded output (UTF-8, undecodable bytes replaced)."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Provider(Protocol):
+    """A place where sandboxes live. Every method is idempotent where the name allows it.
+
+    Raises `services.platform.errors.Unavailable` for provider failures worth retrying.
+    """
+
+    name: str
+
+    async def create(self, key: SandboxKey) -> str:
+        """Create (or find) the sandbox of `key`; returns the provider's own id of it."""
+        ...
+
+    async def resume(self, provider_id: str) -> None:
+        """Make an existing sandbox usable again (after a service restart); raises Unavailable if gone."""
+        ...
+
+    async def destroy(self, provider_id: str) -> None:
+        """Remove the sandbox and everything in it; a missing sandbox is fine."""
+        ...
+
+    async def health(self, provider_id: str) -> bool:
+        """True when the sandbox exists and can run commands."""
+        ...
+
+    def root(self, provider_id: str) -> str:
+        """The absolute path of the sandbox's root directory (the checkout is `<root>/work`)."""
+        ...
+
+    async def exec(
+        self,
+        provider_id: str,
+        argv: Sequence[str],
+        *,
+        cwd: str = "",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run `argv` to completion in the sandbox (cwd relative to the root); never raises on a
+        non-zero exit. Raises Unavailable when the command cannot start or exceeds `timeout` seconds."""
+        ...
+
+    async def spawn(
+        self,
+        provider_id: str,
+        argv: Sequence[str],
+        *,
+        cwd: str = "",
+        env: Mapping[str, str] | None = None,
+        stdin: bool = False,
+    ) -> asyncio.subprocess.Process:
+        """Start a long-running `argv` in its own process group with piped stdout/stderr (and stdin
+        when asked). Raises FileNotFoundError when the executable does not exist."""
+        ...
+
+    async def read_file(self, provider_id: str, path: str) -> bytes:
+        """The bytes of a file in the sandbox; raises FileNotFoundError."""
+        ...
+
+    async def write_file(self, provider_id: str, path: str, data: bytes) -> None:
+        """Create or replace a file in the sandbox (parents created)."""
+        ...
+
+    async def remove(self, provider_id: str, path: str) -> None:
+        """Delete a file or directory tree in the sandbox; missing is fine."""
+        ...
+
+
+class Recorder(Protocol):
+    """Writes one session's events in the order they are put."""
+
+    turn_id: str
+
+    def put(self, event: NewEvent) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class LiveSession(Protocol):
+    """An ACP session on a running agent process of this service process."""
+
+    @property
+    def acp_session_id(self) -> str: ...
+
+    @property
+    def recorder(self) -> Recorder: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    async def prompt(self, blocks: list[str]) -> str:
+        """Send a prompt; returns the ACP stop reason. Raises when the agent fails or dies."""
+        ...
+
+    async def cancel(self) -> None: ...
+
+    async def failure(self, exc: BaseException) -> str:
+        """A readable message for an exception raised by `prompt` or `cancel`."""
+        ...
+
+
+class Agents(Protocol):
+    """Agent processes and their ACP sessions (see `services.sandbox.agents.pool.AgentPool`)."""
+
+    def resolve_command(self, agent: str) -> list[str] | None: ...
+
+    async def ensure(self, sandbox: Sandbox, agent: str) -> object: ...
+
+    def connection(self, sandbox: SandboxKey, agent: str) -> AgentConnection: ...
+
+    def live(self, key: SessionKey) -> LiveSession | None: ...
+
+    async def open(self, sandbox: Sandbox, session: AgentSession) -> tuple[LiveSession, bool]: ...
+
+    async def close_session(self, key: SessionKey) -> None: ...
+
+    async def stop_sandbox(self, sandbox: SandboxKey) -> None: ...
+
+
+class SandboxRecords(Protocol):
+    """Sandboxes, sessions and turns (see `services.sandbox.store.sandboxes.SandboxRecords`)."""
+
+    async def get_sandbox(self, key: SandboxKey) -> Sandbox | None: ...
+
+    async def list_sandboxes(
+        self, organization: str, *, show_destroyed: bool, offset: int, limit: int
+    ) -> list[Sandbox]: ...
+
+    async def insert_sandbox(self, sandbox: Sandbox) -> tuple[Sandbox, bool]: ...
+
+    async def update_sandbox(
+        self, key: SandboxKey, *, refresh_git: bool = False, **changes: Any
+    ) -> Sandbox: ...
+
+    async def get_session(self, key: SessionKey) -> AgentSession | None: ...
+
+    async def list_sessions(self, key: SandboxKey) -> list[AgentSession]: ...
+
+    async def insert_session(self, agent_session: AgentSession) -> tuple[AgentSession, bool]: ...
+
+    async def update_session(self, key: SessionKey, **changes: Any) -> AgentSession: ...
+
+    async def get_turn(self, key: SessionKey, turn_id: str) -> Turn | None: ...
+
+    async def queue_turn(self, turn: Turn) -> tuple[Turn, bool]: ...
+
+    async def claim_next_turn(self, key: SessionKey, runner: str) -> Turn | None: ...
+
+    async def update_turn(self, key: SessionKey, turn_id: str, **changes: Any) -> None: ...
+
+    async def finish_turn(
+        self,
+        turn: Turn,
+        *,
+        state: TurnState,
+        stop_reason: str = "",
+        error: str = "",
+        session_state: SessionState = SessionState.IDLE,
+        session_error: str = "",
+        events: Sequence[NewEvent] = (),
+        only_if: TurnState | None = None,
+    ) -> Turn: ...
+
+    async def turns_in(self, states: Sequence[TurnState], key: SessionKey | None = None) -> list[Turn]: ...
+
+    async def kick(self, key: SessionKey) -> bool: ...
+
+
+class LogRecords(Protocol):
+    """Event logs, git states and processes (see `services.sandbox.store.logs.LogRecords`)."""
+
+    async def append_events(
+        self, key: SessionKey, turn_id: str, events: Sequence[NewEvent]
+    ) -> list[SessionEvent]: ...
+
+    async def list_events(self, key: SessionKey, *, after_seq: int, limit: int) -> list[SessionEvent]: ...
+
+    async def get_git_state(self, key: SandboxKey) -> GitState | None: ...
+
+    async def save_git_state(self, state: GitState, *, task: str) -> GitState: ...
+
+    async def get_process(self, key: SandboxKey, process_id: str) -> Process | None: ...
+
+    async def find_process_by_request(self, key: SandboxKey, request_id: str) -> Process | None: ...
+
+    async def list_processes(
+        self,
+        key: SandboxKey,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        states: Sequence[ProcessState] | None = None,
+    ) -> list[Process]: ...
+
+    async def running_processes(self) -> list[Process]: ...
+
+    async def insert_process(self, process: Process) -> Process: ...
+
+    async def update_process(
+        self, key: SandboxKey, process_id: str, *, when_state: ProcessState | None = None, **changes: Any
+    ) -> Process: ...
+
+    async def delete_process(self, key: SandboxKey, process_id: str) -> None: ...

@@ -1,0 +1,1 @@
+"""The sandbox service's tables and queries; migrations live in `migrations/`."""

@@ -1,0 +1,342 @@
+"""Sandboxes, agent sessions and turns: reads, and writes that publish their events in the same transaction.
+
+Routing keys (topic exchange, through the outbox): `sandbox.sandbox.changed` (SandboxChanged),
+`sandbox.session.changed` (AgentSessionChanged), `sandbox.session.turn_completed` (TurnCompleted).
+Work queues: `<prefix>.sandbox.turn` (RunTurn), `<prefix>.sandbox.git_state` (RefreshGitStateWork).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from foundry.sandbox.v1 import events_pb2
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.platform.db import Database
+from services.platform.outbox import Outbox
+from services.sandbox.api import convert
+from services.sandbox.domain import models as m
+from services.sandbox.store import rows
+from services.sandbox.store.queries import append_events, insert_for, sandbox_where, session_where, turn_where
+from services.sandbox.store.tables import agent_sessions, sandboxes, turns
+
+SANDBOX_CHANGED = "sandbox.sandbox.changed"
+SESSION_CHANGED = "sandbox.session.changed"
+TURN_COMPLETED = "sandbox.session.turn_completed"
+
+
+class Queues:
+    """Full names of the service's work queues."""
+
+    def __init__(self, prefix: str) -> None:
+        self.turn = f"{prefix}.sandbox.turn"
+        self.git_state = f"{prefix}.sandbox.git_state"
+
+
+class SandboxRecords:
+    """Reads and writes of sandboxes, sessions and turns. Writes bump the entity's version and
+    publish its change event through the outbox in the same transaction."""
+
+    def __init__(self, db: Database, outbox: Outbox, queues: Queues) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.queues = queues
+
+    # -- sandboxes -----------------------------------------------------------------------------
+
+    async def get_sandbox(self, key: m.SandboxKey) -> m.Sandbox | None:
+        async with self.db.snapshot() as s:
+            row = (await s.execute(select(sandboxes).where(sandbox_where(key)))).first()
+        return rows.sandbox(row) if row else None
+
+    async def list_sandboxes(
+        self, organization: str, *, show_destroyed: bool, offset: int, limit: int
+    ) -> list[m.Sandbox]:
+        query = select(sandboxes).where(sandboxes.c.organization == organization)
+        if not show_destroyed:
+            query = query.where(sandboxes.c.state != m.SandboxState.DESTROYED.value)
+        query = (
+            query.order_by(sandboxes.c.create_time.desc(), sandboxes.c.sandbox_id).offset(offset).limit(limit)
+        )
+        async with self.db.snapshot() as s:
+            return [rows.sandbox(r) for r in (await s.execute(query)).all()]
+
+    async def insert_sandbox(self, sandbox: m.Sandbox) -> tuple[m.Sandbox, bool]:
+        """Insert `sandbox` unless a row with its key exists; returns (row, created)."""
+        async with self.db.transaction() as s:
+            result = await s.execute(
+                insert_for(s)(sandboxes)
+                .values(**rows.sandbox_values(sandbox))
+                .on_conflict_do_nothing(index_elements=[sandboxes.c.organization, sandboxes.c.sandbox_id])
+            )
+            created = bool(result.rowcount)  # type: ignore[attr-defined]
+            row = (await s.execute(select(sandboxes).where(sandbox_where(sandbox.key)))).one()
+            current = rows.sandbox(row)
+            if created:
+                await self._publish_sandbox(s, current)
+        return current, created
+
+    async def update_sandbox(
+        self, key: m.SandboxKey, *, refresh_git: bool = False, **changes: Any
+    ) -> m.Sandbox:
+        """Apply `changes` (column values; `checkout` as a Checkout) and publish SandboxChanged."""
+        if "checkout" in changes:
+            changes["checkout"] = rows.checkout_json(changes["checkout"])
+        if "state" in changes:
+            changes["state"] = m.SandboxState(changes["state"]).value
+        async with self.db.transaction() as s:
+            await s.execute(
+                update(sandboxes)
+                .where(sandbox_where(key))
+                .values(**changes, update_time=m.now(), version=sandboxes.c.version + 1)
+            )
+            current = rows.sandbox((await s.execute(select(sandboxes).where(sandbox_where(key)))).one())
+            await self._publish_sandbox(s, current)
+            if refresh_git:
+                await self.enqueue_git_refresh(s, key)
+        return current
+
+    async def _publish_sandbox(self, s: AsyncSession, sandbox: m.Sandbox) -> None:
+        await self.outbox.publish(
+            s,
+            routing_key=SANDBOX_CHANGED,
+            message=events_pb2.SandboxChanged(
+                name=sandbox.key.name, version=sandbox.version, sandbox=convert.sandbox(sandbox)
+            ),
+        )
+
+    async def enqueue_git_refresh(self, s: AsyncSession, key: m.SandboxKey) -> None:
+        await self.outbox.enqueue(
+            s,
+            queue=self.queues.git_state,
+            message=events_pb2.RefreshGitStateWork(name=f"{key.name}/gitState"),
+        )
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def get_session(self, key: m.SessionKey) -> m.AgentSession | None:
+        async with self.db.snapshot() as s:
+            row = (await s.execute(select(agent_sessions).where(session_where(key)))).first()
+        return rows.session(row) if row else None
+
+    async def list_sessions(self, key: m.SandboxKey) -> list[m.AgentSession]:
+        async with self.db.snapshot() as s:
+            result = await s.execute(
+                select(agent_sessions).where(
+                    agent_sessions.c.organization == key.organization,
+                    agent_sessions.c.sandbox_id == key.sandbox_id,
+                )
+            )
+            return [rows.session(r) for r in result.all()]
+
+    async def insert_session(self, agent_session: m.AgentSession) -> tuple[m.AgentSession, bool]:
+        async with self.db.transaction() as s:
+            result = await s.execute(
+                insert_for(s)(agent_sessions)
+                .values(**rows.session_values(agent_session))
+                .on_conflict_do_nothing(
+                    index_elements=[
+                        agent_sessions.c.organization,
+                        agent_sessions.c.sandbox_id,
+                        agent_sessions.c.session_id,
+                    ]
+                )
+            )
+            created = bool(result.rowcount)  # type: ignore[attr-defined]
+            current = rows.session(
+                (await s.execute(select(agent_sessions).where(session_where(agent_session.key)))).one()
+            )
+            if created:
+                await self._publish_session(s, current)
+        return current, created
+
+    async def update_session(self, key: m.SessionKey, **changes: Any) -> m.AgentSession:
+        """Apply `changes` and publish AgentSessionChanged."""
+        async with self.db.transaction() as s:
+            return await self._update_session(s, key, **changes)
+
+    async def _update_session(self, s: AsyncSession, key: m.SessionKey, **changes: Any) -> m.AgentSession:
+        for field in ("state", "permission_policy"):
+            if field in changes:
+                changes[field] = str(changes[field])
+        await s.execute(
+            update(agent_sessions)
+            .where(session_where(key))
+            .values(**changes, update_time=m.now(), version=agent_sessions.c.version + 1)
+        )
+        current = rows.session((await s.execute(select(agent_sessions).where(session_where(key)))).one())
+        await self._publish_session(s, current)
+        return current
+
+    async def _publish_session(self, s: AsyncSession, agent_session: m.AgentSession) -> None:
+        await self.outbox.publish(
+            s,
+            routing_key=SESSION_CHANGED,
+            message=events_pb2.AgentSessionChanged(
+                name=agent_session.key.name,
+                version=agent_session.version,
+                agent_session=convert.agent_session(agent_session),
+            ),
+        )
+
+    # -- turns ---------------------------------------------------------------------------------
+
+    async def get_turn(self, key: m.SessionKey, turn_id: str) -> m.Turn | None:
+        async with self.db.snapshot() as s:
+            row = (await s.execute(select(turns).where(turn_where(key, turn_id)))).first()
+        return rows.turn(row) if row else None
+
+    async def queue_turn(self, turn: m.Turn) -> tuple[m.Turn, bool]:
+        """Insert a QUEUED turn at the end of its session's queue and enqueue RunTurn, unless a turn
+        with the same id exists (then that one is returned, and nothing is sent)."""
+        key = turn.session
+        async with self.db.transaction() as s:
+            existing = (await s.execute(select(turns).where(turn_where(key, turn.turn_id)))).first()
+            if existing is not None:
+                return rows.turn(existing), False
+            position = (
+                await s.execute(
+                    update(agent_sessions)
+                    .where(session_where(key))
+                    .values(turn_count=agent_sessions.c.turn_count + 1)
+                    .returning(agent_sessions.c.turn_count)
+                )
+            ).scalar_one()
+            await s.execute(
+                turns.insert().values(
+                    organization=key.sandbox.organization,
+                    sandbox_id=key.sandbox.sandbox_id,
+                    session_id=key.session_id,
+                    turn_id=turn.turn_id,
+                    position=position,
+                    state=m.TurnState.QUEUED.value,
+                    text=turn.text,
+                    attachments=[dataclasses.asdict(a) for a in turn.attachments],
+                    user=turn.user,
+                    create_time=turn.create_time,
+                    cancel_requested=False,
+                    runner="",
+                    agent_pid=0,
+                )
+            )
+            await self.outbox.enqueue(s, queue=self.queues.turn, message=events_pb2.RunTurn(name=turn.name))
+            created = rows.turn((await s.execute(select(turns).where(turn_where(key, turn.turn_id)))).one())
+        return created, True
+
+    async def claim_next_turn(self, key: m.SessionKey, runner: str) -> m.Turn | None:
+        """Make the session's oldest queued turn RUNNING and the session's current turn, unless a turn
+        is running already, the session cannot run turns, or nothing is queued. Returns the claimed turn."""
+        async with self.db.transaction() as s:
+            row = (await s.execute(select(agent_sessions).where(session_where(key)))).first()
+            if (
+                row is None
+                or row.current_turn
+                or row.state not in (m.SessionState.IDLE, m.SessionState.RUNNING)
+            ):
+                return None
+            head = (
+                await s.execute(
+                    select(turns)
+                    .where(turn_where(key), turns.c.state == m.TurnState.QUEUED.value)
+                    .order_by(turns.c.position)
+                    .limit(1)
+                )
+            ).first()
+            if head is None:
+                return None
+            claimed = await s.execute(
+                update(agent_sessions)
+                .where(session_where(key), agent_sessions.c.current_turn == "")
+                .values(current_turn=head.turn_id)
+            )
+            if not claimed.rowcount:  # type: ignore[attr-defined]
+                return None  # another runner won the race
+            now = m.now()
+            await s.execute(
+                update(turns)
+                .where(turn_where(key, head.turn_id))
+                .values(state=m.TurnState.RUNNING.value, start_time=now, runner=runner, heartbeat_time=now)
+            )
+            await self._update_session(s, key, state=m.SessionState.RUNNING, error_message="")
+            return rows.turn((await s.execute(select(turns).where(turn_where(key, head.turn_id)))).one())
+
+    async def update_turn(self, key: m.SessionKey, turn_id: str, **changes: Any) -> None:
+        async with self.db.transaction() as s:
+            await s.execute(update(turns).where(turn_where(key, turn_id)).values(**changes))
+
+    async def finish_turn(
+        self,
+        turn: m.Turn,
+        *,
+        state: m.TurnState,
+        stop_reason: str = "",
+        error: str = "",
+        session_state: m.SessionState = m.SessionState.IDLE,
+        session_error: str = "",
+        events: Sequence[m.NewEvent] = (),
+        only_if: m.TurnState | None = None,
+    ) -> m.Turn:
+        """End `turn`: append `events` (its last log entries), store its outcome, release the session
+        (to `session_state`), publish TurnCompleted and AgentSessionChanged and queue a git state
+        refresh, all in one transaction. A turn that already ended (or is not in state `only_if`, when
+        given) is returned as is."""
+        key = turn.session
+        async with self.db.transaction() as s:
+            row = (await s.execute(select(turns).where(turn_where(key, turn.turn_id)))).one()
+            if m.TurnState(row.state).ended or (only_if is not None and row.state != only_if.value):
+                return rows.turn(row)
+            await append_events(s, self.outbox, key, turn.turn_id, events)
+            await s.execute(
+                update(turns)
+                .where(turn_where(key, turn.turn_id))
+                .values(state=state.value, stop_reason=stop_reason, error_message=error, end_time=m.now())
+            )
+            ended = rows.turn((await s.execute(select(turns).where(turn_where(key, turn.turn_id)))).one())
+            session_row = (await s.execute(select(agent_sessions).where(session_where(key)))).one()
+            changes: dict[str, Any] = {}
+            if session_row.current_turn == turn.turn_id:
+                changes["current_turn"] = ""
+                if session_row.state == m.SessionState.RUNNING.value:
+                    changes.update(state=session_state, error_message=session_error)
+            current = await self._update_session(s, key, **changes)
+            await self.outbox.publish(
+                s,
+                routing_key=TURN_COMPLETED,
+                message=events_pb2.TurnCompleted(
+                    name=key.name, version=current.version, turn=convert.turn(ended)
+                ),
+            )
+            if ended.start_time is not None:
+                await self.enqueue_git_refresh(s, key.sandbox)
+        return ended
+
+    async def turns_in(self, states: Sequence[m.TurnState], key: m.SessionKey | None = None) -> list[m.Turn]:
+        """Turns in `states` (of one session, or all), in queue order."""
+        query = select(turns).where(turns.c.state.in_([st.value for st in states]))
+        if key is not None:
+            query = query.where(turn_where(key))
+        async with self.db.snapshot() as s:
+            return [rows.turn(r) for r in (await s.execute(query.order_by(turns.c.position))).all()]
+
+    async def kick(self, key: m.SessionKey) -> bool:
+        """Enqueue a RunTurn for the session's oldest queued turn when no turn holds the session
+        (after a crash released it). Returns True when a message was enqueued."""
+        async with self.db.transaction() as s:
+            row = (await s.execute(select(agent_sessions.c.current_turn).where(session_where(key)))).first()
+            head = (
+                await s.execute(
+                    select(turns.c.turn_id)
+                    .where(turn_where(key), turns.c.state == "queued")
+                    .order_by(turns.c.position)
+                    .limit(1)
+                )
+            ).first()
+            if row is None or row.current_turn or head is None:
+                return False
+            await self.outbox.enqueue(
+                s, queue=self.queues.turn, message=events_pb2.RunTurn(name=key.turn_name(head.turn_id))
+            )
+            return True

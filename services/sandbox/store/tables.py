@@ -1,0 +1,142 @@
+"""Tables owned by the sandbox service (only it writes them).
+
+States are stored as the lowercase proto enum names (`running`, `idle`, ...). Every entity that is
+published carries a `version` that grows with each change (events and consumers compare it).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from services.platform.db import new_metadata
+
+metadata = new_metadata()
+
+_ID = 128
+
+sandboxes = Table(
+    "sandboxes",
+    metadata,
+    Column("organization", String(_ID), primary_key=True),
+    Column("sandbox_id", String(_ID), primary_key=True),
+    Column("task", String(512), nullable=False),
+    Column("repository", String(512), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("provider_sandbox_id", String(512), nullable=False, server_default=""),
+    Column("state", String(16), nullable=False),
+    Column("checkout", JSON, nullable=True),  # RepositoryCheckout fields; null until prepared
+    Column("error_message", Text, nullable=False, server_default=""),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("destroy_time", DateTime(timezone=True), nullable=True),
+    Column("version", BigInteger, nullable=False, server_default="1"),
+    Column("processes_version", BigInteger, nullable=False, server_default="0"),
+)
+
+agent_sessions = Table(
+    "agent_sessions",
+    metadata,
+    Column("organization", String(_ID), primary_key=True),
+    Column("sandbox_id", String(_ID), primary_key=True),
+    Column("session_id", String(_ID), primary_key=True),
+    Column("agent", String(_ID), nullable=False),
+    Column("model", String(256), nullable=False, server_default=""),
+    Column("mode", String(256), nullable=False, server_default=""),
+    Column("permission_policy", String(16), nullable=False),
+    Column("acp_session_id", String(512), nullable=False, server_default=""),
+    Column("state", String(16), nullable=False),
+    Column("current_turn", String(_ID), nullable=False, server_default=""),  # the claim: one turn at a time
+    Column("last_event_seq", BigInteger, nullable=False, server_default="0"),
+    Column("turn_count", BigInteger, nullable=False, server_default="0"),
+    Column("error_message", Text, nullable=False, server_default=""),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("close_time", DateTime(timezone=True), nullable=True),
+    Column("version", BigInteger, nullable=False, server_default="1"),
+)
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("organization", String(_ID), primary_key=True),
+    Column("sandbox_id", String(_ID), primary_key=True),
+    Column("session_id", String(_ID), primary_key=True),
+    Column("turn_id", String(_ID), primary_key=True),
+    Column("position", BigInteger, nullable=False),  # order of PromptSession calls within the session
+    Column("state", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("attachments", JSON, nullable=False),
+    Column("user", String(256), nullable=False, server_default=""),
+    Column("stop_reason", String(32), nullable=False, server_default=""),
+    Column("error_message", Text, nullable=False, server_default=""),
+    Column("first_event_seq", BigInteger, nullable=False, server_default="0"),
+    Column("last_event_seq", BigInteger, nullable=False, server_default="0"),
+    Column("cancel_requested", Boolean, nullable=False, server_default="0"),
+    Column("runner", String(256), nullable=False, server_default=""),  # host:pid:instance of the runner
+    Column("agent_pid", Integer, nullable=False, server_default="0"),
+    Column("heartbeat_time", DateTime(timezone=True), nullable=True),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=True),
+    Column("end_time", DateTime(timezone=True), nullable=True),
+    Index("ix_turns_state", "state"),
+)
+
+session_events = Table(
+    "session_events",
+    metadata,
+    Column("organization", String(_ID), primary_key=True),
+    Column("sandbox_id", String(_ID), primary_key=True),
+    Column("session_id", String(_ID), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("sender", String(16), nullable=False),
+    Column("turn_id", String(_ID), nullable=False, server_default=""),
+    Column("text", Text, nullable=False, server_default=""),
+    Column("payload", JSON, nullable=False),
+)
+
+git_states = Table(
+    "git_states",
+    metadata,
+    Column("organization", String(_ID), primary_key=True),
+    Column("sandbox_id", String(_ID), primary_key=True),
+    Column("state", JSON, nullable=False),
+    Column("compute_time", DateTime(timezone=True), nullable=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+processes = Table(
+    "processes",
+    metadata,
+    Column("organization", String(_ID), primary_key=True),
+    Column("sandbox_id", String(_ID), primary_key=True),
+    Column("process_id", String(_ID), primary_key=True),
+    Column("request_id", String(_ID), nullable=True),
+    Column("command", Text, nullable=False),
+    Column("args", JSON, nullable=False),
+    Column("cwd", Text, nullable=False, server_default=""),
+    Column("env", JSON, nullable=False),
+    Column("tty", Boolean, nullable=False, server_default="0"),
+    Column("interactive", Boolean, nullable=False, server_default="0"),
+    Column("pid", Integer, nullable=False, server_default="0"),
+    Column("state", String(16), nullable=False),
+    Column("exit_code", Integer, nullable=True),
+    Column("exit_signal", Integer, nullable=False, server_default="0"),
+    Column("output_size_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("exit_time", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("organization", "sandbox_id", "request_id", name="uq_processes_request"),
+)

@@ -1,0 +1,79 @@
+"""Wiring of the task service: `wire(runtime) -> Wiring` (servicer, queues, resume hooks)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from foundry.task.v1 import task_service_pb2, task_service_pb2_grpc
+
+from services.platform.authz import Membership
+from services.platform.logging import get_logger
+from services.platform.messaging.broker import QueueSpec
+from services.platform.server.host import Runtime, Servicer, Wiring
+from services.task.api.servicer import TaskServicer
+from services.task.clients import GithubDataClient, OrganizationClient, SandboxClient
+from services.task.ops import commands, provisioning
+from services.task.ops.deps import Deps
+from services.task.workers import handlers
+
+log = get_logger(__name__)
+STALL_SWEEP_SECONDS = 5.0
+
+
+def build_deps(rt: Runtime) -> Deps:
+    return Deps(
+        settings=rt.settings,
+        db=rt.db,
+        outbox=rt.outbox,
+        organization=OrganizationClient(rt.peers),
+        github_data=GithubDataClient(rt.peers),
+        sandbox=SandboxClient(rt.peers),
+        membership=Membership.via_peer(rt.peers),
+    )
+
+
+def wire(rt: Runtime) -> Wiring:
+    deps = build_deps(rt)
+    q = deps.queue
+    # Provisioning steps wait on the sandbox for up to step_timeout: a small prefetch keeps the other
+    # replicas busy instead of piling messages onto one.
+    queues = [
+        (QueueSpec(q("provision"), prefetch=8), handlers.provision(deps)),
+        (QueueSpec(q("ensure_session"), prefetch=8), handlers.ensure_session(deps)),
+        (QueueSpec(q("deliver_message")), handlers.deliver_message(deps)),
+        (QueueSpec(q("command"), prefetch=8), handlers.command(deps)),
+        # github_data asks for the archive when the task's pull request is closed or merged.
+        (QueueSpec(q("archive_on_branch"), bindings=("github_data.task.archive_on_branch",)),
+         handlers.archive_on_branch(deps)),
+        (QueueSpec(q("sandbox_events"), bindings=handlers.SANDBOX_KEYS), handlers.sandbox(deps)),
+        (QueueSpec(q("pull_requests"), bindings=handlers.GITHUB_KEYS), handlers.github(deps)),
+    ]
+
+    async def resume() -> None:
+        """Crash resume: continue provisioning and archive/kill flows left mid-way."""
+        resumed = await provisioning.resume_all(deps)
+        flows = await commands.resume(deps)
+        log.info("task_work_resumed", provisioning=resumed, commands=flows)
+
+    async def sweep_stalled() -> None:
+        """Take over provisioning whose replica died holding the lease (after the lease lapses)."""
+        while True:
+            await asyncio.sleep(STALL_SWEEP_SECONDS)
+            try:
+                await provisioning.resume_all(deps, only_stalled=True)
+            except Exception:  # retried at the next sweep
+                log.warning("stall_sweep_failed", exc_info=True)
+
+    servicer = TaskServicer(deps, rt.hub)
+    return Wiring(
+        servicers=[
+            Servicer(
+                task_service_pb2_grpc.add_TaskServiceServicer_to_server,
+                servicer,
+                task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+            )
+        ],
+        queues=queues,
+        on_started=[resume],
+        background=[sweep_stalled],
+    )

@@ -1,0 +1,171 @@
+"""Calls to peer services over `rt.peers` channels (generated stubs only). Peer errors arrive as
+FoundryError subclasses (`from_rpc_error`), keeping the peer's reason."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
+from foundry.github_data.v1 import github_data_service_pb2_grpc as gd_grpc
+from foundry.github_data.v1 import repository_pb2
+from foundry.organization.v1 import organization_service_pb2 as org_pb2
+from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
+from foundry.organization.v1 import task_index_pb2
+from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
+from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
+
+from services.platform.channels import Channels
+from services.platform.errors import from_rpc_error
+
+T = TypeVar("T")
+
+MODES = {
+    "exact": task_index_pb2.BRANCH_RESERVATION_MODE_EXACT,
+    "existing": task_index_pb2.BRANCH_RESERVATION_MODE_EXISTING,
+    "generate": task_index_pb2.BRANCH_RESERVATION_MODE_GENERATE,
+}
+
+
+async def _call(awaitable: Awaitable[T], what: str) -> T:
+    try:
+        return await awaitable
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc, context=what) from exc
+
+
+class OrganizationClient:
+    """Task index (branch reservations) on the organization service."""
+
+    def __init__(self, peers: Channels) -> None:
+        self._stub = org_grpc.OrganizationServiceStub(peers.channel("organization"))
+
+    async def reserve_branch(
+        self, *, organization: str, task_id: str, repository: str, branch: str, mode: str, title: str
+    ) -> str:
+        """Reserve `branch` (mode exact | existing | generate) for the task; returns the branch.
+        Errors: AlreadyExists (`BRANCH_TAKEN`), InvalidArgument, Unavailable."""
+        response = await _call(
+            self._stub.ReserveTaskBranch(
+                org_pb2.ReserveTaskBranchRequest(
+                    parent=f"organizations/{organization}",
+                    task_id=task_id,
+                    repository=repository,
+                    branch=branch,
+                    mode=MODES[mode],
+                    title=title,
+                )
+            ),
+            "ReserveTaskBranch",
+        )
+        return response.task_index_entry.branch
+
+    async def release_branch(self, *, organization: str, task_id: str) -> None:
+        await _call(
+            self._stub.ReleaseTaskBranch(
+                org_pb2.ReleaseTaskBranchRequest(
+                    name=f"organizations/{organization}/taskIndexEntries/{task_id}"
+                )
+            ),
+            "ReleaseTaskBranch",
+        )
+
+    async def task_index_entry(self, *, organization: str, task_id: str) -> task_index_pb2.TaskIndexEntry:
+        response = await _call(
+            self._stub.GetTaskIndexEntry(
+                org_pb2.GetTaskIndexEntryRequest(
+                    name=f"organizations/{organization}/taskIndexEntries/{task_id}"
+                )
+            ),
+            "GetTaskIndexEntry",
+        )
+        return response.task_index_entry
+
+    async def is_member(self, *, organization: str, user: str) -> bool:
+        response = await _call(
+            self._stub.CheckMembership(
+                org_pb2.CheckMembershipRequest(organization=f"organizations/{organization}", user=user)
+            ),
+            "CheckMembership",
+        )
+        return bool(response.member)
+
+
+class GithubDataClient:
+    """Stored repository rows on the github-data service."""
+
+    def __init__(self, peers: Channels) -> None:
+        self._stub = gd_grpc.GithubDataServiceStub(peers.channel("github_data"))
+
+    async def repository(self, name: str) -> repository_pb2.Repository:
+        """The stored repository. Errors: NotFound."""
+        response = await _call(
+            self._stub.GetRepository(gd_pb2.GetRepositoryRequest(name=name)), "GetRepository"
+        )
+        return response.repository
+
+
+class SandboxClient:
+    """The sandbox service's idempotent commands (keyed by task id, session id and turn id)."""
+
+    def __init__(self, peers: Channels) -> None:
+        self.stub = sb_grpc.SandboxServiceStub(peers.channel("sandbox"))
+
+    async def call(self, method: str, request: object, *, deadline: float | None = None) -> object:
+        """Call `method` with `request`; `deadline` in seconds overrides the default deadline."""
+        rpc = getattr(self.stub, method)
+        return await _call(rpc(request, timeout=deadline) if deadline else rpc(request), method)
+
+    async def create_sandbox(
+        self, request: sb_pb2.CreateSandboxRequest, *, deadline: float
+    ) -> sb_pb2.CreateSandboxResponse:
+        return await _call(self.stub.CreateSandbox(request, timeout=deadline), "CreateSandbox")
+
+    async def prepare_repository(
+        self, request: sb_pb2.PrepareRepositoryRequest, *, deadline: float
+    ) -> sb_pb2.PrepareRepositoryResponse:
+        return await _call(self.stub.PrepareRepository(request, timeout=deadline), "PrepareRepository")
+
+    async def start_agent(
+        self, request: sb_pb2.StartAgentRequest, *, deadline: float
+    ) -> sb_pb2.StartAgentResponse:
+        return await _call(self.stub.StartAgent(request, timeout=deadline), "StartAgent")
+
+    async def start_agent_session(
+        self, request: sb_pb2.StartAgentSessionRequest, *, deadline: float
+    ) -> sb_pb2.StartAgentSessionResponse:
+        return await _call(self.stub.StartAgentSession(request, timeout=deadline), "StartAgentSession")
+
+    async def prompt(self, request: sb_pb2.PromptSessionRequest) -> sb_pb2.PromptSessionResponse:
+        return await _call(self.stub.PromptSession(request), "PromptSession")
+
+    async def cancel_turn(self, name: str) -> None:
+        await _call(self.stub.CancelTurn(sb_pb2.CancelTurnRequest(name=name)), "CancelTurn")
+
+    async def close_session(self, name: str) -> None:
+        await _call(
+            self.stub.CloseAgentSession(sb_pb2.CloseAgentSessionRequest(name=name)), "CloseAgentSession"
+        )
+
+    async def set_model(self, name: str, model: str) -> None:
+        await _call(
+            self.stub.SetAgentSessionModel(sb_pb2.SetAgentSessionModelRequest(name=name, model=model)),
+            "SetAgentSessionModel",
+        )
+
+    async def destroy(self, name: str, reason: str, *, deadline: float) -> None:
+        await _call(
+            self.stub.DestroySandbox(
+                sb_pb2.DestroySandboxRequest(name=name, reason=reason), timeout=deadline
+            ),
+            "DestroySandbox",
+        )
+
+    async def push(self, name: str) -> sb_pb2.PushBranchResponse:
+        return await _call(
+            self.stub.PushBranch(sb_pb2.PushBranchRequest(name=name), timeout=300), "PushBranch"
+        )
+
+    async def revert_file(self, name: str, path: str) -> sb_pb2.RevertFileResponse:
+        return await _call(self.stub.RevertFile(sb_pb2.RevertFileRequest(name=name, path=path)), "RevertFile")

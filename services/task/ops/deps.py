@@ -1,0 +1,42 @@
+"""`Deps`: what the task service's use cases need, built once by `app.wire`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from services.platform.authz import Membership
+from services.platform.db import Database
+from services.platform.messaging.broker import queue_name
+from services.platform.outbox import Outbox
+from services.platform.settings import Settings
+from services.task.clients import GithubDataClient, OrganizationClient, SandboxClient
+
+LEASE_SECONDS = 15.0
+"""How long a provisioning step's lease lasts without renewal; a crashed replica's task is taken
+over by another one after at most this long."""
+LEASE_RENEW_SECONDS = 4.0
+
+
+@dataclass
+class Deps:
+    """Settings, database, outbox and peer clients of one task-service process."""
+
+    settings: Settings
+    db: Database
+    outbox: Outbox
+    organization: OrganizationClient
+    github_data: GithubDataClient
+    sandbox: SandboxClient
+    membership: Membership
+    replica: str = field(default_factory=lambda: uuid.uuid4().hex)
+    lease_seconds: float = LEASE_SECONDS
+
+    def queue(self, name: str) -> str:
+        """Full name of one of the task service's work queues (`provision`, `ensure_session`, …)."""
+        return queue_name(self.settings.name_prefix, "task", name)
+
+    @property
+    def step_timeout(self) -> float:
+        """Seconds one provisioning step may take (`FOUNDRY_SANDBOX__STEP_TIMEOUT_SECONDS`)."""
+        return self.settings.sandbox.step_timeout_seconds

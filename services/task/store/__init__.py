@@ -1,0 +1,1 @@
+"""The task service's tables and queries; migrations live in `migrations/`."""

@@ -1,0 +1,48 @@
+"""`python -m bench --quick` end to end: every benchmark runs its small version against real
+processes and writes a result file with machine info, inputs, figures and judged targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = {
+    "create_task_latency": {"create_task", "bare_insert", "p99_ratio"},
+    "event_latency": {"grpc_watch", "sse_gateway"},
+    "read_throughput": {"get_task_rps", "bare_echo_rps", "ratio"},
+    "sse_fanout": {"upstream_streams", "gateway_kb_per_subscriber", "fanout_one_change"},
+    "task_throughput": {"tasks_per_second", "tasks_ready", "create_task_latency"},
+}
+
+
+def test_quick_bench_writes_every_result_with_figures_and_targets(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "GRPC_VERBOSITY": "ERROR", "FOUNDRY_BENCH_RESULTS": str(tmp_path)},
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name, figures in FIGURES.items():
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["benchmark"] == name and result["quick"] is True
+        assert result["machine"]["nproc"] >= 1 and result["machine"]["python"]
+        assert result["inputs"], name
+        assert figures <= result["figures"].keys(), (name, result["figures"].keys())
+        for key, judged in result["targets"].items():
+            assert isinstance(judged["met"], bool) and isinstance(judged["value"], (int, float)), (name, key)
+        assert "profile_notes" in result
+    fanout = json.loads((tmp_path / "sse_fanout.json").read_text())["figures"]
+    assert fanout["upstream_streams"] == 1, "subscribers of one organization must share one upstream Watch"
+    assert fanout["fanout_one_change"]["received"] == fanout["subscribers_attached"]
+    assert "task_throughput" in run.stdout and "target" in run.stdout  # the printed table

@@ -1,0 +1,73 @@
+"""`make run` (embedded) and `make run-mesh` (process per service on PostgreSQL + RabbitMQ) come up
+healthy and drain cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.infra import make_pg_database, unique_name
+from tests.helpers.procs import MeshPorts, spawn, stop, wait_healthy
+
+pytestmark = pytest.mark.e2e
+
+
+def _events(log: Path) -> list[dict[str, object]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+async def test_embedded_mode_serves_all_services_and_drains(tmp_path: Path) -> None:
+    ports = MeshPorts()
+    log = tmp_path / "embedded.log"
+    proc = spawn(
+        "services.embedded", {**ports.env(), "FOUNDRY_DATA_DIR": str(tmp_path / "data")}, log_path=log
+    )
+    try:
+        await wait_healthy(ports, proc)
+        assert sorted(p.name for p in (tmp_path / "data").glob("*.sqlite3")) == [
+            "github_data.sqlite3",
+            "organization.sqlite3",
+            "sandbox.sqlite3",
+            "task.sqlite3",
+        ]
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()[-3000:]
+    names = [e.get("event") for e in _events(log)]
+    for step in ("drain_started", "drain_finished", "cleanup_started", "cleanup_finished"):
+        assert step in names, f"{step} missing from the drain log"
+    assert names.index("drain_started") < names.index("drain_finished") < names.index("cleanup_finished")
+
+
+@pytest.mark.integration
+async def test_mesh_mode_runs_one_process_per_service_on_postgres_and_rabbitmq(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    ports = MeshPorts()
+    async with make_pg_database() as db_url:
+        env = {
+            **ports.env(),
+            "FOUNDRY_DATABASE_URL": db_url,
+            "FOUNDRY_AMQP_URL": amqp_url,  # the run's vhost; the prefix keeps this mesh's queues apart
+            "FOUNDRY_NAME_PREFIX": unique_name("mesh"),
+            "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
+        }
+        proc = spawn("services.mesh", env, log_path=tmp_path / "mesh.log")
+        try:
+            await wait_healthy(ports, proc, timeout=90)
+        finally:
+            code = stop(proc)
+        log = (tmp_path / "mesh.log").read_text(errors="replace")
+        assert code == 0, log[-3000:]
+        starts = [e for e in _events(tmp_path / "mesh.log") if e.get("event") == "service_started"]
+        assert sorted(str(e["service"]) for e in starts) == ["github_data", "organization", "sandbox", "task"]
+        assert all("postgresql" in str(e["database"]) for e in starts)

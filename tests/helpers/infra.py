@@ -1,0 +1,76 @@
+"""Real infrastructure for tests: a PostgreSQL database and a RabbitMQ vhost of their own, removed after."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def make_pg_database(name: str | None = None) -> AsyncIterator[str]:
+    """Create a fresh database; yield its `postgresql+asyncpg://` URL; drop it afterwards."""
+    name = name or unique_name("foundry_test")
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def _rabbitmqctl(*args: str, timeout: float = 60) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def make_rabbit_vhost(name: str | None = None) -> Iterator[str]:
+    """Create a RabbitMQ vhost for guest; yield its amqp:// URL; delete it (and all it holds) afterwards."""
+    name = name or unique_name("foundry_test")
+    _rabbitmqctl("add_vhost", name)
+    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    try:
+        yield f"{AMQP_BASE}/{name}"
+    finally:
+        with contextlib.suppress(Exception):
+            _rabbitmqctl("delete_vhost", name, timeout=30)
+
+
+async def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
+    """Wait until something accepts TCP connections on host:port."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.05)

@@ -1,0 +1,119 @@
+"""Provisioning on PostgreSQL + RabbitMQ with the real organization, github-data and sandbox
+services: crash resume on a new replica, and two replicas on the same tasks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from foundry.sandbox.v1 import sandbox_pb2
+from foundry.task.v1 import events_pb2, task_pb2
+from foundry.task.v1 import task_service_pb2 as pb
+
+from services.platform.messaging.broker import queue_name
+from services.platform.settings import Settings
+from services.task.ops.provisioning import STEP_CONCURRENCY
+from tests.helpers.eventually import assert_eventually
+from tests.helpers.infra import make_pg_database
+from tests.helpers.mesh import running
+from tests.unit.task.conftest import PEERS, TaskWorld, connect, make_repositories, task_replica
+
+pytestmark = pytest.mark.integration
+READY = task_pb2.PROVISIONING_STAGE_READY
+RUNNING = sandbox_pb2.SANDBOX_STATE_RUNNING
+
+
+@pytest.fixture
+def pg_settings(
+    settings_factory: Callable[..., Settings], own_pg_url: str, amqp_url: str
+) -> Callable[[float], Settings]:
+    """Settings on PostgreSQL + RabbitMQ whose sandbox takes `create_delay` seconds per CreateSandbox."""
+
+    def make(create_delay: float) -> Settings:
+        return settings_factory(
+            database_url=own_pg_url,
+            amqp_url=amqp_url,
+            messaging={"max_attempts": 3, "retry_delay_seconds": 0.1, "queue_type": "classic"},
+            sandbox={"create_delay_seconds": create_delay},
+        )
+
+    return make
+
+
+@pytest.fixture
+async def own_pg_url() -> AsyncIterator[str]:
+    """A PostgreSQL database of this test alone (the services' schemas start empty)."""
+    async with make_pg_database() as url:
+        yield url
+
+
+async def test_provisioning_resumes_on_a_new_host_after_a_crash_mid_stage(
+    pg_settings: Callable[[float], Settings], tmp_path: Path
+) -> None:
+    async with running(pg_settings(3.0), PEERS) as mesh:
+        alice, organization, repository = await connect(mesh, make_repositories(tmp_path))
+        async with task_replica(mesh.settings, alice) as first:
+            world = TaskWorld(mesh, alice, organization, repository, tmp_path / "repos", first.stub)
+            task = await world.create("add x")
+            task_id = task.name.rsplit("/", 1)[-1]
+
+            async def creating() -> None:  # the create-sandbox step is in flight at the sandbox
+                boxes = await world.sandboxes()
+                assert [(b.task, b.state) for b in boxes] == [(task.name, sandbox_pb2.SANDBOX_STATE_PENDING)]
+
+            await assert_eventually(creating, timeout=15)
+            await first.stop(grace=0.2)  # the host goes away without finishing the stage
+        (box,) = await world.sandboxes()
+        assert box.state == sandbox_pb2.SANDBOX_STATE_PENDING
+
+        async with task_replica(mesh.settings, alice) as second:
+
+            async def ready() -> task_pb2.Task:
+                got = (await second.stub.GetTask(pb.GetTaskRequest(name=task.name))).task
+                assert got.provisioning.stage == READY, got.provisioning
+                return got
+
+            done = await assert_eventually(ready, timeout=40)
+        assert done.status == task_pb2.TASK_STATUS_IDLE
+        # The interrupted stage was finished by the new replica on the same sandbox: one sandbox,
+        # running, with one agent session (the task's).
+        assert [(b.name, b.state) for b in await world.sandboxes()] == [(box.name, RUNNING)]
+        assert done.sandbox.name == box.name
+        assert await world.agent_session_rows(task_id) == [done.sessions[0].name.rsplit("/", 1)[-1]]
+
+
+async def test_two_replicas_never_run_one_tasks_steps_concurrently(
+    pg_settings: Callable[[float], Settings], tmp_path: Path
+) -> None:
+    async with running(pg_settings(0.5), PEERS) as mesh:
+        alice, organization, repository = await connect(mesh, make_repositories(tmp_path))
+        async with task_replica(mesh.settings, alice) as a, task_replica(mesh.settings, alice) as b:
+            world = TaskWorld(mesh, alice, organization, repository, tmp_path / "repos", a.stub)
+            tasks = [await world.create("add x") for _ in range(3)]
+            queue = queue_name(mesh.settings.name_prefix, "task", "provision")
+            for task in tasks:  # duplicates land on both replicas
+                for i in range(4):
+                    await mesh.broker.publish(
+                        exchange="",
+                        routing_key=queue,
+                        message_id=f"{task.name}-dup-{i}",
+                        body=events_pb2.ProvisionTask(name=task.name).SerializeToString(),
+                    )
+
+            async def all_ready() -> None:
+                for task in tasks:
+                    got = (await b.stub.GetTask(pb.GetTaskRequest(name=task.name))).task
+                    assert got.provisioning.stage == READY, (task.name, got.provisioning)
+
+            await assert_eventually(all_ready, timeout=60)
+        ids = [t.name.rsplit("/", 1)[-1] for t in tasks]
+        # Both replicas ran steps of these tasks, never two steps of one task at once (the
+        # in-process counter spans both hosts of this test process).
+        assert all(STEP_CONCURRENCY.peak[i] == 1 for i in ids), {i: STEP_CONCURRENCY.peak[i] for i in ids}
+        assert len(set().union(*(STEP_CONCURRENCY.replicas[i] for i in ids))) == 2
+        # One sandbox and one agent session per task at the sandbox service.
+        boxes = await world.sandboxes()
+        assert sorted((b.task, b.state) for b in boxes) == sorted((t.name, RUNNING) for t in tasks)
+        for task_id in ids:
+            assert len(await world.agent_session_rows(task_id)) == 1

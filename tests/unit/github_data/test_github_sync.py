@@ -1,0 +1,280 @@
+"""github_data against a local server speaking GitHub's REST wire format (installation tokens minted
+from a real RS256 App JWT, Link paging, rate-limit headers, injected 5xx), mounted under `/api/v3`
+like GitHub Enterprise Server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from foundry.github_data.v1 import connection_pb2
+from foundry.github_data.v1 import github_data_service_pb2 as pb
+from foundry.github_data.v1 import sync_status_pb2 as ss
+
+from services.platform.settings import Settings
+from tests.helpers import assert_eventually
+from tests.helpers.github_server import GithubServer, GithubState
+from tests.helpers.mesh import Mesh, running
+from tests.unit.github_data.conftest import EventLog, stub
+
+ORG = "acme"
+STATUS = f"organizations/{ORG}/syncStatus"
+INSTALLATION = 77
+
+
+def github_connection(org: str = ORG, installation_id: int = INSTALLATION) -> connection_pb2.Connection:
+    return connection_pb2.Connection(
+        name=f"organizations/{org}/connection",
+        provider=ss.PROVIDER_GITHUB,
+        github=connection_pb2.GithubSettings(
+            account_login=org,
+            account_id=9919,
+            installation_id=installation_id,
+            account_type=connection_pb2.GITHUB_ACCOUNT_TYPE_ORGANIZATION,
+        ),
+    )
+
+
+def organization(state: GithubState, repos: int) -> None:
+    """`acme` with `repos` repositories, 3 members (1 admin) and the App installed."""
+    state.add_account(ORG)
+    state.install(INSTALLATION, ORG)
+    for i in range(repos):
+        state.add_repo(ORG, f"repo-{i:03d}", default_branch="main" if i % 2 else "trunk", private=bool(i % 3))
+    state.add_member(ORG, "octocat", admin=True)
+    state.add_member(ORG, "hubot")
+    state.add_member(ORG, "monalisa")
+
+
+@pytest.fixture(name="gh")
+async def _gh(rsa_keys: tuple[str, str]) -> AsyncIterator[GithubServer]:
+    async with GithubServer(GithubState(app_id="4242", public_key=rsa_keys[1]), prefix="/api/v3") as server:
+        yield server
+
+
+def with_api(settings: Settings, server: GithubServer) -> Settings:
+    return settings.model_copy(update={"github": settings.github.model_copy(update={"api_url": server.url})})
+
+
+async def wait_state(mesh: Mesh, state: int, *, within: float = 30) -> ss.SyncStatus:
+    client = stub(mesh)
+
+    async def check() -> ss.SyncStatus:
+        got = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+        assert got.state == state, got
+        return got
+
+    return await assert_eventually(check, timeout=within)
+
+
+async def test_250_repository_organization_syncs_in_batches_of_10_with_paging(
+    settings: Settings, gh: GithubServer
+) -> None:
+    organization(gh.state, 250)
+    busy = "acme/repo-007"
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    for n in range(1, 151):  # two pages of pull requests
+        gh.state.add_pull(
+            busy, n, head=f"feature/{n}", updated_at=start + timedelta(minutes=n), draft=n % 10 == 0
+        )
+    gh.state.add_pull("acme/repo-200", 1, head="fix/login", title="Fix login")
+    settings = with_api(settings, gh)
+    async with running(settings, ["github_data"]) as mesh:
+        log = EventLog()
+        await log.attach(mesh.broker, settings.name_prefix)
+        client = stub(mesh)
+        answer = await client.ConnectOrganization(
+            pb.ConnectOrganizationRequest(connection=github_connection())
+        )
+        assert answer.sync_status.state == ss.SYNC_STATE_PENDING
+
+        status = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        assert (status.repository_count, status.open_pull_request_count) == (250, 151)
+        assert status.label == "Synced 250 repositories"
+
+        s = gh.state
+        assert s.count("POST /api/v3/app/installations/77/access_tokens") == 1  # one token for the whole sync
+        assert s.count("GET /api/v3/installation/repositories") == 3  # 100 + 100 + 50, by Link
+        assert s.count("/pulls?") == 251  # every repository once, the busy one twice
+        first = f"GET /api/v3/repos/{busy}/pulls?state=open&sort=updated&direction=desc&per_page=100"
+        assert s.requests.count(first) == 1 and s.requests.count(f"{first}&page=2") == 1
+
+        def progress_announced() -> None:  # the relay publishes after commit: events may trail the rows
+            in_pr_phase = [
+                e.sync_status
+                for e in log.of("github_data.sync.progress")
+                if e.sync_status.phase == ss.SYNC_PHASE_SYNCING_PULL_REQUESTS
+            ]
+            assert sorted({st.processed_repository_count for st in in_pr_phase}) == list(range(0, 251, 10))
+            assert "Synced pull requests for 30 of 250 repositories" in [st.label for st in in_pr_phase]
+            assert all(st.total_repository_count == 250 for st in in_pr_phase)
+            assert len(log.of("github_data.pull_request.changed")) == 151
+
+        await assert_eventually(progress_announced)
+
+        prs = await client.ListPullRequests(
+            pb.ListPullRequestsRequest(parent=f"organizations/{ORG}/repositories/-", page_size=1000)
+        )
+        assert len(prs.pull_requests) == 151
+        times = [p.update_time.ToDatetime() for p in prs.pull_requests]
+        assert times == sorted(times, reverse=True)
+        drafts = [p for p in prs.pull_requests if p.state == 2]  # PULL_REQUEST_STATE_DRAFT
+        assert len(drafts) == 15 and all(p.draft for p in drafts)
+        fix = await client.ListPullRequests(
+            pb.ListPullRequestsRequest(parent=f"organizations/{ORG}/repositories/-", head_branch="fix/login")
+        )
+        assert [p.repository_full_name for p in fix.pull_requests] == ["acme/repo-200"]
+        assert fix.freshness.state == ss.SYNC_STATE_SYNCED
+
+        members = await client.ListGithubMembers(pb.ListGithubMembersRequest(parent=f"organizations/{ORG}"))
+        assert [(m.login, m.role) for m in members.github_members] == [
+            ("hubot", "member"),
+            ("monalisa", "member"),
+            ("octocat", "admin"),
+        ]
+
+
+async def test_request_sync_while_one_runs_returns_its_status(settings: Settings, gh: GithubServer) -> None:
+    organization(gh.state, 30)
+    gh.state.delay["/pulls"] = 0.2
+    async with running(with_api(settings, gh), ["github_data"]) as mesh:
+        client = stub(mesh)
+        await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+        running_status = await wait_state(mesh, ss.SYNC_STATE_SYNCING)
+        again = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
+        assert not again.enqueued
+        assert again.sync_status.generation == running_status.generation == 1
+        gh.state.delay.clear()
+        await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        after = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
+        assert after.enqueued and after.sync_status.generation == 2
+
+
+async def test_rate_limited_answers_are_waited_out_and_the_sync_succeeds(
+    settings: Settings, gh: GithubServer
+) -> None:
+    organization(gh.state, 12)
+    gh.state.rate_limit(times=2, path="/installation/repositories", retry_after=1)
+    gh.state.rate_limit(times=1, path="/pulls", retry_after=0, secondary=True)
+    async with running(with_api(settings, gh), ["github_data"]) as mesh:
+        await stub(mesh).ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+        status = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        assert status.repository_count == 12
+        assert gh.state.count("GET /api/v3/installation/repositories") == 3  # 2 limited + 1 answered
+        assert all(f.times == 0 for f in gh.state.faults)
+
+
+async def test_persistent_server_errors_end_the_sync_in_error(settings: Settings, gh: GithubServer) -> None:
+    organization(gh.state, 5)
+    gh.state.fail(503, times=1000, path="/installation/repositories", retry_after=0)
+    async with running(with_api(settings, gh), ["github_data"]) as mesh:
+        client = stub(mesh)
+        await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+        status = await wait_state(mesh, ss.SYNC_STATE_ERROR, within=60)
+        assert "503" in status.error_message and "/installation/repositories" in status.error_message
+        assert status.label == status.error_message and status.phase == ss.SYNC_PHASE_UNSPECIFIED
+        assert gh.state.count("GET /api/v3/installation/repositories") == 1 + 3  # first try + 3 retries
+        gh.state.faults.clear()
+        retry = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
+        assert retry.enqueued  # not stuck: a new sync starts and succeeds
+        assert (await wait_state(mesh, ss.SYNC_STATE_SYNCED)).repository_count == 5
+
+
+async def test_rows_gone_from_github_are_swept_and_announced(settings: Settings, gh: GithubServer) -> None:
+    organization(gh.state, 3)
+    gh.state.add_pull("acme/repo-000", 5, head="feat/a")
+    gh.state.add_pull("acme/repo-001", 6, head="feat/b")
+    async with running(with_api(settings, gh), ["github_data"]) as mesh:
+        log = EventLog()
+        await log.attach(mesh.broker, settings.name_prefix)
+        client = stub(mesh)
+        await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+        await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        del gh.state.repos["acme/repo-002"]
+        gh.state.pulls["acme/repo-000"][0]["state"] = "closed"
+        await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
+
+        async def swept() -> None:
+            status = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+            assert status.state == ss.SYNC_STATE_SYNCED and status.generation == 2
+            assert (status.repository_count, status.open_pull_request_count) == (2, 1)
+            removed = log.of("github_data.pull_request.removed")
+            assert [r.head_branch for r in removed] == ["feat/a"]
+            assert removed[0].final_state == 0  # swept: the final state is not known
+            assert len(log.of("github_data.repository.removed")) == 1
+
+        await assert_eventually(swept, timeout=20)
+
+
+async def test_bad_app_credentials_surface_as_sync_error(settings: Settings, gh: GithubServer) -> None:
+    organization(gh.state, 2)
+    gh.state.app_id = "9999"  # the server expects another App: our JWT's issuer is rejected
+    async with running(with_api(settings, gh), ["github_data"]) as mesh:
+        await stub(mesh).ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+        status = await wait_state(mesh, ss.SYNC_STATE_ERROR, within=30)
+        assert "401" in status.error_message
+
+
+async def test_sync_stopped_midway_resumes_from_its_cursor_on_the_next_start(
+    settings: Settings, gh: GithubServer
+) -> None:
+    organization(gh.state, 100)
+    gh.state.add_pull("acme/repo-095", 3, head="late/branch")
+    gh.state.delay["/pulls"] = 0.05
+    settings = with_api(settings, gh)
+    async with running(settings, ["github_data"]) as mesh:
+        client = stub(mesh)
+        await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+
+        async def some_batches_done() -> None:
+            status = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+            assert (
+                status.phase == ss.SYNC_PHASE_SYNCING_PULL_REQUESTS
+                and status.processed_repository_count >= 30
+            )
+
+        await assert_eventually(some_batches_done, timeout=20)
+        gate = gh.state.hold("/pulls")  # the next batch hangs; the host stops under it
+    stopped_at = gh.state.count("/pulls?")
+    gate.set()
+    gh.state.gates.clear()
+    gh.state.delay.clear()
+
+    async with running(settings, ["github_data"]) as mesh:  # same data_dir: the durable job state
+        status = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        assert status.generation == 1  # the same sync finished, none started over
+        assert (status.repository_count, status.open_pull_request_count) == (100, 1)
+        resumed = gh.state.count("/pulls?") - stopped_at
+        assert 0 < resumed <= 100 - 30 + 10  # from the stored cursor, not from the first repository
+
+
+async def test_publish_pull_request_opens_it_on_github_and_stores_it(
+    settings: Settings, gh: GithubServer
+) -> None:
+    organization(gh.state, 1)
+    async with running(with_api(settings, gh), ["github_data"]) as mesh:
+        client = stub(mesh)
+        await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+        await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        [repo] = (
+            await client.ListRepositories(pb.ListRepositoriesRequest(parent=f"organizations/{ORG}"))
+        ).repositories
+        request = pb.PublishPullRequestRequest(
+            parent=repo.name,
+            head_branch="task/fix-flaky",
+            title="Fix the flaky test",
+            body="Details",
+            draft=True,
+        )
+        created = (await client.PublishPullRequest(request)).pull_request
+        assert (created.number, created.head_branch, created.base_branch) == (1, "task/fix-flaky", "trunk")
+        assert created.draft and created.state == 2  # PULL_REQUEST_STATE_DRAFT
+        assert gh.state.pulls["acme/repo-000"][0]["title"] == "Fix the flaky test"
+        stored = await client.GetPullRequest(pb.GetPullRequestRequest(name=created.name))
+        assert stored.pull_request.title == "Fix the flaky test"
+
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await client.PublishPullRequest(request)
+        assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS

@@ -1,0 +1,219 @@
+"""Webhook deliveries with complete GitHub payloads (fixtures/*.json): recording, dedup, handling."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from foundry.github_data.v1 import github_data_service_pb2 as pb
+from foundry.github_data.v1 import pull_request_pb2
+from foundry.github_data.v1 import sync_status_pb2 as ss
+from foundry.github_data.v1 import webhook_delivery_pb2 as wd
+
+from services.platform.settings import Settings
+from services.platform.webhook_signature import sign, verify_signature
+from tests.helpers import assert_eventually
+from tests.helpers.github_server import GithubServer, GithubState
+from tests.helpers.mesh import Mesh, running
+from tests.unit.github_data.conftest import EventLog, stub
+from tests.unit.github_data.test_github_sync import (
+    STATUS,
+    github_connection,
+    organization,
+    wait_state,
+    with_api,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+def test_verify_signature_accepts_only_the_exact_body_under_the_secret() -> None:
+    body = fixture("pull_request.opened")
+    good = sign("s3cret", body)
+    assert good.startswith("sha256=") and len(good) == 7 + 64
+    assert verify_signature("s3cret", body, good)
+    assert not verify_signature("other", body, good)  # wrong secret
+    assert not verify_signature("s3cret", body + b" ", good)  # body changed by one byte
+    assert not verify_signature("s3cret", body, good.replace("sha256=", "sha1="))
+    assert not verify_signature("s3cret", body, None)
+    assert not verify_signature("", body, sign("", body))  # an unset secret accepts nothing
+
+
+@pytest.fixture(name="mesh")
+async def _mesh(
+    settings: Settings, rsa_keys: tuple[str, str]
+) -> AsyncIterator[tuple[Mesh, EventLog, GithubState]]:
+    """`acme` connected to the fake GitHub (one repository, synced), with an event log attached."""
+    state = GithubState(app_id="4242", public_key=rsa_keys[1])
+    organization(state, 1)
+    async with GithubServer(state) as gh:
+        settings = with_api(settings, gh)
+        async with running(settings, ["github_data"]) as mesh:
+            log = EventLog()
+            await log.attach(mesh.broker, settings.name_prefix)
+            await stub(mesh).ConnectOrganization(
+                pb.ConnectOrganizationRequest(connection=github_connection())
+            )
+            await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+            yield mesh, log, state
+
+
+async def deliver(mesh: Mesh, delivery_id: str, event: str, name: str) -> pb.RecordWebhookDeliveryResponse:
+    return await stub(mesh).RecordWebhookDelivery(
+        pb.RecordWebhookDeliveryRequest(delivery_id=delivery_id, event=event, payload=fixture(name))
+    )
+
+
+async def handled(mesh: Mesh, delivery_id: str, event: str, name: str) -> wd.WebhookDelivery:
+    """Wait until the delivery left the queue; a repeat recording returns its stored state."""
+
+    async def check() -> wd.WebhookDelivery:
+        again = await deliver(mesh, delivery_id, event, name)
+        assert again.duplicate and again.webhook_delivery.state != wd.WEBHOOK_DELIVERY_STATE_QUEUED
+        return again.webhook_delivery
+
+    return await assert_eventually(check)
+
+
+async def test_pull_request_opened_stores_repository_and_pull_request(mesh: Any) -> None:
+    m, log, _ = mesh
+    first = await deliver(m, "d-open-1", "pull_request", "pull_request.opened")
+    assert not first.duplicate and first.webhook_delivery.state == wd.WEBHOOK_DELIVERY_STATE_QUEUED
+    assert first.webhook_delivery.action == "opened"
+    done = await handled(m, "d-open-1", "pull_request", "pull_request.opened")
+    assert done.state == wd.WEBHOOK_DELIVERY_STATE_HANDLED and done.organization == "organizations/acme"
+
+    client = stub(m)
+    prs = await client.ListPullRequests(
+        pb.ListPullRequestsRequest(parent="organizations/acme/repositories/-", head_branch="feat/retry")
+    )
+    [pr] = prs.pull_requests
+    assert (pr.number, pr.title, pr.state, pr.author_login) == (
+        42,
+        "Add retry to the widget client",
+        pull_request_pb2.PULL_REQUEST_STATE_OPEN,
+        "octocat",
+    )
+    assert pr.repository_full_name == "acme/widgets" and pr.base_branch == "main"
+    assert prs.freshness.HasField("last_webhook_time")
+    repo = await client.GetRepository(pb.GetRepositoryRequest(name=pr.repository))
+    assert repo.repository.private and repo.repository.description == "Widgets service"
+
+    status = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+    assert status.last_webhook_event == "pull_request.opened" and status.HasField("last_webhook_time")
+    await assert_eventually(
+        lambda: _true(
+            [e.pull_request.head_branch for e in log.of("github_data.pull_request.changed")] == ["feat/retry"]
+            and log.of("github_data.sync.progress")[-1].sync_status.last_webhook_event
+            == "pull_request.opened"
+        )
+    )
+
+
+def _true(condition: bool) -> None:
+    assert condition
+
+
+async def test_merged_pull_request_is_removed_and_its_task_archived_once(mesh: Any) -> None:
+    m, log, _ = mesh
+    await deliver(m, "d-open-2", "pull_request", "pull_request.opened")
+    await handled(m, "d-open-2", "pull_request", "pull_request.opened")
+    await deliver(m, "d-merge-2", "pull_request", "pull_request.closed.merged")
+    await handled(m, "d-merge-2", "pull_request", "pull_request.closed.merged")
+    duplicate = await deliver(m, "d-merge-2", "pull_request", "pull_request.closed.merged")
+    assert duplicate.duplicate
+
+    async def announced() -> None:
+        [removed] = log.of("github_data.pull_request.removed")
+        assert removed.final_state == pull_request_pb2.PULL_REQUEST_STATE_MERGED
+        assert removed.head_branch == "feat/retry" and removed.pull_request.HasField("merge_time")
+        [archive] = log.of("github_data.task.archive_on_branch")
+        assert (archive.branch, archive.reason) == ("feat/retry", "PR merged")
+        assert archive.repository == removed.repository and archive.pull_request == removed.name
+        changed = log.of("github_data.pull_request.changed")
+        assert removed.version > changed[-1].version
+
+    await assert_eventually(announced)
+    prs = await stub(m).ListPullRequests(
+        pb.ListPullRequestsRequest(parent="organizations/acme/repositories/-")
+    )
+    assert list(prs.pull_requests) == []
+    status = (await stub(m).GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+    assert status.last_webhook_event == "pull_request.closed"
+
+
+async def test_installation_deleted_clears_state_and_requires_install(mesh: Any) -> None:
+    m, log, _ = mesh
+    await deliver(m, "d-open-3", "pull_request", "pull_request.opened")
+    await handled(m, "d-open-3", "pull_request", "pull_request.opened")
+    await deliver(m, "d-del-3", "installation", "installation.deleted")
+    await handled(m, "d-del-3", "installation", "installation.deleted")
+    status = (await stub(m).GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+    assert status.installation_status == ss.INSTALLATION_STATUS_INSTALL_REQUIRED
+    assert (status.repository_count, status.open_pull_request_count) == (0, 0)
+    assert status.last_webhook_event == "installation.deleted"
+    await assert_eventually(
+        lambda: _true(
+            len(log.of("github_data.pull_request.removed")) == 1
+            and len(log.of("github_data.repository.removed")) == 2
+        )
+    )
+
+
+async def test_installation_created_and_repositories_added_queue_a_full_sync(mesh: Any) -> None:
+    m, _, _ = mesh
+    await deliver(m, "d-new-4", "installation", "installation.created")
+    await handled(m, "d-new-4", "installation", "installation.created")
+    assert (await wait_state(m, ss.SYNC_STATE_SYNCED)).generation >= 2
+    await assert_eventually(lambda: _generation_is(m, 2))
+    await deliver(m, "d-add-4", "installation_repositories", "installation_repositories.added")
+    await handled(m, "d-add-4", "installation_repositories", "installation_repositories.added")
+    await assert_eventually(lambda: _generation_is(m, 3))
+
+
+async def _generation_is(m: Mesh, generation: int) -> None:
+    status = (await stub(m).GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+    assert status.generation == generation and status.state == ss.SYNC_STATE_SYNCED
+
+
+async def test_unhandled_events_and_unknown_accounts_are_recorded_as_ignored(mesh: Any) -> None:
+    m, _, _ = mesh
+    await deliver(m, "d-push-5", "push", "push")
+    push = await handled(m, "d-push-5", "push", "push")
+    assert push.state == wd.WEBHOOK_DELIVERY_STATE_IGNORED and "push" in push.detail
+    stranger = json.loads(fixture("pull_request.opened"))
+    for node in (stranger["repository"]["owner"], stranger["organization"]):
+        node["login"] = "someone-else"
+    got = await stub(m).RecordWebhookDelivery(
+        pb.RecordWebhookDeliveryRequest(
+            delivery_id="d-stranger-5", event="pull_request", payload=json.dumps(stranger).encode()
+        )
+    )
+    assert not got.duplicate
+
+    async def ignored() -> None:
+        again = await stub(m).RecordWebhookDelivery(
+            pb.RecordWebhookDeliveryRequest(delivery_id="d-stranger-5", event="pull_request", payload=b"{}")
+        )
+        assert again.webhook_delivery.state == wd.WEBHOOK_DELIVERY_STATE_IGNORED
+        assert "someone-else" in again.webhook_delivery.detail
+
+    await assert_eventually(ignored)
+
+
+async def test_record_rejects_a_payload_that_is_not_a_json_object(mesh: Any) -> None:
+    m, _, _ = mesh
+    for payload in (b"not json", b"[1, 2]"):
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub(m).RecordWebhookDelivery(
+                pb.RecordWebhookDeliveryRequest(delivery_id="d-bad-6", event="pull_request", payload=payload)
+            )
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,315 @@
+"""Sign-in, auth sessions, the app shell, local organizations, membership and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from foundry.github_data.v1 import sync_status_pb2
+from foundry.organization.v1 import app_snapshot_pb2, audit_event_pb2, member_pb2, organization_pb2, user_pb2
+from foundry.organization.v1 import events_pb2 as org_events
+from foundry.organization.v1 import organization_service_pb2 as pb
+from google.protobuf import field_mask_pb2, struct_pb2
+
+from services.platform.identity import Caller
+from services.platform.messaging.broker import queue_name
+from services.platform.watch.testing import WatchClient
+from tests.helpers import assert_eventually
+from tests.helpers.mesh import ALICE, BOB
+from tests.unit.organization.support import OrgEnv, new_org_id, resources_of, sync_progress
+
+GATEWAY = Caller.service("gateway")
+
+
+async def _sign_in(env: OrgEnv, login: str) -> pb.SignInLocalResponse:
+    return await env.stub(GATEWAY).SignInLocal(pb.SignInLocalRequest(login=login, user_agent="pytest"))
+
+
+def _as(user: user_pb2.User) -> Caller:
+    return Caller(subject=f"user/{user.name.removeprefix('users/')}", login=user.login)
+
+
+async def test_local_sign_in_gives_a_stable_user_id_and_a_new_session(env: OrgEnv) -> None:
+    first = await _sign_in(env, "Carol")
+    again = await _sign_in(env, "Carol")
+    assert first.user.name == again.user.name == "users/local-carol"
+    assert first.user.identity_provider == user_pb2.IDENTITY_PROVIDER_LOCAL
+    assert first.user.email == "Carol@localhost"
+    assert first.auth_session.name != again.auth_session.name
+
+
+async def test_signed_out_session_is_rejected_with_session_revoked(env: OrgEnv) -> None:
+    signed = await _sign_in(env, "dave")
+    me = env.stub(_as(signed.user))
+    got = await me.GetAuthSession(pb.GetAuthSessionRequest(name=signed.auth_session.name))
+    assert got.user.login == "dave"
+    await me.SignOut(pb.SignOutRequest(auth_session=signed.auth_session.name))
+    await me.SignOut(pb.SignOutRequest(auth_session=signed.auth_session.name))  # revoking twice succeeds
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await me.GetAuthSession(pb.GetAuthSessionRequest(name=signed.auth_session.name))
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    snapshot = (
+        await me.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name))
+    ).app_snapshot
+    assert snapshot.auth_status == app_snapshot_pb2.AUTH_STATUS_SIGNED_OUT
+
+
+async def test_connecting_a_local_directory_makes_the_caller_owner_and_connects_github_data(
+    env: OrgEnv, tmp_path: Path
+) -> None:
+    signed = await _sign_in(env, "erin")
+    erin = env.stub(_as(signed.user))
+    root = tmp_path / "My Repos"
+    root.mkdir()
+    request_id = uuid.uuid4().hex
+    org = (
+        await erin.ConnectLocalOrganization(
+            pb.ConnectLocalOrganizationRequest(root_path=str(root), request_id=request_id)
+        )
+    ).organization
+    assert (org.name, org.display_name, org.kind) == (
+        "organizations/local-my-repos",
+        "My Repos",
+        organization_pb2.ORGANIZATION_KIND_PERSONAL,
+    )
+    assert org.provider == sync_status_pb2.PROVIDER_LOCAL and org.local_root_path == str(root)
+    assert org.sync_status.state == sync_status_pb2.SYNC_STATE_PENDING
+    retry = (
+        await erin.ConnectLocalOrganization(
+            pb.ConnectLocalOrganizationRequest(root_path=str(root), request_id=request_id)
+        )
+    ).organization
+    assert retry.name == org.name
+    check = await erin.CheckMembership(pb.CheckMembershipRequest(organization=org.name))
+    assert check.member and check.role == member_pb2.MEMBER_ROLE_OWNER
+
+    def connected() -> None:
+        roots = [
+            c.connection.local.root_path
+            for c in env.github.connects
+            if c.connection.name.startswith(org.name)
+        ]
+        assert roots and roots[0] == str(root)
+
+    await assert_eventually(connected)
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await erin.ConnectLocalOrganization(
+            pb.ConnectLocalOrganizationRequest(organization_id="local-my-repos", root_path=str(other))
+        )
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await erin.ConnectLocalOrganization(
+            pb.ConnectLocalOrganizationRequest(root_path=str(tmp_path / "nope"))
+        )
+    assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_app_snapshot_lists_eligible_organizations_and_select_returns_at_once(
+    env: OrgEnv, tmp_path: Path
+) -> None:
+    signed = await _sign_in(env, "frank")
+    frank = env.stub(_as(signed.user))
+    session = signed.auth_session.name
+    org = await env.new_org(tmp_path, caller=_as(signed.user))
+    snapshot = (await frank.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=session))).app_snapshot
+    assert snapshot.auth_status == app_snapshot_pb2.AUTH_STATUS_SIGNED_IN
+    assert [o.name for o in snapshot.organizations] == [f"organizations/{org}"]
+    assert snapshot.active_organization == f"organizations/{org}"  # the only eligible one
+    assert list(snapshot.user.eligible_organizations) == [f"organizations/{org}"]
+    second = await env.new_org(tmp_path, caller=_as(signed.user))
+    selected = (
+        await frank.SelectOrganization(
+            pb.SelectOrganizationRequest(auth_session=session, organization=f"organizations/{second}")
+        )
+    ).app_snapshot
+    assert selected.active_organization == f"organizations/{second}"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await frank.SelectOrganization(
+            pb.SelectOrganizationRequest(auth_session=session, organization=f"organizations/{new_org_id()}")
+        )
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (await frank.GetAppSnapshot(pb.GetAppSnapshotRequest())).app_snapshot.auth_status == (
+        app_snapshot_pb2.AUTH_STATUS_SIGNED_OUT
+    )
+
+
+async def test_watch_app_streams_selection_and_sync_status_changes(env: OrgEnv, tmp_path: Path) -> None:
+    signed = await _sign_in(env, "gina")
+    gina = _as(signed.user)
+    org = await env.new_org(tmp_path, caller=gina)
+    client = WatchClient()
+    client.begin()
+    call = env.stub(gina).WatchApp(pb.WatchAppRequest(auth_session=signed.auth_session.name))
+
+    async def read() -> None:
+        async for response in call:
+            client.apply(response.event)
+
+    reader = asyncio.create_task(read())
+    try:
+        await assert_eventually(
+            lambda: _assert(len(resources_of(client, organization_pb2.Organization)) == 1)
+        )
+        await env.stub(gina).SelectOrganization(
+            pb.SelectOrganizationRequest(
+                auth_session=signed.auth_session.name, organization=f"organizations/{org}"
+            )
+        )
+        await env.publish(sync_progress(org, 1, repositories=3))
+
+        def updated() -> None:
+            sessions = resources_of(client, user_pb2.AuthSession)
+            assert sessions[signed.auth_session.name].active_organization == f"organizations/{org}"
+            (organization,) = resources_of(client, organization_pb2.Organization).values()
+            assert organization.sync_status.repository_count == 3
+
+        await assert_eventually(updated)
+    finally:
+        call.cancel()
+        with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
+            await reader
+
+
+def _assert(condition: bool) -> None:
+    assert condition
+
+
+async def test_watch_app_with_a_revoked_session_is_unauthenticated(env: OrgEnv) -> None:
+    signed = await _sign_in(env, "hank")
+    hank = _as(signed.user)
+    await env.stub(hank).SignOut(pb.SignOutRequest(auth_session=signed.auth_session.name))
+    call = env.stub(hank).WatchApp(pb.WatchAppRequest(auth_session=signed.auth_session.name))
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        async for _ in call:
+            pass
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_check_membership_answers_false_for_non_members(env: OrgEnv, tmp_path: Path) -> None:
+    org = await env.new_org(tmp_path)
+    answer = await env.stub(BOB).CheckMembership(
+        pb.CheckMembershipRequest(organization=f"organizations/{org}")
+    )
+    assert not answer.member and answer.role == member_pb2.MEMBER_ROLE_UNSPECIFIED
+    for_alice = await env.stub(GATEWAY).CheckMembership(
+        pb.CheckMembershipRequest(
+            organization=f"organizations/{org}", user=ALICE.subject.replace("user/", "users/")
+        )
+    )
+    assert for_alice.member
+
+
+async def test_redelivered_audit_event_is_stored_once_and_listed_newest_first(
+    env: OrgEnv, tmp_path: Path
+) -> None:
+    org = await env.new_org(tmp_path)
+    queue = queue_name(env.mesh.settings.name_prefix, "organization", "audit")
+
+    async def send(event_id: str, kind: str, seconds: int, task: str) -> None:
+        event = audit_event_pb2.AuditEvent(
+            kind=kind,
+            task=f"organizations/{org}/tasks/{task}",
+            branch="b",
+            actor="services/task",
+            payload=struct_pb2.Struct(),
+        )
+        event.create_time.FromSeconds(1_800_000_000 + seconds)
+        message = org_events.AppendAuditEvent(
+            organization=f"organizations/{org}", event_id=event_id, audit_event=event
+        )
+        await env.mesh.broker.publish(
+            exchange="", routing_key=queue, body=message.SerializeToString(), message_id=event_id
+        )
+
+    await send("e1", "task.created", 1, "t1")
+    await send("e2", "task.status", 2, "t1")
+    await send("e2", "task.status", 2, "t1")  # redelivery
+    await send("e3", "task.created", 3, "t2")
+
+    async def listed() -> list[str]:
+        events = (
+            await env.stub().ListAuditEvents(pb.ListAuditEventsRequest(parent=f"organizations/{org}"))
+        ).audit_events
+        assert len(events) == 3
+        return [e.kind for e in events]
+
+    assert await assert_eventually(listed) == ["task.created", "task.status", "task.created"]
+    only_t1 = await env.stub().ListAuditEvents(
+        pb.ListAuditEventsRequest(
+            parent=f"organizations/{org}", task=f"organizations/{org}/tasks/t1", page_size=1
+        )
+    )
+    assert [e.kind for e in only_t1.audit_events] == ["task.status"] and only_t1.next_page_token
+    rest = await env.stub().ListAuditEvents(
+        pb.ListAuditEventsRequest(
+            parent=f"organizations/{org}",
+            task=f"organizations/{org}/tasks/t1",
+            page_token=only_t1.next_page_token,
+        )
+    )
+    assert [e.kind for e in rest.audit_events] == ["task.created"] and not rest.next_page_token
+
+
+async def test_settings_updates_need_an_owner_and_tokens_resolve_for_services_only(
+    env: OrgEnv, tmp_path: Path
+) -> None:
+    org = await env.new_org(tmp_path)
+    owner = env.stub()
+    updated = await owner.UpdateOrganization(
+        pb.UpdateOrganizationRequest(
+            organization=organization_pb2.Organization(name=f"organizations/{org}", display_name="Renamed"),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+        )
+    )
+    assert updated.organization.display_name == "Renamed"
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await env.stub(BOB).UpdateOrganization(
+            pb.UpdateOrganizationRequest(
+                organization=organization_pb2.Organization(name=f"organizations/{org}", display_name="Mine"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            )
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as bad_mask:
+        await owner.UpdateOrganization(
+            pb.UpdateOrganizationRequest(
+                organization=organization_pb2.Organization(name=f"organizations/{org}"),
+                update_mask=field_mask_pb2.FieldMask(paths=["kind"]),
+            )
+        )
+    assert bad_mask.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    signed = await env.stub(GATEWAY).SignInWithGithub(
+        pb.SignInWithGithubRequest(
+            github_account_id=4242, login="octo", access_token="gho_secret", scopes=["read:org", "repo"]
+        )
+    )
+    octo = _as(signed.user)
+    assert signed.user.name == "users/4242"
+    octo_org = await env.new_org(tmp_path, caller=octo)
+    renamed = await env.stub(octo).UpdateUser(
+        pb.UpdateUserRequest(
+            user=user_pb2.User(name="users/me", display_name="Octo Cat"),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+        )
+    )
+    assert renamed.user.display_name == "Octo Cat"
+    token = await env.stub(Caller.service("task")).ResolveGithubToken(
+        pb.ResolveGithubTokenRequest(organization=f"organizations/{octo_org}", require_repo_scope=True)
+    )
+    assert (token.access_token, token.user) == ("gho_secret", "users/4242")
+    with pytest.raises(grpc.aio.AioRpcError) as user_caller:
+        await env.stub(octo).ResolveGithubToken(
+            pb.ResolveGithubTokenRequest(organization=f"organizations/{octo_org}")
+        )
+    assert user_caller.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as none:
+        await env.stub(Caller.service("task")).ResolveGithubToken(
+            pb.ResolveGithubTokenRequest(organization=f"organizations/{org}")
+        )
+    assert none.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,147 @@
+"""Long-running processes in a sandbox: start, logs, list, watch, stop, kill, delete."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from foundry.common.v1 import watch_pb2
+from foundry.sandbox.v1 import process_pb2
+from foundry.sandbox.v1 import sandbox_service_pb2 as pb
+
+from tests.helpers.eventually import assert_eventually
+from tests.unit.sandbox.conftest import prepared_sandbox
+
+
+async def start(stub: Any, sandbox: str, script: str, request_id: str = "") -> process_pb2.Process:
+    response = await stub.CreateProcess(
+        pb.CreateProcessRequest(
+            parent=sandbox,
+            process=process_pb2.Process(command="/bin/sh", args=["-c", script]),
+            request_id=request_id,
+        )
+    )
+    return response.process
+
+
+async def test_process_output_is_captured_per_stream_and_readable_from_an_offset(
+    stub: Any, origin: Path
+) -> None:
+    sandbox = (await prepared_sandbox(stub, origin)).name
+    process = await start(stub, sandbox, "echo out1; echo err1 >&2; cat README.md; exit 3")
+    assert process.state == process_pb2.PROCESS_STATE_RUNNING and process.pid > 0
+
+    async def exited() -> process_pb2.Process:
+        current = (await stub.GetProcess(pb.GetProcessRequest(name=process.name))).process
+        assert current.state == process_pb2.PROCESS_STATE_EXITED
+        return current
+
+    done = await assert_eventually(exited)
+    assert done.exit_code == 3 and done.exit_signal == 0
+    logs = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=process.name))
+    assert logs.complete
+    combined = b"".join(c.data for c in logs.chunks)
+    assert sorted(combined.splitlines()) == sorted([b"out1", b"err1", b"# demo", b"line two"])
+    assert logs.next_offset == len(combined) == done.output_size_bytes
+    stderr = await stub.GetProcessLogs(
+        pb.GetProcessLogsRequest(name=process.name, stream=process_pb2.PROCESS_OUTPUT_STREAM_STDERR)
+    )
+    assert b"".join(c.data for c in stderr.chunks) == b"err1\n"
+    tail = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=process.name, offset=logs.next_offset - 3))
+    assert b"".join(c.data for c in tail.chunks) == combined[-3:]
+
+
+async def test_kill_ends_the_whole_process_group_and_delete_removes_it(stub: Any, origin: Path) -> None:
+    sandbox = (await prepared_sandbox(stub, origin)).name
+    process = await start(stub, sandbox, "sleep 60 & echo child $!; wait")
+
+    async def child_pid() -> int:
+        logs = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=process.name))
+        data = b"".join(c.data for c in logs.chunks)
+        assert data.startswith(b"child ")
+        return int(data.split()[1])
+
+    child = await assert_eventually(child_pid)
+    with pytest.raises(grpc.aio.AioRpcError) as running:
+        await stub.DeleteProcess(pb.DeleteProcessRequest(name=process.name))
+    assert running.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    killed = (await stub.KillProcess(pb.KillProcessRequest(name=process.name))).process
+    assert killed.state == process_pb2.PROCESS_STATE_EXITED and killed.exit_signal == 9
+    assert not killed.HasField("exit_code")
+    await assert_eventually(lambda: _gone(child))
+    await stub.DeleteProcess(pb.DeleteProcessRequest(name=process.name))
+    listed = await stub.ListProcesses(pb.ListProcessesRequest(parent=sandbox))
+    assert list(listed.processes) == []
+
+
+def _gone(pid: int) -> None:
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+async def test_stop_sends_sigterm_and_create_is_idempotent_by_request_id(stub: Any, origin: Path) -> None:
+    sandbox = (await prepared_sandbox(stub, origin)).name
+    first = await start(stub, sandbox, "sleep 60", request_id="r-1")
+    again = await start(stub, sandbox, "sleep 60", request_id="r-1")
+    assert again.name == first.name
+    stopping = (
+        await stub.StopProcess(pb.StopProcessRequest(name=first.name, grace_period_seconds=5))
+    ).process
+    assert stopping.state in (process_pb2.PROCESS_STATE_STOPPING, process_pb2.PROCESS_STATE_EXITED)
+
+    async def exited() -> process_pb2.Process:
+        current = (await stub.GetProcess(pb.GetProcessRequest(name=first.name))).process
+        assert current.state == process_pb2.PROCESS_STATE_EXITED
+        return current
+
+    assert (await assert_eventually(exited)).exit_signal == 15
+
+
+async def test_watch_processes_streams_the_list_then_changes(stub: Any, origin: Path) -> None:
+    sandbox = (await prepared_sandbox(stub, origin)).name
+    first = await start(stub, sandbox, "exit 0")
+    call = stub.WatchProcesses(pb.WatchProcessesRequest(parent=sandbox))
+    stream = call.__aiter__()
+    seen: dict[str, int] = {}
+    deleted: list[str] = []
+
+    async def read_until(predicate: Any) -> None:
+        while not predicate():
+            event = (await asyncio.wait_for(stream.__anext__(), 10)).event
+            for item in event.items:
+                if event.kind == watch_pb2.WATCH_EVENT_KIND_DELETE:
+                    deleted.append(item.name)
+                    continue
+                process = process_pb2.Process()
+                item.resource.Unpack(process)
+                seen[process.name] = process.state
+
+    await read_until(lambda: seen.get(first.name) == process_pb2.PROCESS_STATE_EXITED)
+    second = await start(stub, sandbox, "exit 0")
+    await read_until(lambda: seen.get(second.name) == process_pb2.PROCESS_STATE_EXITED)
+    await stub.DeleteProcess(pb.DeleteProcessRequest(name=first.name))
+    await read_until(lambda: deleted == [first.name])
+    call.cancel()
+
+
+async def test_a_missing_command_is_a_readable_failed_precondition(stub: Any, origin: Path) -> None:
+    sandbox = (await prepared_sandbox(stub, origin)).name
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateProcess(
+            pb.CreateProcessRequest(
+                parent=sandbox, process=process_pb2.Process(command="no-such-binary-here")
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no-such-binary-here" in (caught.value.details() or "")
+
+
+async def test_destroying_the_sandbox_kills_its_processes(stub: Any, origin: Path) -> None:
+    sandbox = (await prepared_sandbox(stub, origin)).name
+    process = await start(stub, sandbox, "sleep 60")
+    await stub.DestroySandbox(pb.DestroySandboxRequest(name=sandbox, reason="task killed"))
+    await assert_eventually(lambda: _gone(process.pid))
+    listed = await stub.ListProcesses(pb.ListProcessesRequest(parent=sandbox))
+    assert list(listed.processes) == []

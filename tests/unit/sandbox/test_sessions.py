@@ -1,0 +1,268 @@
+"""Agent sessions over ACP with the project's fake agent: turns, the ordered event log, its Watch
+stream, permission policy, and the git state a turn leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from foundry.common.v1 import watch_pb2
+from foundry.sandbox.v1 import agent_session_pb2 as session_pb2
+from foundry.sandbox.v1 import git_state_pb2, session_event_pb2
+from foundry.sandbox.v1 import sandbox_service_pb2 as pb
+
+from tests.helpers.eventually import assert_eventually
+from tests.unit.sandbox.conftest import prepared_sandbox
+
+K = session_event_pb2
+
+
+async def start_session(stub: Any, origin: Path, *, policy: int = 0, session_id: str = "s1") -> str:
+    sandbox = await prepared_sandbox(stub, origin)
+    response = await stub.StartAgentSession(
+        pb.StartAgentSessionRequest(parent=sandbox.name, session_id=session_id, permission_policy=policy)
+    )
+    assert response.agent_session.state == session_pb2.AGENT_SESSION_STATE_IDLE
+    assert response.agent_session.acp_session_id.startswith("fake-")
+    return str(response.agent_session.name)
+
+
+async def watch_until_turn_ends(
+    stub: Any, session: str, turns: int = 1, resume_token: str = ""
+) -> tuple[list[watch_pb2.WatchEvent], list[K.SessionEvent]]:
+    """Watch the session's events until `turns` TURN_COMPLETED events were seen; returns (raw watch
+    events, the session events in stream order)."""
+    raw: list[watch_pb2.WatchEvent] = []
+    items: list[K.SessionEvent] = []
+    call = stub.WatchSessionEvents(pb.WatchSessionEventsRequest(parent=session, resume_token=resume_token))
+
+    async def read() -> None:
+        async for response in call:
+            raw.append(response.event)
+            for item in response.event.items:
+                event = K.SessionEvent()
+                assert item.resource.Unpack(event)
+                items.append(event)
+            if sum(e.kind == K.SESSION_EVENT_KIND_TURN_COMPLETED for e in items) >= turns:
+                call.cancel()
+                return
+
+    await asyncio.wait_for(read(), 20)
+    return raw, items
+
+
+async def prompt(stub: Any, session: str, turn_id: str, text: str) -> session_pb2.Turn:
+    response = await stub.PromptSession(
+        pb.PromptSessionRequest(name=session, turn_id=turn_id, text=text, user="users/1001")
+    )
+    return response.turn
+
+
+async def test_write_prompt_changes_the_file_and_logs_the_turn_in_order(stub: Any, origin: Path) -> None:
+    session = await start_session(stub, origin)
+    turn = await prompt(stub, session, "m1", "write hello.txt: hi")
+    assert turn.state in (session_pb2.TURN_STATE_QUEUED, session_pb2.TURN_STATE_RUNNING)
+    _, events = await watch_until_turn_ends(stub, session)
+
+    kinds = [e.kind for e in events]
+    assert kinds == [
+        K.SESSION_EVENT_KIND_USER_MESSAGE,
+        K.SESSION_EVENT_KIND_TOOL_CALL,
+        K.SESSION_EVENT_KIND_PERMISSION_REQUEST,
+        K.SESSION_EVENT_KIND_PERMISSION_RESPONSE,
+        K.SESSION_EVENT_KIND_TOOL_CALL_UPDATE,
+        K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK,
+        K.SESSION_EVENT_KIND_TURN_COMPLETED,
+    ]
+    assert [e.seq for e in events] == list(range(1, 8))
+    assert events[0].text == "write hello.txt: hi" and events[0].sender == K.SESSION_EVENT_SENDER_CLIENT
+    assert events[5].text == "wrote hello.txt"
+    assert events[-1].payload["stopReason"] == "end_turn"
+    assert {e.turn for e in events} == {f"{session}/turns/m1"}
+    checkout = Path(
+        (
+            await stub.GetSandbox(pb.GetSandboxRequest(name=session.split("/sessions/")[0]))
+        ).sandbox.checkout.path
+    )
+    assert (checkout / "hello.txt").read_text() == "hi\n"
+
+    ended = await stub.GetAgentSession(pb.GetAgentSessionRequest(name=session))
+    assert ended.agent_session.state == session_pb2.AGENT_SESSION_STATE_IDLE
+    assert ended.agent_session.last_event_seq == 7 and ended.agent_session.current_turn == ""
+    listed = await stub.ListSessionEvents(pb.ListSessionEventsRequest(parent=session, after_seq=5))
+    assert [e.seq for e in listed.session_events] == [6, 7]
+
+
+async def test_git_state_after_a_turn_shows_the_added_file_and_revert_removes_it(
+    stub: Any, origin: Path
+) -> None:
+    session = await start_session(stub, origin)
+    sandbox = session.split("/sessions/")[0]
+    await prompt(stub, session, "m1", "write hello.txt: hi")
+    await watch_until_turn_ends(stub, session)
+
+    async def refreshed() -> git_state_pb2.GitState:
+        state = (await stub.GetGitState(pb.GetGitStateRequest(name=f"{sandbox}/gitState"))).git_state
+        assert [c.path for c in state.file_changes] == ["hello.txt"]
+        return state
+
+    state = await assert_eventually(refreshed)
+    change = state.file_changes[0]
+    assert (change.type, change.added_lines, change.removed_lines) == (
+        git_state_pb2.FILE_CHANGE_TYPE_ADDED,
+        1,
+        0,
+    )
+    assert state.branch == "feat/new-work"
+    assert "+hi" in state.diffs[0].unified_diff and state.diffs[0].path == "hello.txt"
+    tree = {(e.path, e.type) for e in state.file_tree}
+    assert ("hello.txt", git_state_pb2.FILE_TREE_ENTRY_TYPE_FILE) in tree
+    assert ("src", git_state_pb2.FILE_TREE_ENTRY_TYPE_DIRECTORY) in tree
+
+    reverted = (await stub.RevertFile(pb.RevertFileRequest(name=sandbox, path="hello.txt"))).git_state
+    assert list(reverted.file_changes) == []
+    checkout = Path((await stub.GetSandbox(pb.GetSandboxRequest(name=sandbox))).sandbox.checkout.path)
+    assert not (checkout / "hello.txt").exists()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RevertFile(pb.RevertFileRequest(name=sandbox, path="hello.txt"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_git_state_reports_a_modified_tracked_file_with_counts(stub: Any, origin: Path) -> None:
+    session = await start_session(stub, origin)
+    sandbox = session.split("/sessions/")[0]
+    await prompt(stub, session, "m1", "$ printf 'changed\\n' > README.md && rm src/app.py")
+    await watch_until_turn_ends(stub, session)
+    state = (await stub.RefreshGitState(pb.RefreshGitStateRequest(name=f"{sandbox}/gitState"))).git_state
+    changes = {c.path: (c.type, c.added_lines, c.removed_lines) for c in state.file_changes}
+    assert changes == {
+        "README.md": (git_state_pb2.FILE_CHANGE_TYPE_MODIFIED, 1, 2),
+        "src/app.py": (git_state_pb2.FILE_CHANGE_TYPE_DELETED, 0, 1),
+    }
+    assert "src/app.py" not in {e.path for e in state.file_tree}
+    reverted = (await stub.RevertFile(pb.RevertFileRequest(name=sandbox, path="README.md"))).git_state
+    assert [c.path for c in reverted.file_changes] == ["src/app.py"]
+
+
+async def test_watch_sends_the_log_as_snapshot_then_live_events(stub: Any, origin: Path) -> None:
+    session = await start_session(stub, origin)
+    await prompt(stub, session, "m1", "hello there")
+    raw, first = await watch_until_turn_ends(stub, session)
+    assert raw[0].kind in (watch_pb2.WATCH_EVENT_KIND_SNAPSHOT, watch_pb2.WATCH_EVENT_KIND_UPSERT)
+    assert [e.kind for e in first] == [
+        K.SESSION_EVENT_KIND_USER_MESSAGE,
+        K.SESSION_EVENT_KIND_AGENT_THOUGHT_CHUNK,
+        K.SESSION_EVENT_KIND_PLAN,
+        K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK,
+        K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK,
+        K.SESSION_EVENT_KIND_TURN_COMPLETED,
+    ]
+    assert (
+        "".join(e.text for e in first if e.kind == K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK)
+        == "echo: hello there"
+    )
+
+    # A new watcher gets the whole log as the snapshot, then the next turn live.
+    call = stub.WatchSessionEvents(pb.WatchSessionEventsRequest(parent=session))
+    stream: AsyncIterator[Any] = call.__aiter__()
+    snapshot: list[K.SessionEvent] = []
+    while True:
+        event = (await asyncio.wait_for(stream.__anext__(), 10)).event
+        if event.kind == watch_pb2.WATCH_EVENT_KIND_SNAPSHOT_END:
+            break
+        assert event.kind == watch_pb2.WATCH_EVENT_KIND_SNAPSHOT
+        for item in event.items:
+            e = K.SessionEvent()
+            item.resource.Unpack(e)
+            snapshot.append(e)
+    assert [e.seq for e in snapshot] == [1, 2, 3, 4, 5, 6]
+    await prompt(stub, session, "m2", "second")
+    live: list[K.SessionEvent] = []
+    while not live or live[-1].kind != K.SESSION_EVENT_KIND_TURN_COMPLETED:
+        event = (await asyncio.wait_for(stream.__anext__(), 10)).event
+        if event.kind == watch_pb2.WATCH_EVENT_KIND_UPSERT:
+            e = K.SessionEvent()
+            event.items[0].resource.Unpack(e)
+            live.append(e)
+    call.cancel()
+    assert [e.seq for e in live] == [7, 8, 9, 10, 11, 12]
+    assert live[0].text == "second" and live[0].turn == f"{session}/turns/m2"
+
+
+async def test_prompts_queue_and_run_one_at_a_time_in_order(stub: Any, origin: Path) -> None:
+    session = await start_session(stub, origin)
+    await prompt(stub, session, "a", "$ sleep 0.3; echo first")
+    await prompt(stub, session, "b", "$ echo second")
+    repeated = await prompt(stub, session, "a", "ignored: same turn id")
+    assert repeated.name == f"{session}/turns/a"
+    _, events = await watch_until_turn_ends(stub, session, turns=2)
+    by_turn = [e.turn.rsplit("/", 1)[1] for e in events]
+    first_b = by_turn.index("b")
+    assert set(by_turn[:first_b]) == {"a"} and set(by_turn[first_b:]) == {"b"}, by_turn
+    texts = "".join(e.text for e in events if e.kind == K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK)
+    assert texts == "first\nsecond\n"
+    assert sum(e.kind == K.SESSION_EVENT_KIND_USER_MESSAGE for e in events) == 2
+
+
+async def test_reject_policy_refuses_the_edit(stub: Any, origin: Path) -> None:
+    session = await start_session(stub, origin, policy=session_pb2.PERMISSION_POLICY_REJECT)
+    await prompt(stub, session, "m1", "write hello.txt: hi")
+    _, events = await watch_until_turn_ends(stub, session)
+    response = next(e for e in events if e.kind == K.SESSION_EVENT_KIND_PERMISSION_RESPONSE)
+    assert response.payload["outcome"]["optionId"] == "reject"
+    assert events[-2].text == "permission to write hello.txt was refused"
+    sandbox = (await stub.GetSandbox(pb.GetSandboxRequest(name=session.split("/sessions/")[0]))).sandbox
+    assert not (Path(sandbox.checkout.path) / "hello.txt").exists()
+
+
+async def test_start_agent_session_is_idempotent_by_session_id(stub: Any, origin: Path) -> None:
+    session = await start_session(stub, origin)
+    again = await stub.StartAgentSession(
+        pb.StartAgentSessionRequest(parent=session.split("/sessions/")[0], session_id="s1")
+    )
+    first = await stub.GetAgentSession(pb.GetAgentSessionRequest(name=session))
+    assert again.agent_session.acp_session_id == first.agent_session.acp_session_id
+
+
+async def test_an_agent_that_is_not_installed_fails_the_session_with_a_readable_message(
+    stub: Any, origin: Path
+) -> None:
+    sandbox = await prepared_sandbox(stub, origin)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.StartAgentSession(
+            pb.StartAgentSessionRequest(parent=sandbox.name, session_id="s1", agent="agents/codex")
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "codex-acp" in (caught.value.details() or "") and "not installed" in (caught.value.details() or "")
+    session = await stub.GetAgentSession(pb.GetAgentSessionRequest(name=f"{sandbox.name}/sessions/s1"))
+    assert session.agent_session.state == session_pb2.AGENT_SESSION_STATE_ERROR
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await prompt(stub, session.agent_session.name, "m1", "hello")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_unknown_agent_is_not_found(stub: Any, origin: Path) -> None:
+    sandbox = await prepared_sandbox(stub, origin)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.StartAgent(pb.StartAgentRequest(parent=sandbox.name, agent="agents/nobody"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cancel_turn_stops_a_running_command(stub: Any, origin: Path) -> None:
+    session = await start_session(stub, origin)
+    await prompt(stub, session, "long", "$ echo started; sleep 30")
+
+    async def running() -> None:
+        turn = (await stub.GetAgentSession(pb.GetAgentSessionRequest(name=session))).agent_session
+        assert turn.current_turn == f"{session}/turns/long"
+        events = await stub.ListSessionEvents(pb.ListSessionEventsRequest(parent=session))
+        assert any(e.text == "started\n" for e in events.session_events)
+
+    await assert_eventually(running)
+    await stub.CancelTurn(pb.CancelTurnRequest(name=f"{session}/turns/long"))
+    _, events = await watch_until_turn_ends(stub, session)
+    assert events[-1].payload["stopReason"] == "cancelled"

@@ -1,0 +1,132 @@
+"""The durable provisioning workflow against the real sandbox service, observed through WatchTask,
+GetTask and the sandbox service's own records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from foundry.sandbox.v1 import agent_session_pb2, sandbox_pb2
+from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
+from foundry.task.v1 import events_pb2, session_pb2, task_pb2
+from foundry.task.v1 import task_service_pb2 as pb
+
+from services.platform.messaging.broker import queue_name
+from services.platform.settings import Settings
+from tests.helpers.eventually import assert_eventually
+from tests.unit.task.conftest import TaskWorld, task_world
+
+STAGES = task_pb2.ProvisioningStage
+
+
+async def _ready(world: TaskWorld, name: str) -> task_pb2.Task:
+    async def ready() -> task_pb2.Task:
+        got = await world.get(name)
+        assert got.provisioning.stage == STAGES.Value("PROVISIONING_STAGE_READY"), got.status_message
+        return got
+
+    return await assert_eventually(ready, timeout=30)
+
+
+async def test_provisioning_reaches_ready_through_every_stage(
+    fast_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with task_world(fast_settings(), tmp_path) as world:
+        task = await world.create("Add a hello file")
+        task_id = task.name.rsplit("/", 1)[-1]
+        watch = world.watch(task.name)
+        try:
+
+            def ready() -> None:
+                assert watch.task.status == task_pb2.TASK_STATUS_IDLE, watch.task.status_message
+                assert watch.task.provisioning.stage == STAGES.Value("PROVISIONING_STAGE_READY")
+
+            await assert_eventually(ready, timeout=30)
+            final = watch.task
+            assert final.sessions[0].status == session_pb2.SESSION_STATUS_READY
+            assert final.sandbox.name == f"{world.organization}/sandboxes/{task_id}"
+            # Stages only move forward, in order (a late watcher may have missed early ones).
+            seen = [t.provisioning.stage for t in watch.history]
+            assert seen == sorted(seen)
+        finally:
+            await watch.close()
+        # The sandbox service holds exactly one running sandbox, checked out on the task's branch
+        # where the task says, and one agent session: the task's first session.
+        (box,) = await world.sandboxes()
+        running = sandbox_pb2.SANDBOX_STATE_RUNNING
+        assert (box.name, box.task, box.state) == (final.sandbox.name, task.name, running)
+        assert box.checkout.branch == task.branch and final.sandbox.cwd == box.checkout.path
+        session_id = final.sessions[0].name.rsplit("/", 1)[-1]
+        assert await world.agent_session_rows() == [session_id]
+        first = (await world.stub.GetSession(pb.GetSessionRequest(name=final.sessions[0].name))).session
+        agent = (
+            await world.sandbox_stub().GetAgentSession(
+                sb_pb2.GetAgentSessionRequest(name=first.sandbox_session)
+            )
+        ).agent_session
+        assert agent.name == f"{box.name}/sessions/{session_id}"
+        assert agent.state == agent_session_pb2.AGENT_SESSION_STATE_IDLE
+
+
+async def test_redelivered_provision_message_has_no_second_effect(
+    fast_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with task_world(fast_settings(), tmp_path) as world:
+        task = await world.create("Add a hello file")
+        ready = await _ready(world, task.name)
+        (box,) = await world.sandboxes()
+        sessions = await world.agent_session_rows()
+        queue = queue_name(world.mesh.settings.name_prefix, "task", "provision")
+        for i in range(3):
+            await world.mesh.broker.publish(
+                exchange="",
+                routing_key=queue,
+                message_id=f"dup-{i}",
+                body=events_pb2.ProvisionTask(name=task.name).SerializeToString(),
+            )
+        host = world.mesh.hosts["task"]
+        assert host.runtime is not None
+
+        def drained() -> None:
+            assert host.runtime is not None and host.runtime.worker.active == 0
+
+        await assert_eventually(drained)
+        # Neither the task (a step run would rewrite its status and update time) nor the sandbox
+        # service's records changed.
+        assert await world.get(task.name) == ready
+        assert await world.sandboxes() == [box]
+        assert await world.agent_session_rows() == sessions
+
+
+async def test_timed_out_step_sets_error_with_a_readable_message(
+    fast_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = fast_settings(sandbox={"step_timeout_seconds": 0.3, "create_delay_seconds": 5.0})
+    async with task_world(settings, tmp_path) as world:
+        task = await world.create("Add a hello file")
+
+        async def errored() -> task_pb2.Task:
+            got = await world.get(task.name)
+            assert got.status == task_pb2.TASK_STATUS_ERROR
+            return got
+
+        failed = await assert_eventually(errored, timeout=10)
+        assert failed.status_message == "create sandbox timed out after 0.3 s"
+        assert failed.provisioning.failed_stage == STAGES.Value("PROVISIONING_STAGE_SANDBOX_ALLOCATED")
+        assert failed.sessions[0].status == session_pb2.SESSION_STATUS_ERROR
+
+
+async def test_send_message_on_a_pending_session_fails_precondition(
+    fast_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with task_world(fast_settings(sandbox={"create_delay_seconds": 30.0}), tmp_path) as world:
+        task = await world.create("Add a hello file")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await world.stub.SendMessage(pb.SendMessageRequest(name=task.sessions[0].name, text="write a: b"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "SESSION_NOT_READY" in str(err.value.trailing_metadata()) or "not ready" in (
+            err.value.details() or ""
+        )
+        assert await world.agent_session_rows() == []
