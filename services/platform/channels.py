@@ -2,6 +2,11 @@
 the peer's addresses (use `dns:///name:port` with a headless Service), automatic retry of UNAVAILABLE
 (a draining peer refuses before running any code), a default deadline, and metadata propagation:
 `x-request-id` plus the signed caller (the user being served, or this service for background work).
+
+Client-side health checking (gRPC `healthCheckConfig`, grpc.health.v1 `Watch` on the `readiness`
+service) takes a replica out of the round-robin the moment its drain begins. Without it, clients keep
+sending to the draining replica until its gRPC server stops, and grpc core answers calls that arrive
+during `server.stop()` with CANCELLED, which no client may safely retry.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import grpc
 
 from services.platform import context as request_context
 from services.platform.identity import CALLER_HEADER, Caller, sign
+from services.platform.server.health import READINESS
 from services.platform.settings import ServiceName, Settings
 
 _SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": READINESS},
         "methodConfig": [
             {
                 "name": [{}],
