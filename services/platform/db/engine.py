@@ -3,11 +3,15 @@
 `Database.transaction()` is the only way service code writes: it opens a transaction, commits it,
 then runs the callbacks registered with `after_commit` (wake the outbox relay, notify watchers).
 On SQLite, write transactions start with `BEGIN IMMEDIATE` so two writers queue on the lock instead
-of failing with "database is locked" when one upgrades from read to write.
+of failing with "database is locked" when one upgrades from read to write, and the writers of one
+process first queue on an asyncio lock: SQLite's busy handler polls with sleeps growing to 100 ms, so
+under contention a waiting writer sleeps long after the lock is free (with 50 concurrent writers the
+p99 of a one-row insert was 8 times its median); the asyncio lock hands over in FIFO order at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -58,6 +62,8 @@ class Database:
             ),
             expire_on_commit=False,
         )
+        # SQLite has one writer at a time: queue this process's writers here (FIFO, no polling).
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         self.closed = False
 
     async def ensure_schema(self) -> None:
@@ -71,7 +77,7 @@ class Database:
         """A read-write transaction; commits on success, rolls back on error, then runs after-commit hooks."""
         if self.closed:
             raise RuntimeError("database engine is closed (the process is shutting down)")
-        async with self._sessions() as session:
+        async with self._write_lock or contextlib.nullcontext(), self._sessions() as session:
             async with session.begin():
                 yield session
             callbacks = session.info.pop(_AFTER_COMMIT, [])
