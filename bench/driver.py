@@ -77,6 +77,35 @@ async def for_duration(call: Callable[[], Awaitable[object]], *, concurrency: in
     return loop
 
 
+async def open_loop(
+    call: Callable[[], Awaitable[object]], *, concurrency: int, rate: float, seconds: float
+) -> Loop:
+    """`concurrency` callers share a fixed arrival rate of `rate` calls per second for `seconds`: each
+    caller starts a call every `concurrency / rate` seconds (phases staggered), or at once when its
+    previous call overran its slot. Unlike `closed_loop`, latency then measures one call under a
+    stated load instead of the queueing of a saturated server."""
+    loop = Loop()
+    period = concurrency / rate
+    began = time.perf_counter()
+
+    async def caller(index: int) -> None:
+        due = began + period * index / concurrency
+        while due < began + seconds:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            started = time.perf_counter()
+            try:
+                await call()
+            except grpc.aio.AioRpcError as exc:
+                loop.errors[exc.code().name] += 1
+            else:
+                loop.latencies.append(time.perf_counter() - started)
+            due += period
+
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    loop.wall = time.perf_counter() - began
+    return loop
+
+
 @contextlib.asynccontextmanager
 async def bare_server() -> AsyncIterator[grpc.aio.Channel]:
     """Start `python -m bench.bare_server` (SQLite file in a temp dir) and yield a channel to it."""
