@@ -12,7 +12,7 @@ from services.platform.messaging.broker import QueueSpec
 from services.platform.server.host import Runtime, Servicer, Wiring
 from services.task.api.servicer import TaskServicer
 from services.task.clients import GithubDataClient, OrganizationClient, SandboxClient
-from services.task.ops import commands, provisioning
+from services.task.ops import commands, provisioning, publish
 from services.task.ops.deps import Deps
 from services.task.workers import handlers
 
@@ -43,8 +43,10 @@ def wire(rt: Runtime) -> Wiring:
         (QueueSpec(q("deliver_message")), handlers.deliver_message(deps)),
         (QueueSpec(q("command"), prefetch=8), handlers.command(deps)),
         # github_data asks for the archive when the task's pull request is closed or merged.
-        (QueueSpec(q("archive_on_branch"), bindings=("github_data.task.archive_on_branch",)),
-         handlers.archive_on_branch(deps)),
+        (
+            QueueSpec(q("archive_on_branch"), bindings=("github_data.task.archive_on_branch",)),
+            handlers.archive_on_branch(deps),
+        ),
         (QueueSpec(q("sandbox_events"), bindings=handlers.SANDBOX_KEYS), handlers.sandbox(deps)),
         (QueueSpec(q("pull_requests"), bindings=handlers.GITHUB_KEYS), handlers.github(deps)),
     ]
@@ -53,14 +55,17 @@ def wire(rt: Runtime) -> Wiring:
         """Crash resume: continue provisioning and archive/kill flows left mid-way."""
         resumed = await provisioning.resume_all(deps)
         flows = await commands.resume(deps)
-        log.info("task_work_resumed", provisioning=resumed, commands=flows)
+        publications = await publish.resume(deps)
+        log.info("task_work_resumed", provisioning=resumed, commands=flows, publications=publications)
 
     async def sweep_stalled() -> None:
-        """Take over provisioning whose replica died holding the lease (after the lease lapses)."""
+        """Take over provisioning and publications whose replica died holding the lease (after
+        the lease lapses)."""
         while True:
             await asyncio.sleep(STALL_SWEEP_SECONDS)
             try:
                 await provisioning.resume_all(deps, only_stalled=True)
+                await publish.resume(deps, only_stalled=True)
             except Exception:  # retried at the next sweep
                 log.warning("stall_sweep_failed", exc_info=True)
 
@@ -74,6 +79,8 @@ def wire(rt: Runtime) -> Wiring:
             )
         ],
         queues=queues,
-        on_started=[resume],
+        # Membership events drop cached answers at once (the TTL is only the fallback).
+        on_started=[resume, deps.membership.listener(rt.broker)],
+        on_close=[deps.membership.stop_listening],
         background=[sweep_stalled],
     )

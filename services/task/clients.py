@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gd_grpc
-from foundry.github_data.v1 import repository_pb2
+from foundry.github_data.v1 import pull_request_pb2, repository_pb2, sync_status_pb2
 from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
 from foundry.organization.v1 import task_index_pb2
@@ -105,6 +105,48 @@ class GithubDataClient:
         )
         return response.repository
 
+    async def provider(self, organization: str) -> sync_status_pb2.Provider.ValueType:
+        """The organization's provider (`PROVIDER_LOCAL`, `PROVIDER_GITHUB`) from its stored
+        connection (no GitHub call). Errors: NotFound (never connected)."""
+        response = await _call(
+            self._stub.GetConnection(
+                gd_pb2.GetConnectionRequest(name=f"organizations/{organization}/connection")
+            ),
+            "GetConnection",
+        )
+        return response.connection.provider
+
+    async def access_token(self, repository: str, *, deadline: float | None = None) -> str:
+        """A short-lived git token for `repository` ("" for local organizations); background work
+        only (it may talk to GitHub). Never log it. Errors: FailedPrecondition
+        (`NO_GITHUB_CREDENTIALS`), NotFound, Unavailable."""
+        request = gd_pb2.GenerateRepositoryAccessTokenRequest(name=repository)
+        rpc = self._stub.GenerateRepositoryAccessToken
+        response = await _call(
+            rpc(request, timeout=deadline) if deadline else rpc(request), "GenerateRepositoryAccessToken"
+        )
+        return response.access_token
+
+    async def publish_pull_request(
+        self, request: gd_pb2.PublishPullRequestRequest, *, deadline: float
+    ) -> pull_request_pb2.PullRequest:
+        """Open the pull request on GitHub and store it. Errors: FailedPrecondition
+        (`PROVIDER_HAS_NO_PULL_REQUESTS`), AlreadyExists (`PULL_REQUEST_ALREADY_EXISTS`), Unavailable."""
+        response = await _call(self._stub.PublishPullRequest(request, timeout=deadline), "PublishPullRequest")
+        return response.pull_request
+
+    async def open_pull_request(
+        self, repository: str, head_branch: str
+    ) -> pull_request_pb2.PullRequest | None:
+        """The stored open pull request whose head is `head_branch`, or None."""
+        response = await _call(
+            self._stub.ListPullRequests(
+                gd_pb2.ListPullRequestsRequest(parent=repository, head_branch=head_branch, page_size=1)
+            ),
+            "ListPullRequests",
+        )
+        return response.pull_requests[0] if response.pull_requests else None
+
 
 class SandboxClient:
     """The sandbox service's idempotent commands (keyed by task id, session id and turn id)."""
@@ -162,9 +204,15 @@ class SandboxClient:
             "DestroySandbox",
         )
 
-    async def push(self, name: str) -> sb_pb2.PushBranchResponse:
+    async def push(
+        self, name: str, *, access_token: str = "", deadline: float = 300
+    ) -> sb_pb2.PushBranchResponse:
+        """`git push` of the sandbox's branch; `access_token` authenticates HTTPS remotes."""
         return await _call(
-            self.stub.PushBranch(sb_pb2.PushBranchRequest(name=name), timeout=300), "PushBranch"
+            self.stub.PushBranch(
+                sb_pb2.PushBranchRequest(name=name, access_token=access_token), timeout=deadline
+            ),
+            "PushBranch",
         )
 
     async def revert_file(self, name: str, path: str) -> sb_pb2.RevertFileResponse:

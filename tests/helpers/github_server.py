@@ -15,11 +15,18 @@ Endpoints: POST /app/installations/{id}/access_tokens (RS256 app JWT verified ag
 key), GET /installation/repositories, GET /user, GET /user/orgs, GET /user/installations,
 GET /user/repos, GET /orgs/{org}/members[?role=admin], GET|POST /repos/{owner}/{repo}/pulls. Lists
 page with `per_page` (max 100) and `page`, answering RFC 8288 `Link` headers (next, last, first, prev).
+
+Git over HTTP, as github.com serves `https://github.com/{owner}/{repo}.git`: `serve_git(full_name,
+bare_path)` publishes a bare repository at `{server.url}/{owner}/{repo}.git` through `git
+http-backend` (smart HTTP, clone/fetch/push). Like GitHub it answers 401 with a Basic challenge
+unless the password is an issued installation token or a known OAuth token; every git request is
+logged in `state.git_requests` as (request line, credential kind or "anonymous").
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import math
@@ -28,6 +35,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -299,6 +307,8 @@ class GithubState:
     delay: dict[str, float] = field(default_factory=dict)  # path fragment -> seconds
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # path fragment -> hold until set
     requests: list[str] = field(default_factory=list)
+    git_repos: dict[str, Path] = field(default_factory=dict)  # full name -> bare repository served
+    git_requests: list[tuple[str, str]] = field(default_factory=list)
     rate_remaining: int = 5000
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1001))
 
@@ -371,6 +381,13 @@ class GithubState:
         """Matching requests hang until the returned event is set (a GitHub that stopped answering)."""
         self.gates[fragment] = asyncio.Event()
         return self.gates[fragment]
+
+    def serve_git(self, full_name: str, bare: Path) -> str:
+        """Serve the bare repository `bare` over smart HTTP as `full_name`; returns its clone URL
+        (the server's root URL, not the API prefix, + `/{owner}/{repo}.git`)."""
+        self.git_repos[full_name] = bare
+        root = self.api.split("://", 1)[-1].split("/", 1)[0]
+        return f"http://{root}/{full_name}.git"
 
     def count(self, fragment: str) -> int:
         """How many logged requests contain `fragment` (`"GET /repos/"` …)."""
@@ -625,6 +642,68 @@ class _Api:
         )
         return JSONResponse(pr, 201, self.headers())
 
+    def git_credential(self, request: Request) -> str | None:
+        """ "installation" or "user" for Basic credentials whose password is a valid token."""
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            _, _, password = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return None
+        if password in self.s.installation_tokens:
+            return "installation"
+        if password in self.s.oauth_tokens:
+            return "user"
+        return None
+
+    async def git(self, request: Request) -> Response:
+        """Smart HTTP through `git http-backend` (CGI), behind GitHub-like Basic authentication."""
+        full = f"{request.path_params['owner']}/{request.path_params['repo']}"
+        line = f"{request.method} {request.url.path}?{request.url.query}"
+        kind = self.git_credential(request)
+        self.s.git_requests.append((line, kind or "anonymous"))
+        bare = self.s.git_repos.get(full)
+        if bare is None:
+            return Response("Repository not found.\n", 404)
+        if kind is None:
+            return Response("", 401, {"www-authenticate": 'Basic realm="GitHub"'})
+        body = await request.body()
+        env = {
+            "PATH": "/usr/bin:/bin:/usr/local/bin",
+            "GIT_PROJECT_ROOT": str(bare.parent),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": f"/{bare.name}/{request.path_params['rest']}",
+            "REQUEST_METHOD": request.method,
+            "QUERY_STRING": request.url.query,
+            "CONTENT_TYPE": request.headers.get("content-type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_USER": "x-access-token",  # authenticated: http-backend then allows receive-pack
+            "REMOTE_ADDR": "127.0.0.1",
+            "GIT_PROTOCOL": request.headers.get("git-protocol", ""),
+            "HTTP_CONTENT_ENCODING": request.headers.get("content-encoding", ""),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            "http-backend",
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate(body)
+        head, _, payload = out.partition(b"\r\n\r\n")
+        if not _:
+            head, _, payload = out.partition(b"\n\n")
+        status, headers = 200, {}
+        for raw in head.decode(errors="replace").splitlines():
+            key, _, value = raw.partition(":")
+            if key.lower() == "status":
+                status = int(value.strip().split()[0])
+            elif key:
+                headers[key.strip()] = value.strip()
+        return Response(payload, status, headers)
+
     def routes(self) -> list[Route]:
         return [
             Route(
@@ -638,6 +717,9 @@ class _Api:
             Route("/orgs/{org}/members", self.org_members),
             Route("/repos/{owner}/{repo}/pulls", self.pulls, methods=["GET", "POST"]),
         ]
+
+    def git_routes(self) -> list[Route]:
+        return [Route("/{owner}/{repo}.git/{rest:path}", self.git, methods=["GET", "POST"])]
 
 
 class _Server(uvicorn.Server):
@@ -654,6 +736,7 @@ class GithubServer:
         self.prefix = prefix
         api = _Api(state)
         routes: list[Any] = [Mount(prefix, routes=api.routes())] if prefix else api.routes()
+        routes += api.git_routes()  # github.com serves git at the root, not under the API prefix
         self._server = _Server(
             uvicorn.Config(
                 Starlette(routes=routes),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from githubkit import AppInstallationAuthStrategy, BaseAuthStrategy, GitHub, TokenAuthStrategy
@@ -153,6 +153,7 @@ class GithubProvider:
         self.account_login = account_login
         self.account_type = account_type
         self._installation = isinstance(auth, AppInstallationAuthStrategy)
+        self._auth = auth
         self._gh: GitHub[Any] = GitHub(
             auth,
             base_url=api_url,
@@ -231,6 +232,27 @@ class GithubProvider:
         except GitHubException as exc:
             raise _describe(exc, "POST", path) from exc
         return remote_pull_request(response.json())
+
+    async def repository_access_token(self, full_name: str) -> tuple[str, datetime | None]:
+        """A token for git over HTTPS on `full_name` and when it expires (None: unknown).
+
+        Installation credentials: `POST /app/installations/{id}/access_tokens` (as the App, RS256
+        JWT) scoped to this one repository with `contents: write`, about one hour long. OAuth
+        credentials: the user's token itself. Raises ProviderError."""
+        auth = self._auth
+        if isinstance(auth, TokenAuthStrategy):
+            return auth.token, None
+        if not isinstance(auth, AppInstallationAuthStrategy):
+            raise ProviderError("these GitHub credentials cannot mint repository tokens")
+        path = f"/app/installations/{auth.installation_id}/access_tokens"
+        payload = {"repositories": [full_name.split("/", 1)[-1]], "permissions": {"contents": "write"}}
+        try:
+            response = await self._gh.with_auth(auth.as_app()).arequest("POST", path, json=payload)
+        except GitHubException as exc:
+            raise _describe(exc, "POST", path) from exc
+        data = response.json()
+        expires = str(data.get("expires_at") or "")
+        return str(data["token"]), datetime.fromisoformat(expires) if expires else None
 
 
 def installation_auth(app_id: str, private_key: str, installation_id: int) -> BaseAuthStrategy:

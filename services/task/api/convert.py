@@ -126,6 +126,19 @@ def task(
         update_time=ts(row.updated_at),
         end_time=ts(row.ended_at),
     )
+    if row.publish_state:
+        out.publication.CopyFrom(
+            task_pb2.PullRequestPublication(
+                state=task_pb2.PublicationState.Value(f"PUBLICATION_STATE_{row.publish_state.upper()}"),
+                error_message=row.publish_error,
+                request_id=row.publish_request_id or "",
+                title=row.publish_title or row.title,
+                draft=row.publish_draft,
+                head_commit=row.publish_head_commit,
+                request_time=ts(row.publish_requested_at),
+                update_time=ts(row.publish_updated_at),
+            )
+        )
     if row.sandbox_state:
         out.sandbox.CopyFrom(
             task_pb2.SandboxSummary(

@@ -10,14 +10,13 @@ from foundry.task.v1 import task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
 from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
 
-from services.platform.errors import FailedPrecondition
 from services.platform.watch import WatchHub
 from services.task.api import convert
 from services.task.api.watch import watch_session, watch_task
 from services.task.domain import names
-from services.task.domain.errors import DOMAIN, NoSandbox, invalid
+from services.task.domain.errors import NoSandbox, invalid
 from services.task.domain.models import Session, Task
-from services.task.ops import commands, materialize, user_state
+from services.task.ops import commands, materialize, publish, user_state
 from services.task.ops import sessions as session_ops
 from services.task.ops import tasks as task_ops
 from services.task.ops.deps import Deps
@@ -108,18 +107,24 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         row, _ = await task_ops.load(self.deps, request.name)
         if not row.sandbox_cwd:
             raise NoSandbox(row.name)
-        pushed = await self.deps.sandbox.push(row.sandbox_name)
+        token = ""
+        if row.clone_url.startswith(("https://", "http://")):
+            token = await self.deps.github_data.access_token(row.repository)
+        pushed = await self.deps.sandbox.push(row.sandbox_name, access_token=token)
         return pb.PushTaskResponse(branch=pushed.branch, head_commit=pushed.head_commit)
 
     async def PublishPullRequest(
         self, request: pb.PublishPullRequestRequest, context: Ctx
     ) -> pb.PublishPullRequestResponse:
-        await task_ops.load(self.deps, request.name)
-        raise FailedPrecondition(
-            "publishing pull requests is not available yet in the task service",
-            reason="PUBLISH_NOT_AVAILABLE",
-            domain=DOMAIN,
+        req = publish.validate(
+            name=request.name,
+            title=request.title,
+            body=request.body,
+            draft=request.draft,
+            request_id=request.request_id,
         )
+        row, sessions = await publish.request(self.deps, req)
+        return pb.PublishPullRequestResponse(task=_task(row, sessions))
 
     async def RevertFile(self, request: pb.RevertFileRequest, context: Ctx) -> pb.RevertFileResponse:
         if not request.path or request.path.startswith("/") or ".." in request.path.split("/"):

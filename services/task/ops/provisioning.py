@@ -177,10 +177,15 @@ async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) ->
         return {"sandbox": created.sandbox}
     if step.name == "prepare_repository":
         owner = task.owner
+        token = ""
+        if task.clone_url.startswith(("https://", "http://")):
+            # Minted per attempt (about an hour long); handed to git in the sandbox, never stored.
+            token = await deps.github_data.access_token(task.repository, deadline=timeout)
         prepared = await sb.prepare_repository(
             sb_pb2.PrepareRepositoryRequest(
                 name=task.sandbox_name,
                 clone_url=task.clone_url,
+                access_token=token,
                 branch=task.branch,
                 base_branch=task.default_branch,
                 git_user_name=owner.login if owner else "",

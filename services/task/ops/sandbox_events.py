@@ -67,6 +67,24 @@ async def on_session_changed(deps: Deps, event: sb_events.AgentSessionChanged) -
         await task_changed(session, deps, task, changed_sessions=[row])
 
 
+def pull_request_summary(pr: pull_request_pb2.PullRequest) -> pull_request_pb2.PullRequestSummary:
+    """The summary of a stored pull request, as tasks keep it."""
+    return pull_request_pb2.PullRequestSummary(
+        name=pr.name,
+        number=pr.number,
+        repository=pr.repository,
+        repository_full_name=pr.repository_full_name,
+        title=pr.title,
+        state=pr.state,
+        draft=pr.draft,
+        url=pr.url,
+        head_branch=pr.head_branch,
+        base_branch=pr.base_branch,
+        author_login=pr.author_login,
+        update_time=pr.update_time,
+    )
+
+
 async def on_pull_request_changed(deps: Deps, event: gd_events.PullRequestChanged) -> None:
     """Store the summary of the pull request on the live task owning its head branch."""
     pr = event.pull_request
@@ -77,21 +95,7 @@ async def on_pull_request_changed(deps: Deps, event: gd_events.PullRequestChange
         task = await queries.get_task(session, task_id=task.id, lock=True)
         if task is None:
             return
-        summary = pull_request_pb2.PullRequestSummary(
-            name=pr.name,
-            number=pr.number,
-            repository=pr.repository,
-            repository_full_name=pr.repository_full_name,
-            title=pr.title,
-            state=pr.state,
-            draft=pr.draft,
-            url=pr.url,
-            head_branch=pr.head_branch,
-            base_branch=pr.base_branch,
-            author_login=pr.author_login,
-            update_time=pr.update_time,
-        )
-        encoded = summary.SerializeToString(deterministic=True)
+        encoded = pull_request_summary(pr).SerializeToString(deterministic=True)
         if task.pull_request == encoded:
             return
         task.pull_request = encoded

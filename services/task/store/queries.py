@@ -44,7 +44,15 @@ def _task(row: Any) -> Task:
         )
     for key in _OWNER_COLUMNS:
         data.pop(key, None)
-    for key in ("stage_updated_at", "lease_until", "created_at", "updated_at", "ended_at"):
+    for key in (
+        "stage_updated_at",
+        "lease_until",
+        "created_at",
+        "updated_at",
+        "ended_at",
+        "publish_requested_at",
+        "publish_updated_at",
+    ):
         data[key] = _utc(data[key])
     return Task(owner=owner, **data)
 
@@ -142,6 +150,17 @@ async def unfinished_provisioning(
     query = select(tasks).where(
         tasks.c.status.in_(INIT_STATUSES[:-1]), tasks.c.stage.not_in(("ready", "error"))
     )
+    if lease_expired_before is not None:
+        query = query.where(or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < lease_expired_before))
+    return [_task(r) for r in (await session.execute(query)).all()]
+
+
+async def publishing_tasks(
+    session: AsyncSession, *, lease_expired_before: dt.datetime | None = None
+) -> list[Task]:
+    """Tasks whose pull request publication is queued or running (with `lease_expired_before`,
+    only those nobody holds a live lease on)."""
+    query = select(tasks).where(tasks.c.publish_state == "publishing")
     if lease_expired_before is not None:
         query = query.where(or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < lease_expired_before))
     return [_task(r) for r in (await session.execute(query)).all()]

@@ -55,6 +55,15 @@ tasks = Table(
     Column("git_state", LargeBinary, nullable=True),
     Column("git_state_version", BigInteger, nullable=False, default=0),
     Column("request_id", String(100), nullable=True),
+    Column("publish_state", String(20), nullable=False, default=""),
+    Column("publish_request_id", String(100), nullable=True),
+    Column("publish_title", Text, nullable=False, default=""),
+    Column("publish_body", Text, nullable=False, default=""),
+    Column("publish_draft", Boolean, nullable=False, default=False),
+    Column("publish_error", Text, nullable=False, default=""),
+    Column("publish_head_commit", String(64), nullable=False, default=""),
+    Column("publish_requested_at", DateTime(timezone=True), nullable=True),
+    Column("publish_updated_at", DateTime(timezone=True), nullable=True),
     Column("version", BigInteger, nullable=False, default=0),
     Column("lease_owner", String(100), nullable=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),
@@ -66,6 +75,7 @@ tasks = Table(
 Index("ix_tasks_org_updated", tasks.c.organization, tasks.c.updated_at)
 Index("ix_tasks_repository_branch", tasks.c.repository, tasks.c.branch)
 Index("ix_tasks_stage", tasks.c.stage)
+Index("ix_tasks_publish_state", tasks.c.publish_state)
 
 # Sessions (agent tabs) of a task, in creation order (`position`).
 sessions = Table(

@@ -12,7 +12,7 @@ from foundry.task.v1 import events_pb2
 
 from services.platform.messaging.broker import Message
 from services.platform.messaging.consumer import HandlerContext
-from services.task.ops import commands, provisioning, sandbox_events, sessions
+from services.task.ops import commands, provisioning, publish, sandbox_events, sessions
 from services.task.ops.deps import Deps
 
 Handler = Callable[[Message, HandlerContext], Awaitable[None]]
@@ -47,6 +47,10 @@ def deliver_message(deps: Deps) -> Handler:
 def command(deps: Deps) -> Handler:
     async def handle(message: Message, ctx: HandlerContext) -> None:
         item = events_pb2.RunTaskCommand.FromString(message.body)
+        if item.command == events_pb2.TASK_COMMAND_PUBLISH_PULL_REQUEST:
+            last = ctx.attempt >= deps.settings.messaging.max_attempts
+            await publish.run(deps, item.name, last_attempt=last)
+            return
         kind = "archive" if item.command == events_pb2.TASK_COMMAND_ARCHIVE else "kill"
         await commands.run(deps, item.name, kind, item.reason)
 
