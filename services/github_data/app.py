@@ -29,6 +29,7 @@ def build_deps(rt: Runtime, *, retry: RetryPolicy | None = None) -> Deps:
 
 def wire(rt: Runtime) -> Wiring:
     deps = build_deps(rt)
+    membership = Membership.via_peer(rt.peers)
 
     async def resume() -> None:
         await resume_jobs(deps)
@@ -41,10 +42,12 @@ def wire(rt: Runtime) -> Wiring:
         servicers=[
             Servicer(
                 pb_grpc.add_GithubDataServiceServicer_to_server,
-                GithubDataServicer(deps, Membership.via_peer(rt.peers)),
+                GithubDataServicer(deps, membership),
                 SERVICE_FULL_NAME,
             )
         ],
         queues=[(sync_spec, run_sync.handler(deps)), (webhook_spec, webhook.handler(deps))],
-        on_started=[resume],
+        # Membership events drop cached answers at once (the TTL is only the fallback).
+        on_started=[resume, membership.listener(rt.broker)],
+        on_close=[membership.stop_listening],
     )

@@ -8,6 +8,8 @@ Events (topic exchange `<prefix>.events`):
     github_data.repository.removed         RepositoryRemoved
     github_data.pull_request.changed       PullRequestChanged
     github_data.pull_request.removed       PullRequestRemoved
+    github_data.member.changed             GithubMemberChanged   (the organization service applies
+    github_data.member.removed             GithubMemberRemoved    these to its member rows)
     github_data.task.archive_on_branch     foundry.task.v1.ArchiveTaskOnBranch   (the task service binds
                                                                  a queue to this key)
 
@@ -23,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.github_data.api import convert
 from services.github_data.domain import names
-from services.github_data.domain.models import PullRequest, Repository, SyncStatus
+from services.github_data.domain.models import GithubMember, PullRequest, Repository, SyncStatus
 from services.github_data.store import queries
 from services.platform.messaging.broker import queue_name
 from services.platform.outbox import Outbox
@@ -34,6 +36,8 @@ REPOSITORY_REMOVED = "github_data.repository.removed"
 PULL_REQUEST_CHANGED = "github_data.pull_request.changed"
 PULL_REQUEST_REMOVED = "github_data.pull_request.removed"
 ARCHIVE_TASK_ON_BRANCH = "github_data.task.archive_on_branch"
+MEMBER_CHANGED = "github_data.member.changed"
+MEMBER_REMOVED = "github_data.member.removed"
 
 
 class Events:
@@ -110,6 +114,28 @@ class Events:
                 if final
                 else pull_request_pb2.PULL_REQUEST_STATE_UNSPECIFIED,
                 pull_request=convert.pull_request_to_pb(pr),
+            ),
+        )
+
+    async def member_changed(self, session: AsyncSession, member: GithubMember, version: int) -> None:
+        await self._outbox.publish(
+            session,
+            routing_key=MEMBER_CHANGED,
+            message=events_pb2.GithubMemberChanged(
+                name=names.member_name(member.organization, member.member_id),
+                version=version,
+                github_member=convert.member_to_pb(member),
+            ),
+        )
+
+    async def member_removed(self, session: AsyncSession, member: GithubMember, version: int) -> None:
+        await self._outbox.publish(
+            session,
+            routing_key=MEMBER_REMOVED,
+            message=events_pb2.GithubMemberRemoved(
+                name=names.member_name(member.organization, member.member_id),
+                version=version,
+                login=member.login,
             ),
         )
 

@@ -8,6 +8,11 @@ Queues consumed:
                                            ConnectLocalOrganization and discovery transactions
     <prefix>.organization.github_user_sync SyncGithubUser: GitHub organization discovery, written in
                                            the SignInWithGithub transaction
+    <prefix>.organization.github_members   github-data's GitHub member events, applied to the member
+                                           rows (`usecases.members`)
+
+Every process also subscribes to `organization.member.*` (its own MemberChanged / MemberRemoved) so
+that its membership cache drops a changed answer at once.
 """
 
 from __future__ import annotations
@@ -19,11 +24,18 @@ from services.organization.projection import ROUTING_KEYS
 from services.organization.usecases.accounts import Accounts
 from services.organization.usecases.audit import AuditLog
 from services.organization.usecases.github_discovery import GithubDiscovery
+from services.organization.usecases.members import GITHUB_MEMBER_KEYS, GithubMembers
 from services.organization.usecases.organizations import Organizations, member_check
 from services.organization.usecases.settings import SettingsWrites
 from services.organization.usecases.summary import Summaries
 from services.organization.usecases.task_index import TaskIndex
-from services.organization.workers import audit, connect_provider, github_user_sync, summary_events
+from services.organization.workers import (
+    audit,
+    connect_provider,
+    github_members,
+    github_user_sync,
+    summary_events,
+)
 from services.platform.authz import Membership
 from services.platform.messaging.broker import QueueSpec, queue_name
 from services.platform.server.host import Runtime, Servicer, Wiring
@@ -69,6 +81,10 @@ def wire(rt: Runtime) -> Wiring:
             # Audit entries arrive as work (enqueued by name) or as `<service>.audit.appended` events.
             (QueueSpec(name=queue(rt, "audit"), bindings=("*.audit.appended",)), audit.handle),
             (QueueSpec(name=connect_queue), connect_provider.handler(rt.peers)),
+            (
+                QueueSpec(name=queue(rt, "github_members"), bindings=GITHUB_MEMBER_KEYS),
+                github_members.handler(GithubMembers(rt.outbox)),
+            ),
             # Slow GitHub reads, off every request path; the last attempt records a failure.
             (
                 discovery_spec,
@@ -79,4 +95,7 @@ def wire(rt: Runtime) -> Wiring:
                 ),
             ),
         ],
+        # Membership events drop cached answers at once (the TTL is only the fallback).
+        on_started=[membership.listener(rt.broker)],
+        on_close=[membership.stop_listening],
     )

@@ -60,6 +60,7 @@ def wire(rt: Runtime) -> Wiring:
     processes = Processes(sandboxes, logs)
     sandboxes.before_destroy.append(processes.remove_all)
     runner = TurnRunner(sandboxes, records, logs, pool, runner=runner_id())
+    membership = Membership.via_peer(rt.peers)
     servicer = SandboxServicer(
         sandboxes=sandboxes,
         sessions=sessions,
@@ -67,7 +68,7 @@ def wire(rt: Runtime) -> Wiring:
         processes=processes,
         logs=logs,
         hub=rt.hub,
-        membership=Membership.via_peer(rt.peers),
+        membership=membership,
     )
 
     async def recover() -> None:
@@ -97,7 +98,8 @@ def wire(rt: Runtime) -> Wiring:
             (QueueSpec(queues.turn), run_turn.handler(runner)),
             (QueueSpec(queues.git_state), refresh_git_state.handler(checkouts)),
         ],
-        on_started=[recover],
+        # Membership events drop cached answers at once (the TTL is only the fallback).
+        on_started=[recover, membership.listener(rt.broker)],
         background=[recover_periodically],
-        on_close=[close],
+        on_close=[close, membership.stop_listening],
     )

@@ -11,7 +11,7 @@ from foundry.github_data.v1 import github_data_service_pb2_grpc as pb_grpc
 
 from services.github_data.api import convert
 from services.github_data.domain import names
-from services.github_data.flows import connections, publish, reads, webhooks
+from services.github_data.flows import connections, publish, reads, tokens, webhooks
 from services.github_data.flows.deps import Deps
 from services.platform import context as request_context
 from services.platform.authz import Membership
@@ -172,3 +172,12 @@ class GithubDataServicer(pb_grpc.GithubDataServiceServicer):
             user=user,
         )
         return pb.PublishPullRequestResponse(pull_request=convert.pull_request_to_pb(pr))
+
+    async def GenerateRepositoryAccessToken(
+        self, request: pb.GenerateRepositoryAccessTokenRequest, context: Ctx
+    ) -> pb.GenerateRepositoryAccessTokenResponse:
+        _require_service("GenerateRepositoryAccessToken")
+        org, repo_id = names.parse_repository(request.name)
+        user = names.parse_user(request.user, "user") if request.user else ""
+        token, expires = await tokens.repository_access_token(self.deps, org=org, repo_id=repo_id, user=user)
+        return pb.GenerateRepositoryAccessTokenResponse(access_token=token, expire_time=convert.ts(expires))

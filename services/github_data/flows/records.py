@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.github_data.domain.models import PullRequest, Repository
+from services.github_data.domain.models import GithubMember, PullRequest, Repository
 from services.github_data.domain.names import repository_id
 from services.github_data.domain.ports import RemotePullRequest, RemoteRepository
 from services.github_data.events import Events
@@ -124,3 +124,34 @@ async def announce_removed(
         await events.pull_request_removed(session, pr, await queries.bump_seq(session, org=org))
     for repo in repos:
         await events.repository_removed(session, repo, await queries.bump_seq(session, org=org))
+
+
+_MEMBER_FIELDS = ("login", "display_name", "email", "avatar_url", "role", "state")
+
+
+async def upsert_member(
+    session: AsyncSession, events: Events, *, member: GithubMember, now: datetime, keep_profile: bool = False
+) -> None:
+    """Store `member`; publishes GithubMemberChanged when it is new or its profile, role or state
+    changed. `keep_profile`: fields the source left empty keep their stored values (webhooks)."""
+    existing = await queries.get_member(session, org=member.organization, member_id=member.member_id)
+    if existing is not None and keep_profile:
+        member = replace(
+            member,
+            **{k: getattr(existing, k) for k in _MEMBER_FIELDS if not getattr(member, k)},
+        )
+    await queries.save_member(session, member=member, now=now)
+    if existing is not None and all(getattr(member, k) == getattr(existing, k) for k in _MEMBER_FIELDS):
+        return
+    version = await queries.bump_seq(session, org=member.organization)
+    await events.member_changed(session, replace(member, update_time=now), version)
+
+
+async def remove_member(session: AsyncSession, events: Events, *, org: str, member_id: str) -> bool:
+    """Delete a member and publish GithubMemberRemoved; False when it was not stored."""
+    existing = await queries.get_member(session, org=org, member_id=member_id)
+    if existing is None:
+        return False
+    await queries.delete_member(session, org=org, member_id=member_id)
+    await events.member_removed(session, existing, await queries.bump_seq(session, org=org))
+    return True

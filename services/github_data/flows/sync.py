@@ -5,6 +5,7 @@ Phases, each announced as SyncProgress:
     discovering_repositories  claim the job, resolve the provider and credentials
     syncing_repositories      list repositories, upsert them with the generation
     syncing_members           list members, upsert, sweep members of older generations
+                              (GithubMemberChanged / GithubMemberRemoved for real changes)
     syncing_pull_requests     repositories in batches of 10 (by full name), open pull requests
                               100 per page, one commit per batch; `processed` is the resume cursor
     finalize                  sweep repositories and pull requests of older generations, `synced`
@@ -32,7 +33,13 @@ from services.github_data.domain.models import (
 )
 from services.github_data.domain.ports import Provider, ProviderError, RemoteRepository
 from services.github_data.flows.deps import Deps
-from services.github_data.flows.records import announce_removed, upsert_pull_request, upsert_repository
+from services.github_data.flows.records import (
+    announce_removed,
+    remove_member,
+    upsert_member,
+    upsert_pull_request,
+    upsert_repository,
+)
 from services.github_data.providers import open_provider
 from services.github_data.store import queries
 from services.platform.logging import get_logger
@@ -169,8 +176,9 @@ class SyncRun:
             now = self.deps.now()
             await self._step({"label": f"Synced {len(members)} members"}, session=session)
             for m in members:
-                await queries.save_member(
+                await upsert_member(
                     session,
+                    self.deps.events,
                     now=now,
                     member=GithubMember(
                         organization=self.org,
@@ -184,7 +192,8 @@ class SyncRun:
                         sync_generation=self.generation,
                     ),
                 )
-            await queries.delete_members(session, org=self.org, keep_generation=self.generation)
+            for gone in await queries.stale_members(session, org=self.org, keep_generation=self.generation):
+                await remove_member(session, self.deps.events, org=self.org, member_id=gone.member_id)
 
     async def _pull_requests(self, provider: Provider, *, skip: int) -> None:
         async with self.deps.db.snapshot() as session:

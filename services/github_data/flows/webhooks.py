@@ -11,6 +11,10 @@ RecordWebhookDelivery. Handling, per organization whose GitHub account the paylo
     pull_request (any action)              repository + pull request upserted; closed or merged:
                                            the open row is removed, PullRequestRemoved and
                                            ArchiveTaskOnBranch are published
+    organization member_added              member upserted (role and state from `membership`),
+                                           GithubMemberChanged when it changed
+    organization member_removed            member deleted, GithubMemberRemoved (the organization
+                                           service ends the user's membership at once)
     anything else                          recorded as ignored and logged
 
 Every handled delivery records `last_webhook_time` and `<event>.<action>` on the sync status and
@@ -29,7 +33,13 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.github_data.domain.models import Connection, DeliveryState, InstallationStatus, WebhookDelivery
+from services.github_data.domain.models import (
+    Connection,
+    DeliveryState,
+    GithubMember,
+    InstallationStatus,
+    WebhookDelivery,
+)
 from services.github_data.domain.names import DOMAIN
 from services.github_data.domain.normalize import (
     remote_pull_request,
@@ -38,7 +48,13 @@ from services.github_data.domain.normalize import (
 )
 from services.github_data.flows.connections import clear_state, enqueue_sync
 from services.github_data.flows.deps import Deps
-from services.github_data.flows.records import pull_request_of, upsert_pull_request, upsert_repository
+from services.github_data.flows.records import (
+    pull_request_of,
+    remove_member,
+    upsert_member,
+    upsert_pull_request,
+    upsert_repository,
+)
 from services.github_data.store import queries
 from services.platform.errors import InvalidArgument
 from services.platform.logging import get_logger
@@ -176,7 +192,41 @@ async def _apply(
     if event == "pull_request":
         await _pull_request(session, deps, org, payload)
         return "handled", ""
+    if event == "organization" and action in ("member_added", "member_removed"):
+        return await _organization_member(session, deps, org, action, payload)
     return "ignored", f"{delivery.event_action} is not handled"
+
+
+async def _organization_member(
+    session: AsyncSession, deps: Deps, org: str, action: str, payload: dict[str, Any]
+) -> tuple[DeliveryState, str]:
+    membership = payload.get("membership") or {}
+    user = membership.get("user") or {}
+    if not isinstance(user, dict) or not user.get("id"):
+        return "ignored", f"organization.{action} without membership.user"
+    member_id = str(int(user["id"]))
+    if action == "member_removed":
+        removed = await remove_member(session, deps.events, org=org, member_id=member_id)
+        return "handled", "" if removed else f"member {member_id} was not stored"
+    status = await queries.get_status(session, org=org, with_counts=False)
+    assert status is not None
+    role = str(membership.get("role") or "member")
+    await upsert_member(
+        session,
+        deps.events,
+        now=deps.now(),
+        keep_profile=True,
+        member=GithubMember(
+            organization=org,
+            member_id=member_id,
+            login=str(user.get("login") or ""),
+            avatar_url=str(user.get("avatar_url") or ""),
+            role="admin" if role == "admin" else "member",
+            state=str(membership.get("state") or "active"),
+            sync_generation=status.generation,
+        ),
+    )
+    return "handled", ""
 
 
 async def _pull_request(session: AsyncSession, deps: Deps, org: str, payload: dict[str, Any]) -> None:

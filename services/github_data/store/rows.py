@@ -269,6 +269,34 @@ async def save_member(session: AsyncSession, *, member: GithubMember, now: datet
         )
 
 
+async def get_member(session: AsyncSession, *, org: str, member_id: str) -> GithubMember | None:
+    row = (
+        await session.execute(
+            select(github_members).where(
+                github_members.c.organization == org, github_members.c.member_id == member_id
+            )
+        )
+    ).first()
+    return _member(row) if row else None
+
+
+async def stale_members(session: AsyncSession, *, org: str, keep_generation: int) -> list[GithubMember]:
+    """Members of `org` last seen by another sync generation than `keep_generation` (to sweep)."""
+    stmt = select(github_members).where(
+        github_members.c.organization == org, github_members.c.sync_generation != keep_generation
+    )
+    return [_member(r) for r in await session.execute(stmt.order_by(github_members.c.member_id))]
+
+
+async def delete_member(session: AsyncSession, *, org: str, member_id: str) -> bool:
+    result = await session.execute(
+        delete(github_members).where(
+            github_members.c.organization == org, github_members.c.member_id == member_id
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def delete_members(session: AsyncSession, *, org: str, keep_generation: int | None) -> int:
     cond = github_members.c.organization == org
     if keep_generation is not None:

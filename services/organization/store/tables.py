@@ -200,8 +200,8 @@ Index("ix_audit_events_recent", audit_events.c.organization_id, audit_events.c.c
 
 # -- GitHub discovery (SignInWithGithub → SyncGithubUser) ---------------------------------------------
 
-# The last organization discovery of each GitHub user: `state` queued | synced | failed, with the
-# readable cause of a persistent failure (the contract has no field for it; see github_discovery).
+# The last organization discovery of each GitHub user: `state` queued | running | synced | failed,
+# with the readable cause of a persistent failure; served as AppSnapshot.github_discovery.
 github_discoveries = Table(
     "github_discoveries",
     metadata,

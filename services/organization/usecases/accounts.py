@@ -22,6 +22,7 @@ from services.organization.domain.names import (
     slugify,
 )
 from services.organization.store import accounts as a
+from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.store._sql import now_us
 from services.organization.usecases import _caller, app_feed, records
@@ -242,6 +243,9 @@ class Accounts:
         )
         if user_row is not None:
             snap.user.CopyFrom(records.user(user_row, eligible))
+        discovery = await g.get_discovery(session, user_id=row.user_id)
+        if discovery is not None:
+            snap.github_discovery.CopyFrom(records.github_discovery(discovery))
         return snap
 
     async def get_app_snapshot(self, auth_session: str) -> tuple[app_snapshot_pb2.AppSnapshot, str]:
@@ -303,6 +307,8 @@ class Accounts:
             if snap.HasField("user"):
                 items.insert(0, (snap.user.name, snap.user))
             items.extend((o.name, o) for o in snap.organizations)
+            if snap.HasField("github_discovery"):
+                items.append((snap.github_discovery.name, snap.github_discovery))
             return items
 
         async for response in self._hub.stream(

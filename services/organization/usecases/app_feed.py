@@ -1,5 +1,6 @@
 """Watch changes of the app shell (scope `app:users/<id>`, one per user): records the User, its
-AuthSessions and its eligible Organizations whenever they change, in the writer's transaction."""
+AuthSessions, its eligible Organizations and its GithubDiscovery whenever they change, in the
+writer's transaction."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.organization.domain.names import app_scope
 from services.organization.store import accounts as a
+from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.usecases import records
 from services.platform.watch import record_change
@@ -44,3 +46,11 @@ async def user_changed(session: AsyncSession, *, user_id: str) -> None:
 async def auth_session_changed(session: AsyncSession, *, row: Any) -> None:
     auth = records.auth_session(row)
     await record_change(session, scope=app_scope(row.user_id), name=auth.name, resource=auth)
+
+
+async def discovery_changed(session: AsyncSession, *, user_id: str) -> None:
+    """The user's GitHub discovery record changed (state, message): its GithubDiscovery item."""
+    row = await g.get_discovery(session, user_id=user_id)
+    if row is not None:
+        discovery = records.github_discovery(row)
+        await record_change(session, scope=app_scope(user_id), name=discovery.name, resource=discovery)

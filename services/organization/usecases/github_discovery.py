@@ -32,7 +32,7 @@ from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.store._sql import now_us
-from services.organization.usecases import app_feed, records
+from services.organization.usecases import app_feed, members, records
 from services.platform.authz import Membership
 from services.platform.db import Database
 from services.platform.errors import FailedPrecondition
@@ -81,9 +81,21 @@ class GithubDiscovery:
     async def enqueue(self, session: AsyncSession, user_id: str) -> None:
         """In the sign-in transaction: mark the discovery queued and enqueue `SyncGithubUser`."""
         await g.put_discovery(session, user_id=user_id, state="queued", error_message="", update_us=now_us())
+        await app_feed.discovery_changed(session, user_id=user_id)
         await self._outbox.enqueue(
             session, queue=self._sync_queue, message=events_pb2.SyncGithubUser(user=f"users/{user_id}")
         )
+
+    async def mark_running(self, user_id: str) -> None:
+        """Before reading GitHub: the discovery record says `running` (shown as RUNNING on WatchApp)."""
+        async with self._db.transaction() as session:
+            row = await g.get_discovery(session, user_id=user_id)
+            if row is not None and row.state == "running":
+                return
+            await g.put_discovery(
+                session, user_id=user_id, state="running", error_message="", update_us=now_us()
+            )
+            await app_feed.discovery_changed(session, user_id=user_id)
 
     # -- reading GitHub -----------------------------------------------------------------------------
 
@@ -138,7 +150,8 @@ class GithubDiscovery:
         accounts = {i.account.account_id for i in found if i.kind == "organization"}
         for row in await g.github_memberships(session, user_id=user_id, kind=SHARED):
             if row.github_account_id not in accounts:  # the user left the GitHub organization
-                await g.delete_member(session, org_id=row.id, user_id=user_id)
+                existing = await a.get_member(session, org_id=row.id, user_id=user_id)
+                await members.delete_member(self._outbox, session, org_id=row.id, existing=existing)
                 await record_change(
                     session, scope=app_scope(user_id), name=organization_name(row.id), resource=None
                 )
@@ -149,6 +162,7 @@ class GithubDiscovery:
         await g.put_discovery(
             session, user_id=user_id, state="synced", error_message="", update_us=now, synced_us=now
         )
+        await app_feed.discovery_changed(session, user_id=user_id)
         return kept
 
     def forget_memberships(self) -> None:
@@ -200,18 +214,18 @@ class GithubDiscovery:
         member = await a.get_member(session, org_id=org_id, user_id=user.id)
         if member is not None and member.state == ACTIVE:
             return False
-        await a.put_member(
+        await members.put_member(
+            self._outbox,
             session,
             org_id=org_id,
             user_id=user.id,
+            existing=member,
             login=user.login,
             display_name=user.display_name,
             email=user.email,
             avatar_url=user.avatar_url,
             role=role,
             state=ACTIVE,
-            create_us=now,
-            update_us=now,
         )
         return True
 
@@ -321,11 +335,13 @@ class GithubDiscovery:
     # -- persistent failure ---------------------------------------------------------------------------
 
     async def record_failure(self, session: AsyncSession, *, user_id: str, error: str) -> None:
-        """Record why discovery failed for good, on the user's discovery record and, readable in the
-        app snapshot, as an ERROR sync status of their personal organization (created from the
-        sign-in profile if missing; only while github-data has not reported a status of its own)."""
+        """Record why discovery failed for good, on the user's discovery record (the app shell's
+        `github_discovery`, state ERROR with the message) and as an ERROR sync status of their
+        personal organization (created from the sign-in profile if missing; only while github-data
+        has not reported a status of its own)."""
         now = now_us()
         await g.put_discovery(session, user_id=user_id, state="failed", error_message=error, update_us=now)
+        await app_feed.discovery_changed(session, user_id=user_id)
         user = await a.get_user(session, user_id=user_id)
         if user is None or not user.github_account_id:
             return

@@ -26,7 +26,7 @@ from services.organization.projection._time import from_us
 from services.organization.store import accounts as a
 from services.organization.store import projection as q
 from services.organization.store._sql import now_us
-from services.organization.usecases import _caller, app_feed, records
+from services.organization.usecases import _caller, app_feed, members, records
 from services.platform.authz import Membership
 from services.platform.db import Database
 from services.platform.errors import AlreadyExists, NotFound, require
@@ -161,18 +161,18 @@ class Organizations:
         if member is not None and member.state == ACTIVE:
             return
         user = await a.get_user(session, user_id=user_id)
-        await a.put_member(
+        await members.put_member(
+            self._outbox,
             session,
             org_id=org_id,
             user_id=user_id,
+            existing=member,
             login=user.login if user else user_id,
             display_name=user.display_name if user else user_id,
             email=user.email if user else "",
             avatar_url=user.avatar_url if user else "",
             role=OWNER,
             state=ACTIVE,
-            create_us=now,
-            update_us=now,
         )
         await app_feed.organization_joined(session, org_id=org_id, user_id=user_id)
 

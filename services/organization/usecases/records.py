@@ -6,10 +6,43 @@ from typing import Any
 
 from foundry.github_data.v1 import pull_request_pb2 as pr_pb2
 from foundry.github_data.v1 import sync_status_pb2
-from foundry.organization.v1 import audit_event_pb2, member_pb2, organization_pb2, task_index_pb2, user_pb2
+from foundry.organization.v1 import (
+    app_snapshot_pb2,
+    audit_event_pb2,
+    member_pb2,
+    organization_pb2,
+    task_index_pb2,
+    user_pb2,
+)
 from google.protobuf import struct_pb2
 
 from services.organization.projection._time import from_us
+
+# github_discoveries.state → GithubDiscoveryState
+_DISCOVERY_STATES = {
+    "queued": app_snapshot_pb2.GITHUB_DISCOVERY_STATE_PENDING,
+    "running": app_snapshot_pb2.GITHUB_DISCOVERY_STATE_RUNNING,
+    "synced": app_snapshot_pb2.GITHUB_DISCOVERY_STATE_DONE,
+    "failed": app_snapshot_pb2.GITHUB_DISCOVERY_STATE_ERROR,
+}
+
+
+def github_discovery(row: Any) -> app_snapshot_pb2.GithubDiscovery:
+    """A `github_discoveries` row as the app shell's GithubDiscovery (`users/{user}/githubDiscovery`)."""
+    state = _DISCOVERY_STATES.get(row.state, app_snapshot_pb2.GITHUB_DISCOVERY_STATE_UNSPECIFIED)
+    d = app_snapshot_pb2.GithubDiscovery(
+        name=github_discovery_name(row.user_id),
+        state=state,
+        message=row.error_message if state == app_snapshot_pb2.GITHUB_DISCOVERY_STATE_ERROR else "",
+    )
+    d.update_time.CopyFrom(from_us(row.update_us))
+    if row.synced_us is not None:
+        d.last_success_time.CopyFrom(from_us(row.synced_us))
+    return d
+
+
+def github_discovery_name(user_id: str) -> str:
+    return f"users/{user_id}/githubDiscovery"
 
 
 def organization(row: Any, sync_status: bytes | None = None) -> organization_pb2.Organization:

@@ -34,6 +34,7 @@ def handler(
         user_id = parse_user(events_pb2.SyncGithubUser.FromString(message.body).user, "user")
         if await _already_applied(db, ctx):
             return
+        await discovery.mark_running(user_id)
         try:
             found = await discovery.discover(user_id)
         except FoundryError as exc:

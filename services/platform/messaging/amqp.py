@@ -180,6 +180,25 @@ class AmqpBroker:
         tag = await queue.consume(on_message, no_ack=True)
         return _AmqpSubscription(queue, tag, delete_on_cancel=True)
 
+    async def subscribe_events(self, routing_pattern: str, handler: BroadcastHandler) -> _AmqpSubscription:
+        """An exclusive auto-delete queue bound to the events exchange; `handler(routing_key, body)`."""
+        connection = self._require(self._connection)
+        if self._broadcast_channel is None:
+            self._broadcast_channel = await connection.channel(publisher_confirms=False)
+        queue = await self._broadcast_channel.declare_queue(
+            "", exclusive=True, auto_delete=True, durable=False
+        )
+        await queue.bind(self.events_exchange, routing_key=routing_pattern)
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            try:
+                await handler(incoming.routing_key or "", incoming.body)
+            except Exception:
+                log.exception("event_subscription_handler_failed", routing_key=incoming.routing_key)
+
+        tag = await queue.consume(on_message, no_ack=True)
+        return _AmqpSubscription(queue, tag, delete_on_cancel=True)
+
     async def close(self) -> None:
         """Close the connection (and with it every channel; unacked deliveries return to their queues)."""
         connection, self._connection = self._connection, None

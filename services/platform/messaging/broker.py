@@ -10,6 +10,8 @@ Topology (names start with `Settings.name_prefix`, default `foundry`):
                           - delayed retry queues `<queue>.retry.<n>` whose TTL dead-letters back to it
     <prefix>.broadcast    fanout-style exchange for non-durable notifications to every replica
                           (watch hubs use it to hear about commits made by other replicas)
+    (exclusive queue)     `subscribe_events`: a per-process copy of matching events (cache
+                          invalidation in every replica)
 
 Work messages are published to the default exchange with the queue's name as routing key.
 Delivery is at least once: handlers must be idempotent (see `services.platform.outbox.inbox`).
@@ -114,6 +116,15 @@ class Broker(Protocol):
 
     async def subscribe_broadcast(self, topic_pattern: str, handler: BroadcastHandler) -> Subscription:
         """Receive broadcasts whose topic matches `topic_pattern` (AMQP topic syntax: `*`, `#`)."""
+
+    async def subscribe_events(self, routing_pattern: str, handler: BroadcastHandler) -> Subscription:
+        """Give this process a copy of every later event whose routing key matches `routing_pattern`.
+
+        Unlike a queue binding (one consumer of a service gets each event), every subscribed
+        process receives each event, as `handler(routing_key, body)`; nothing is kept while the
+        process is not subscribed (an exclusive, auto-deleted queue). For caches every replica
+        must invalidate (`services.platform.authz.Membership`). Handler errors are logged.
+        """
 
     async def close(self) -> None:
         """Close channels and connections. Called last in the drain."""

@@ -53,6 +53,7 @@ class MemoryBroker:
         self._settings = settings or MessagingSettings.model_validate({})
         self._queues: dict[str, _Queue] = {}
         self._broadcast_subs: list[_BroadcastSubscription] = []
+        self._event_subs: list[_BroadcastSubscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._closed = False
@@ -103,6 +104,9 @@ class MemoryBroker:
             for queue in list(self._queues.values()):
                 if any(topic_matches(pattern, routing_key) for pattern in queue.bindings):
                     queue.put(message)
+            for sub in list(self._event_subs):
+                if topic_matches(sub.pattern, routing_key):
+                    self.spawn(sub.handler(routing_key, bytes(body)), what="event subscription handler")
         else:
             raise ValueError(f"unknown exchange {exchange!r} (use '' or 'events')")
 
@@ -131,6 +135,14 @@ class MemoryBroker:
         self._broadcast_subs.append(sub)
         return sub
 
+    async def subscribe_events(
+        self, routing_pattern: str, handler: BroadcastHandler
+    ) -> _BroadcastSubscription:
+        """Receive a copy of every later event matching `routing_pattern` until cancelled."""
+        sub = _BroadcastSubscription(self, routing_pattern, handler, self._event_subs)
+        self._event_subs.append(sub)
+        return sub
+
     async def close(self) -> None:
         """Stop timers and handler tasks; unsettled deliveries go back to their queues (channel close)."""
         self._closed = True
@@ -142,6 +154,7 @@ class MemoryBroker:
                 consumer.detach()
             queue.consumers.clear()
         self._broadcast_subs.clear()
+        self._event_subs.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -315,11 +328,18 @@ class _MemoryDelivery:
 
 
 class _BroadcastSubscription:
-    def __init__(self, broker: MemoryBroker, pattern: str, handler: BroadcastHandler) -> None:
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        pattern: str,
+        handler: BroadcastHandler,
+        registry: list[_BroadcastSubscription] | None = None,
+    ) -> None:
         self.broker = broker
         self.pattern = pattern
         self.handler = handler
+        self._registry = broker._broadcast_subs if registry is None else registry
 
     async def cancel(self) -> None:
         with contextlib.suppress(ValueError):
-            self.broker._broadcast_subs.remove(self)
+            self._registry.remove(self)

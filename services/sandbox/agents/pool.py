@@ -217,7 +217,7 @@ class AgentPool:
             handle = self.handle(sandbox.key, agent)
             if handle is not None:
                 return handle
-            argv = self.resolve_command(agent)
+            argv = await asyncio.to_thread(self.resolve_command, agent)  # scans PATH: off the loop
             if argv is None:
                 raise AgentFailed(
                     f"agent {agent}: command {self._agents[agent]!r} is not installed on this replica",

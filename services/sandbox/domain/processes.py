@@ -87,7 +87,7 @@ class Processes:
         sandbox = await self.sandboxes.with_checkout(key)
         process_id = uuid.uuid4().hex[:12]
         folder = self._folder(sandbox.provider_sandbox_id, process_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         cwd = f"{WORK}/{spec.cwd}" if spec.cwd else WORK
         try:
             proc = await self.sandboxes.provider.spawn(
@@ -150,32 +150,39 @@ class Processes:
         sandbox = await self.sandboxes.get(key)
         budget = min(max_bytes or DEFAULT_LOG_BYTES, MAX_LOG_BYTES)
         folder = self._folder(sandbox.provider_sandbox_id, process_id)
-        chunks: list[LogChunk] = []
-        next_offset = offset
-        total = 0
-        with contextlib.suppress(FileNotFoundError):
-            index = (folder / "index.jsonl").read_text().splitlines()
-            with (folder / "output").open("rb") as data:
-                for line in index:
-                    entry = json.loads(line)
-                    start, size = int(entry["offset"]), int(entry["size"])
-                    total = max(total, start + size)
-                    if start + size <= next_offset or budget <= 0:
-                        continue
-                    skip = max(0, next_offset - start)
-                    take = min(size - skip, budget)
-                    if not stream or entry["stream"] == stream:
-                        data.seek(start + skip)
-                        chunks.append(
-                            LogChunk(
-                                entry["stream"],
-                                start + skip,
-                                data.read(take),
-                                dt.datetime.fromisoformat(entry["time"]),
+
+        # The index and output files are read off the event loop (a large log is megabytes).
+        def read() -> tuple[list[LogChunk], int, int]:
+            chunks: list[LogChunk] = []
+            next_offset = offset
+            total = 0
+            budget_left = budget
+            with contextlib.suppress(FileNotFoundError):
+                index = (folder / "index.jsonl").read_text().splitlines()
+                with (folder / "output").open("rb") as data:
+                    for line in index:
+                        entry = json.loads(line)
+                        start, size = int(entry["offset"]), int(entry["size"])
+                        total = max(total, start + size)
+                        if start + size <= next_offset or budget_left <= 0:
+                            continue
+                        skip = max(0, next_offset - start)
+                        take = min(size - skip, budget_left)
+                        if not stream or entry["stream"] == stream:
+                            data.seek(start + skip)
+                            chunks.append(
+                                LogChunk(
+                                    entry["stream"],
+                                    start + skip,
+                                    data.read(take),
+                                    dt.datetime.fromisoformat(entry["time"]),
+                                )
                             )
-                        )
-                        budget -= take
-                    next_offset = start + skip + take
+                            budget_left -= take
+                        next_offset = start + skip + take
+            return chunks, next_offset, total
+
+        chunks, next_offset, total = await asyncio.to_thread(read)
         complete = process.state is ProcessState.EXITED and next_offset >= total
         return chunks, next_offset, complete
 

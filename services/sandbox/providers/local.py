@@ -51,7 +51,7 @@ class LocalProvider:
         if self._delay:
             await asyncio.sleep(self._delay)
         provider_id = f"{key.organization}--{key.sandbox_id}"
-        (self._root / provider_id).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread((self._root / provider_id).mkdir, parents=True, exist_ok=True)
         return provider_id
 
     async def resume(self, provider_id: str) -> None:

@@ -15,7 +15,13 @@ import pytest
 
 from services.platform.settings import Settings
 from tests.helpers.infra import make_pg_database, unique_name
-from tests.unit.flows import scenarios_github, scenarios_local, scenarios_summary
+from tests.unit.flows import (
+    scenarios_github,
+    scenarios_local,
+    scenarios_members,
+    scenarios_publish,
+    scenarios_summary,
+)
 from tests.unit.flows.world import FlowWorld, flow_world
 
 BACKENDS = {"embedded": "embedded", "postgres": "postgres+rabbitmq"}
@@ -76,3 +82,19 @@ async def test_task_and_pull_request_changes_reach_an_open_summary_stream_in_mil
 
 async def test_a_resumed_summary_stream_converges_to_a_fresh_bootstrap(world: FlowWorld) -> None:
     await scenarios_summary.resumed_stream_converges(world)
+
+
+async def test_publish_pushes_with_a_github_token_and_opens_exactly_one_pull_request(
+    world: FlowWorld,
+) -> None:
+    await scenarios_publish.publish_on_github_pushes_and_opens_one_pull_request(world)
+
+
+async def test_publish_on_a_local_organization_is_refused_at_once(world: FlowWorld, tmp_path: Path) -> None:
+    await scenarios_publish.publish_on_a_local_organization_fails_at_once(world, tmp_path)
+
+
+async def test_a_member_removed_on_github_loses_access_everywhere_before_the_cache_ttl(
+    world: FlowWorld,
+) -> None:
+    await scenarios_members.removed_member_loses_access_promptly(world)

@@ -252,6 +252,31 @@ async def test_broadcast_reaches_every_connected_process_subscribed(make_broker:
     assert seen_b == [("watch.task.t1", b"v1")]
 
 
+async def test_event_subscriptions_give_every_process_a_copy_besides_the_queue_bindings(
+    make_broker: BrokerFactory,
+) -> None:
+    a, b = await make_broker(), await make_broker()
+    seen_a: list[tuple[str, bytes]] = []
+    seen_b: list[tuple[str, bytes]] = []
+
+    async def on_a(key: str, body: bytes) -> None:
+        seen_a.append((key, body))
+
+    async def on_b(key: str, body: bytes) -> None:
+        seen_b.append((key, body))
+
+    await a.subscribe_events("organization.member.*", on_a)
+    sub_b = await b.subscribe_events("organization.member.*", on_b)
+    await a.publish(exchange="events", routing_key="organization.member.removed", body=b"m1", message_id="e1")
+    await a.publish(exchange="events", routing_key="task.summary.updated", body=b"no", message_id="e2")
+    expected = [("organization.member.removed", b"m1")]
+    await assert_eventually(lambda: _eq((seen_a, seen_b), (expected, expected)))
+    await sub_b.cancel()
+    await b.publish(exchange="events", routing_key="organization.member.changed", body=b"m2", message_id="e3")
+    await assert_eventually(lambda: _eq(len(seen_a), 2))
+    assert seen_b == expected
+
+
 def _eq(actual: object, expected: object) -> None:
     assert actual == expected
 

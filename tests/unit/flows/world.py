@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -58,6 +59,10 @@ def sync_status(client: WatchClient) -> ss.SyncStatus:
     if len(statuses) != 1:
         raise KeyError(f"{len(statuses)} SyncStatus items")
     return statuses[0]
+
+
+def _bare_clone(source: Path, bare: Path) -> None:
+    subprocess.run(["git", "clone", "-q", "--bare", str(source), str(bare)], check=True)
 
 
 @dataclass
@@ -141,11 +146,14 @@ class FlowWorld:
         *,
         pulls: dict[str, list[tuple[int, str]]] | None = None,
         sync_delay: float = 0.0,
+        serve_git: bool = False,
     ) -> GithubOrganization:
         """An organization connected to a new GitHub account holding `repos` (each cloned from a
         local git repository: offline, the clone URL points there) and open `pulls` (repo ->
         [(number, head branch)]); waits on the summary stream until the GitHub sync is done.
-        `sync_delay` slows the account's token endpoint (so its sync) by that many seconds."""
+        `sync_delay` slows the account's token endpoint (so its sync) by that many seconds.
+        With `serve_git`, each repository is a bare repository served by the test server over git
+        smart HTTP (token-authenticated, as github.com) and its clone URL is that HTTP URL."""
         suffix = uuid.uuid4().hex[:8]
         login = f"acme-{suffix}"
         installation_id = int(suffix, 16) % 1_000_000 + 1000
@@ -154,7 +162,12 @@ class FlowWorld:
         state.install(installation_id, login)
         for repo in repos:
             source = git_repo(self.root / "github" / login, repo)
-            state.add_repo(login, repo, default_branch="main")["clone_url"] = str(source)
+            clone_url = str(source)
+            if serve_git:
+                bare = self.root / "github-git" / login / f"{repo}.git"
+                _bare_clone(source, bare)
+                clone_url = state.serve_git(f"{login}/{repo}", bare)
+            state.add_repo(login, repo, default_branch="main")["clone_url"] = clone_url
         for repo, items in (pulls or {}).items():
             for number, head in items:
                 state.add_pull(f"{login}/{repo}", number, head=head)

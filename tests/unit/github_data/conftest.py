@@ -30,6 +30,8 @@ EVENT_TYPES: dict[str, type[ProtoMessage]] = {
     "github_data.pull_request.changed": events_pb2.PullRequestChanged,
     "github_data.pull_request.removed": events_pb2.PullRequestRemoved,
     "github_data.task.archive_on_branch": task_events_pb2.ArchiveTaskOnBranch,
+    "github_data.member.changed": events_pb2.GithubMemberChanged,
+    "github_data.member.removed": events_pb2.GithubMemberRemoved,
 }
 
 

@@ -208,6 +208,44 @@ async def test_rows_gone_from_github_are_swept_and_announced(settings: Settings,
         await assert_eventually(swept, timeout=20)
 
 
+async def test_members_are_announced_once_and_a_member_gone_from_github_is_removed(
+    settings: Settings, gh: GithubServer
+) -> None:
+    organization(gh.state, 1)
+    async with running(with_api(settings, gh), ["github_data"]) as mesh:
+        log = EventLog()
+        await log.attach(mesh.broker, settings.name_prefix)
+        client = stub(mesh)
+        await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+        await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+
+        async def announced() -> None:
+            changed = log.of("github_data.member.changed")
+            assert sorted((c.github_member.login, c.github_member.role) for c in changed) == [
+                ("hubot", "member"),
+                ("monalisa", "member"),
+                ("octocat", "admin"),
+            ]
+
+        await assert_eventually(announced, timeout=10)
+        hubot = next(c for c in log.of("github_data.member.changed") if c.github_member.login == "hubot")
+        gh.state.members[ORG] = [(u, admin) for u, admin in gh.state.members[ORG] if u["login"] != "hubot"]
+        await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
+
+        async def swept() -> None:
+            status = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+            assert status.state == ss.SYNC_STATE_SYNCED and status.generation == 2
+            removed = log.of("github_data.member.removed")
+            assert [(r.name, r.login) for r in removed] == [(hubot.name, "hubot")]
+            assert removed[0].version > hubot.version
+
+        await assert_eventually(swept, timeout=20)
+        # Unchanged members are not announced again by the second sync.
+        assert len(log.of("github_data.member.changed")) == 3
+        members = await client.ListGithubMembers(pb.ListGithubMembersRequest(parent=f"organizations/{ORG}"))
+        assert [m.login for m in members.github_members] == ["monalisa", "octocat"]
+
+
 async def test_bad_app_credentials_surface_as_sync_error(settings: Settings, gh: GithubServer) -> None:
     organization(gh.state, 2)
     gh.state.app_id = "9999"  # the server expects another App: our JWT's issuer is rejected

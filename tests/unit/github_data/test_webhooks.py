@@ -184,6 +184,39 @@ async def _generation_is(m: Mesh, generation: int) -> None:
     assert status.generation == generation and status.state == ss.SYNC_STATE_SYNCED
 
 
+async def test_organization_member_added_and_removed_are_stored_and_announced(mesh: Any) -> None:
+    m, log, _ = mesh
+    client = stub(m)
+    await deliver(m, "d-member-1", "organization", "organization.member_added")
+    added = await handled(m, "d-member-1", "organization", "organization.member_added")
+    assert added.state == wd.WEBHOOK_DELIVERY_STATE_HANDLED
+    listed = await client.ListGithubMembers(pb.ListGithubMembersRequest(parent="organizations/acme"))
+    assert ("mona-new", "member", "active") in [(g.login, g.role, g.state) for g in listed.github_members]
+
+    def announced_added() -> None:
+        [changed] = [c for c in log.of("github_data.member.changed") if c.github_member.login == "mona-new"]
+        assert changed.name == "organizations/acme/githubMembers/5550001"
+
+    await assert_eventually(announced_added)
+    await deliver(m, "d-member-2", "organization", "organization.member_removed")
+    removed = await handled(m, "d-member-2", "organization", "organization.member_removed")
+    assert removed.state == wd.WEBHOOK_DELIVERY_STATE_HANDLED and removed.detail == ""
+    listed = await client.ListGithubMembers(pb.ListGithubMembersRequest(parent="organizations/acme"))
+    assert "mona-new" not in [g.login for g in listed.github_members]
+
+    def announced_removed() -> None:
+        [gone] = log.of("github_data.member.removed")
+        [changed] = [c for c in log.of("github_data.member.changed") if c.github_member.login == "mona-new"]
+        assert (gone.name, gone.login) == (changed.name, "mona-new") and gone.version > changed.version
+
+    await assert_eventually(announced_removed)
+    # Removing a member that is not stored (a repeated removal) announces nothing.
+    await deliver(m, "d-member-3", "organization", "organization.member_removed")
+    again = await handled(m, "d-member-3", "organization", "organization.member_removed")
+    assert "not stored" in again.detail
+    assert len(log.of("github_data.member.removed")) == 1
+
+
 async def test_unhandled_events_and_unknown_accounts_are_recorded_as_ignored(mesh: Any) -> None:
     m, _, _ = mesh
     await deliver(m, "d-push-5", "push", "push")

@@ -18,7 +18,7 @@ import pytest
 from foundry.github_data.v1 import github_data_service_pb2 as gh_pb2
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gh_grpc
 from foundry.github_data.v1 import sync_status_pb2 as ss
-from foundry.organization.v1 import events_pb2, member_pb2, organization_pb2, user_pb2
+from foundry.organization.v1 import app_snapshot_pb2, events_pb2, member_pb2, organization_pb2, user_pb2
 from foundry.organization.v1 import organization_service_pb2 as pb
 from foundry.organization.v1 import organization_service_pb2_grpc as pb_grpc
 from prometheus_client import REGISTRY
@@ -405,6 +405,63 @@ async def test_a_persistent_github_outage_leaves_a_readable_error_on_the_persona
             lambda: _true(watcher.organizations()[personal].sync_status.state == ss.SYNC_STATE_SYNCED),
             timeout=20,
         )
+
+
+def _discovery(watcher: AppWatcher) -> app_snapshot_pb2.GithubDiscovery:
+    found = list(resources_of(watcher.client, app_snapshot_pb2.GithubDiscovery).values())
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def _pending_then_done(world: World, person: Person, gate: asyncio.Event) -> None:
+    signed = await sign_in(world, person)
+    me = world.org_stub(person.caller)
+    snap = (
+        await me.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name))
+    ).app_snapshot
+    discovery = snap.github_discovery
+    assert discovery.name == f"users/{person.account_id}/githubDiscovery"
+    assert discovery.state in (
+        app_snapshot_pb2.GITHUB_DISCOVERY_STATE_PENDING,
+        app_snapshot_pb2.GITHUB_DISCOVERY_STATE_RUNNING,
+    )
+    assert discovery.HasField("update_time") and not discovery.HasField("last_success_time")
+    async with AppWatcher(world, person, signed.auth_session.name) as watcher:
+        await assert_eventually(
+            lambda: _true(_discovery(watcher).state == app_snapshot_pb2.GITHUB_DISCOVERY_STATE_RUNNING)
+        )
+        gate.set()
+        await watcher.until({person.personal, f"organizations/{person.orgs[0]}"})
+        await assert_eventually(
+            lambda: _true(_discovery(watcher).state == app_snapshot_pb2.GITHUB_DISCOVERY_STATE_DONE)
+        )
+        assert _discovery(watcher).HasField("last_success_time") and _discovery(watcher).message == ""
+
+
+async def test_the_app_shell_carries_the_github_discovery_state_from_pending_to_done_and_error(
+    world: World,
+) -> None:
+    person = new_person(world.github, orgs=1)
+    gate = world.github.hold("GET /api/v3/user?")  # discovery waits on GitHub until released
+    try:
+        await _pending_then_done(world, person, gate)
+    finally:
+        gate.set()
+    world.github.gates.clear()
+    world.github.fail(503, times=1000, path="GET /api/v3/user?")
+    signed = await sign_in(world, person)
+    async with AppWatcher(world, person, signed.auth_session.name) as watcher:
+        await assert_eventually(
+            lambda: _true(_discovery(watcher).state == app_snapshot_pb2.GITHUB_DISCOVERY_STATE_ERROR)
+        )
+        failed = _discovery(watcher)
+        assert "GitHub answered 503" in failed.message
+        assert failed.HasField("last_success_time")  # the earlier discovery's organizations stay
+    me = world.org_stub(person.caller)
+    snap = (
+        await me.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name))
+    ).app_snapshot
+    assert snap.github_discovery == failed
 
 
 def _repos(organization: str) -> gh_pb2.ListRepositoriesRequest:

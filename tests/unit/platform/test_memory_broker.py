@@ -231,5 +231,27 @@ async def test_broadcast_reaches_every_matching_subscription_until_cancelled(bro
     }
 
 
+async def test_event_subscriptions_get_a_copy_of_matching_events_until_cancelled(
+    broker: MemoryBroker,
+) -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    async def record(key: str, body: bytes) -> None:
+        seen.append((key, body))
+
+    subscription = await broker.subscribe_events("organization.member.*", record)
+    await broker.publish(
+        exchange="events", routing_key="organization.member.removed", body=b"m1", message_id="1"
+    )
+    await broker.publish(exchange="events", routing_key="task.summary.updated", body=b"no", message_id="2")
+    await assert_eventually(lambda: _assert_equal(seen, [("organization.member.removed", b"m1")]))
+    await subscription.cancel()
+    await broker.publish(
+        exchange="events", routing_key="organization.member.changed", body=b"m2", message_id="3"
+    )
+    await asyncio.sleep(0.05)
+    assert seen == [("organization.member.removed", b"m1")]
+
+
 def _assert_equal(actual: object, expected: object) -> None:
     assert actual == expected

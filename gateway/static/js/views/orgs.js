@@ -7,6 +7,8 @@ import { items, subscribe } from "../stream.js";
 export function orgsView(root, { navigate }) {
   const list = h("ul", { "data-testid": "org-list" });
   const error = h("p", { class: "error" });
+  // The background discovery of the user's GitHub organizations (after a GitHub sign-in).
+  const discovery = h("p", { class: "muted", "data-testid": "github-discovery" });
   const rootPath = h("input", { placeholder: "/absolute/path/to/repositories", size: 40, "data-testid": "connect-path" });
   const displayName = h("input", { placeholder: "display name (optional)", "data-testid": "connect-name" });
   const form = h("form", {
@@ -31,10 +33,18 @@ export function orgsView(root, { navigate }) {
       h("a", { href: `#/o/${org.name.split("/")[1]}`, "data-testid": "org-link" }, org.displayName || org.name),
       " ", h("span", { class: "muted" }, short(org.syncStatus?.state, "SYNC_STATE_"))))
       : h("li", { class: "muted" }, state.status === "loading" ? "Loading…" : "No organizations yet."));
+    const [found] = items(state, "GithubDiscovery");
+    const label = {
+      GITHUB_DISCOVERY_STATE_PENDING: "GitHub organizations: waiting to be discovered…",
+      GITHUB_DISCOVERY_STATE_RUNNING: "GitHub organizations: discovering…",
+      GITHUB_DISCOVERY_STATE_ERROR: `GitHub organizations could not be discovered: ${found?.message || "unknown error"}`,
+    }[found?.state];
+    discovery.textContent = label || "";
+    discovery.className = found?.state === "GITHUB_DISCOVERY_STATE_ERROR" ? "error" : "muted";
   });
 
   mount(root,
-    h("div", { class: "card" }, h("h2", {}, "Organizations"), list),
+    h("div", { class: "card" }, h("h2", {}, "Organizations"), discovery, list),
     h("div", { class: "card" }, h("h3", {}, "Connect a local directory of git repositories"), form, error));
   return unsubscribe;
 }
