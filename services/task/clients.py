@@ -205,13 +205,15 @@ class SandboxClient:
         )
 
     async def push(
-        self, name: str, *, access_token: str = "", deadline: float = 300
+        self, name: str, *, access_token: str = "", commit_message: str = "", deadline: float = 300
     ) -> sb_pb2.PushBranchResponse:
-        """`git push` of the sandbox's branch; `access_token` authenticates HTTPS remotes."""
+        """`git push` of the sandbox's branch; `access_token` authenticates HTTPS remotes; with a
+        `commit_message`, uncommitted changes are committed first."""
+        request = sb_pb2.PushBranchRequest(
+            name=name, access_token=access_token, commit_message=commit_message
+        )
         return await _call(
-            self.stub.PushBranch(
-                sb_pb2.PushBranchRequest(name=name, access_token=access_token), timeout=deadline
-            ),
+            self.stub.PushBranch(request, timeout=deadline),
             "PushBranch",
         )
 

@@ -240,7 +240,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         key = names.sandbox(request.name)
         await self._member(request.name)
         branch, head, remote = await self.checkouts.push(
-            key, token=request.access_token, force_with_lease=request.force_with_lease
+            key,
+            token=request.access_token,
+            force_with_lease=request.force_with_lease,
+            commit_message=request.commit_message,
         )
         return pb.PushBranchResponse(branch=branch, head_commit=head, remote_url=remote)
 

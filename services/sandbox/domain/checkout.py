@@ -74,12 +74,17 @@ class Checkouts:
         log.info("file_reverted", sandbox=key.name, path=path)
         return await self.refresh(key)
 
-    async def push(self, key: SandboxKey, *, token: str, force_with_lease: bool) -> tuple[str, str, str]:
-        """`git push -u origin <branch>`; returns (branch, head commit, remote URL without credentials).
+    async def push(
+        self, key: SandboxKey, *, token: str, force_with_lease: bool, commit_message: str = ""
+    ) -> tuple[str, str, str]:
+        """`git push -u origin <branch>`, after committing uncommitted changes with `commit_message`
+        when one is given; returns (branch, head commit, remote URL without credentials).
         Raises FailedPrecondition (no checkout, remote refused) and Unavailable (git failed)."""
         sandbox = await self.sandboxes.with_checkout(key)
         assert sandbox.checkout is not None
         git = gitops.Git(self.sandboxes.provider, sandbox.provider_sandbox_id, token)
+        if commit_message and await gitops.commit_all(git, commit_message):
+            log.info("changes_committed", sandbox=key.name)
         branch = await gitops.current_branch(git) or sandbox.checkout.branch
         args = ["push", "--porcelain", "-u", "origin", branch]
         if force_with_lease:

@@ -112,6 +112,25 @@ async def default_branch(git: Git) -> str:
     raise RemoteUnusable("the repository has no default branch (is it empty?)")
 
 
+# Used only when the checkout has no identity of its own (an agent or the user may have set one).
+COMMITTER = {
+    "GIT_AUTHOR_NAME": "Foundry",
+    "GIT_AUTHOR_EMAIL": "foundry@localhost",
+    "GIT_COMMITTER_NAME": "Foundry",
+    "GIT_COMMITTER_EMAIL": "foundry@localhost",
+}
+
+
+async def commit_all(git: Git, message: str) -> bool:
+    """Commit every uncommitted change (`git add -A`) with `message`; False when there was nothing."""
+    if not (await git.run("status", "--porcelain")).stdout.strip():
+        return False
+    await git.run("add", "-A")
+    has_identity = (await git.try_run("config", "user.email")).returncode == 0
+    await git.run("commit", "--quiet", "--no-verify", "-m", message, env=None if has_identity else COMMITTER)
+    return True
+
+
 async def head_commit(git: Git) -> str:
     return (await git.run("rev-parse", "HEAD")).stdout.strip()
 

@@ -202,7 +202,13 @@ async def _execute(
         stage[0] = "getting git credentials"
         token = await deps.github_data.access_token(task.repository, deadline=deps.step_timeout)
     stage[0] = "pushing the branch"
-    pushed = await deps.sandbox.push(task.sandbox_name, access_token=token, deadline=deps.step_timeout)
+    # The agent's edits are usually not committed: commit them as the pull request's change.
+    pushed = await deps.sandbox.push(
+        task.sandbox_name,
+        access_token=token,
+        commit_message=task.publish_title or task.title,
+        deadline=deps.step_timeout,
+    )
     branch = pushed.branch or task.branch
     stage[0] = "opening the pull request"
     request = gd_pb2.PublishPullRequestRequest(

@@ -104,19 +104,9 @@ async def publish_on_github_pushes_and_opens_one_pull_request(world: FlowWorld) 
         assert "installation" in fetches and set(fetches) <= {"anonymous", "installation"}, fetches
         assert not _git("branch", "--list", branch, cwd=bare)  # not on the remote yet
 
-        # What the agent would do: commit in the checkout.
-        _git(
-            "-c",
-            "user.name=a",
-            "-c",
-            "user.email=a@example.com",
-            "commit",
-            "--allow-empty",
-            "-qm",
-            "publish me",
-            cwd=ready.sandbox.cwd,
-        )
-        committed = _git("rev-parse", "HEAD", cwd=ready.sandbox.cwd)
+        # What an agent leaves behind: an edit and a new file, neither committed.
+        (Path(ready.sandbox.cwd) / "PUBLISHED.md").write_text("published by the flow test\n")
+        before = _git("rev-parse", "HEAD", cwd=ready.sandbox.cwd)
 
         request_id = str(uuid.uuid4())
         ask = task_svc_pb2.PublishPullRequestRequest(
@@ -138,9 +128,15 @@ async def publish_on_github_pushes_and_opens_one_pull_request(world: FlowWorld) 
         done = the_task(watch, task.name)
         pr = done.pull_request
         assert pr.head_branch == branch and pr.title == "feat: publish me" and pr.number >= 1, pr
+        # The uncommitted work was committed with the pull request's title, then pushed with a token:
+        # the remote's branch is that commit.
+        committed = _git("rev-parse", "HEAD", cwd=ready.sandbox.cwd)
+        assert committed != before and _git("rev-parse", "HEAD~1", cwd=ready.sandbox.cwd) == before
+        assert _git("log", "-1", "--format=%s", cwd=ready.sandbox.cwd) == "feat: publish me"
+        assert not _git("status", "--porcelain", cwd=ready.sandbox.cwd)
         assert done.publication.head_commit == committed
-        # Pushed with a token: the remote's branch is the sandbox's commit.
         assert _git("rev-parse", f"refs/heads/{branch}", cwd=bare) == committed
+        assert _git("show", f"{branch}:PUBLISHED.md", cwd=bare) == "published by the flow test"
         pushes = [kind for line, kind in state.git_requests if "git-receive-pack" in line]
         assert "installation" in pushes, pushes
         # Opened once on GitHub, stored by github-data, and on the organization summary.
