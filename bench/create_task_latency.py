@@ -35,6 +35,7 @@ NAME = "create_task_latency"
 CONCURRENCY = 50
 SANDBOX_DELAY_SECONDS = 30
 OPEN_LOOP_RATE = 5.0  # creates per second in the open-loop phase
+OPEN_LOOP_WARMUP = 5  # sequential creates before it
 
 
 async def main(quick: bool) -> dict[str, Any]:
@@ -73,11 +74,15 @@ async def main(quick: bool) -> dict[str, Any]:
             async with grpc.aio.insecure_channel(mesh.target("task"), options=GRPC_OPTIONS) as channel:
                 stub = pb_grpc.TaskServiceStub(channel)
                 create = lambda: stub.CreateTask(request(), metadata=metadata, timeout=60)  # noqa: E731
-                await closed_loop(create, concurrency=CONCURRENCY, per_worker=warmup)
-                # Open loop first: the closed loop leaves a backlog of background work behind it.
+                # Open loop first, after a few sequential calls and a pause: a burst of 50 warm-up creates
+                # would leave a backlog of background work, and 30 s later 50 sandboxes finishing at
+                # once (clone + agent start), neither of which belongs to a steady 5 creates/s.
+                await closed_loop(create, concurrency=1, per_worker=OPEN_LOOP_WARMUP)
+                await asyncio.sleep(2)
                 real_open = await open_loop(
                     create, concurrency=CONCURRENCY, rate=OPEN_LOOP_RATE, seconds=open_seconds
                 )
+                await closed_loop(create, concurrency=CONCURRENCY, per_worker=warmup)
                 with py_spy(mesh.proc.pid, Path(tmp) / "profile.txt") as profile:
                     real = await closed_loop(create, concurrency=CONCURRENCY, per_worker=per_worker)
                 profile_summary = summarize(profile) if profile else {"samples": 0}
