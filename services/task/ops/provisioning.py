@@ -17,8 +17,6 @@ dies holding a lease is taken over once the lease lapses (`resume_stalled`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import uuid
 from collections import Counter
@@ -28,13 +26,13 @@ from foundry.sandbox.v1 import sandbox_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.task.v1 import events_pb2
 
-from services.platform.errors import FoundryError
 from services.platform.logging import get_logger
 from services.task.domain import names
 from services.task.domain.models import Session, Task, now
 from services.task.domain.rules import Step, next_step
 from services.task.ops.changes import Audit, task_changed
 from services.task.ops.deps import Deps
+from services.task.ops.lease import StepFailed, run_leased
 from services.task.store import queries
 
 log = get_logger(__name__)
@@ -62,12 +60,6 @@ class StepConcurrency:
 STEP_CONCURRENCY = StepConcurrency()
 
 
-class _StepFailed(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 async def run_next_step(deps: Deps, name: str, *, last_attempt: bool = True) -> None:
     """Run the next unfinished provisioning step of task `name` (no-op when provisioning is over or
     another replica holds the task's lease). Raises a retryable FoundryError to ask for a delayed
@@ -79,27 +71,17 @@ async def run_next_step(deps: Deps, name: str, *, last_attempt: bool = True) -> 
         return
     task, step, first = claimed
     STEP_CONCURRENCY.enter(task_id, deps.replica)
-    heartbeat = asyncio.create_task(_heartbeat(deps, task_id, claim), name=f"lease-{task_id}")
-    outcome: object = None
     try:
-        async with asyncio.timeout(deps.step_timeout):  # not wait_for: it can swallow a cancel on 3.11
-            outcome = await _execute(deps, task, step, first)
-    except TimeoutError:
-        outcome = _StepFailed(f"{step.name.replace('_', ' ')} timed out after {deps.step_timeout:g} s")
-    except FoundryError as exc:
-        if exc.retryable and not last_attempt:
-            await _release(deps, task_id, claim)
-            raise
-        outcome = _StepFailed(f"{step.name.replace('_', ' ')} failed: {exc.message}")
-    except asyncio.CancelledError:
-        # The host is shutting down: hand the task back at once so the next replica need not wait.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(_release(deps, task_id, claim))
-        raise
+        outcome = await run_leased(
+            deps,
+            task_id,
+            claim,
+            lambda: _execute(deps, task, step, first),
+            timeout=deps.step_timeout,
+            doing=lambda: step.name.replace("_", " "),
+            last_attempt=last_attempt,
+        )
     finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
         STEP_CONCURRENCY.exit(task_id)
     await _complete(deps, task_id, claim, step, outcome)
 
@@ -137,27 +119,6 @@ async def _claim(deps: Deps, task_id: str, claim: str) -> tuple[Task, Step, Sess
             await queries.set_lease(session, task_id=task_id, owner=task.lease_owner, until=task.lease_until)
         first = next((s for s in sessions if not s.closed), None)
         return task, step, first
-
-
-async def _heartbeat(deps: Deps, task_id: str, claim: str) -> None:
-    while True:
-        await asyncio.sleep(min(deps.lease_seconds / 3, 4.0))
-        try:
-            async with deps.db.transaction() as session:
-                await queries.set_lease(
-                    session,
-                    task_id=task_id,
-                    owner=claim,
-                    until=now() + dt.timedelta(seconds=deps.lease_seconds),
-                    expected_owner=claim,
-                )
-        except Exception:  # a missed renewal only shortens the lease; the next one may succeed
-            log.warning("lease_renew_failed", task_id=task_id, exc_info=True)
-
-
-async def _release(deps: Deps, task_id: str, claim: str) -> None:
-    async with deps.db.transaction() as session:
-        await queries.set_lease(session, task_id=task_id, owner=None, until=None, expected_owner=claim)
 
 
 async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) -> dict[str, object]:
@@ -232,7 +193,7 @@ async def _complete(deps: Deps, task_id: str, claim: str, step: Step, outcome: o
         at = now()
         previous = task.status
         changed: list[Session] = []
-        if isinstance(outcome, _StepFailed):
+        if isinstance(outcome, StepFailed):
             task.failed_stage, task.stage, task.stage_error = step.done_stage, "error", outcome.message
             task.status, task.status_message, task.stage_updated_at = "error", outcome.message, at
             for s in sessions:

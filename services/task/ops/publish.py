@@ -14,8 +14,6 @@ github-data has it stored) is looked up and recorded instead of opening a second
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import uuid
 from dataclasses import dataclass
@@ -24,14 +22,14 @@ from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
 from foundry.github_data.v1 import pull_request_pb2, sync_status_pb2
 from foundry.task.v1 import events_pb2
 
-from services.platform.errors import AlreadyExists, FailedPrecondition, FoundryError
+from services.platform.errors import AlreadyExists, FailedPrecondition
 from services.platform.logging import get_logger
 from services.task.domain import names
 from services.task.domain.errors import DOMAIN, NoSandbox, TaskEnded, TaskNotFound, require
 from services.task.domain.models import Session, Task, now
 from services.task.ops.changes import Audit, task_changed
 from services.task.ops.deps import Deps
-from services.task.ops.provisioning import _heartbeat, _release
+from services.task.ops.lease import StepFailed, run_leased
 from services.task.ops.sandbox_events import pull_request_summary
 from services.task.store import queries
 
@@ -137,12 +135,6 @@ async def request(deps: Deps, req: PublishRequest) -> tuple[Task, list[Session]]
     return task, sessions
 
 
-class _Failed(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 async def run(deps: Deps, name: str, *, last_attempt: bool = True) -> None:
     """Background: push and open the pull request of the task's pending publication (no-op when
     there is none, or another replica holds the task). Raises a retryable FoundryError to ask for
@@ -152,29 +144,16 @@ async def run(deps: Deps, name: str, *, last_attempt: bool = True) -> None:
     task = await _claim(deps, task_id, claim)
     if task is None:
         return
-    heartbeat = asyncio.create_task(_heartbeat(deps, task_id, claim), name=f"publish-lease-{task_id}")
     stage = ["pushing the branch"]
-    outcome: tuple[pull_request_pb2.PullRequestSummary, str] | _Failed
-    try:
-        async with asyncio.timeout(deps.step_timeout * 2):
-            outcome = await _execute(deps, task, stage)
-    except TimeoutError:
-        outcome = _Failed(f"{stage[0]} timed out after {deps.step_timeout * 2:g} s")
-    except _Failed as failed:
-        outcome = failed
-    except FoundryError as exc:
-        if exc.retryable and not last_attempt:
-            await _release(deps, task_id, claim)
-            raise
-        outcome = _Failed(f"{stage[0]} failed: {exc.message}")
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(_release(deps, task_id, claim))
-        raise
-    finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+    outcome = await run_leased(
+        deps,
+        task_id,
+        claim,
+        lambda: _execute(deps, task, stage),
+        timeout=deps.step_timeout * 2,
+        doing=lambda: stage[0],
+        last_attempt=last_attempt,
+    )
     await _complete(deps, task_id, claim, task.publish_request_id or "", outcome)
 
 
@@ -227,7 +206,7 @@ async def _execute(
         # A retry after GitHub created it (or one opened by hand): record that one, never a second.
         found = await deps.github_data.open_pull_request(task.repository, branch)
         if found is None:
-            raise _Failed(
+            raise StepFailed(
                 f"a pull request for {branch} already exists on GitHub; it shows on the task after the "
                 "next sync"
             ) from None
@@ -240,7 +219,7 @@ async def _complete(
     task_id: str,
     claim: str,
     request_id: str,
-    outcome: tuple[pull_request_pb2.PullRequestSummary, str] | _Failed,
+    outcome: tuple[pull_request_pb2.PullRequestSummary, str] | StepFailed,
 ) -> None:
     async with deps.db.transaction() as session:
         task = await queries.get_task(session, task_id=task_id, lock=True)
@@ -254,7 +233,7 @@ async def _complete(
             await queries.update_task(session, task=task)
             return
         task.publish_updated_at = now()
-        if isinstance(outcome, _Failed):
+        if isinstance(outcome, StepFailed):
             task.publish_state, task.publish_error = ERROR, outcome.message
             audits = [Audit("task.publish.failed", message=outcome.message)]
             log.warning("publish_failed", task=task.name, error=outcome.message)
