@@ -9,6 +9,9 @@ UPSTREAM_STREAMS = Gauge(
 )
 SUBSCRIBERS = Gauge("foundry_gateway_subscribers", "Browser streams attached to a topic", ["topic_type"])
 CONNECTIONS = Gauge("foundry_gateway_stream_connections", "Open browser SSE streams")
+ACTIVE_REQUESTS = Gauge(
+    "foundry_gateway_active_requests", "HTTP requests in flight, SSE streams included (the drain waits)"
+)
 RECONNECTS = Counter(
     "foundry_gateway_upstream_reconnects_total", "Upstream Watch reopenings", ["topic_type", "cause"]
 )

@@ -13,6 +13,7 @@ from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from google.protobuf.message import Message
 from starlette.requests import Request
 
+from gateway import metrics
 from gateway.api.table import ROUTES, SERVICES, Rpc
 from gateway.auth.github import GithubOAuth
 from gateway.auth.sessions import SESSION_COOKIE, Principal, SessionChecker, SessionCodec
@@ -40,10 +41,12 @@ class GatewayState:
 
     def enter(self) -> None:
         self.active_requests += 1
+        metrics.ACTIVE_REQUESTS.inc()
         self.idle.clear()
 
     def leave(self) -> None:
         self.active_requests -= 1
+        metrics.ACTIVE_REQUESTS.dec()
         if self.active_requests <= 0:
             self.idle.set()
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry.common.v1 import watch_pb2
-from google.protobuf import json_format
 
-from gateway.codec import dumps
+from gateway.codec import dumps, to_dict
 from gateway.stream.topics import PER_USER_TYPES
 
 MAX_POSITION_CHARS = 8192
@@ -61,7 +60,7 @@ def item_json(item: watch_pb2.WatchItem) -> bytes | None:
     """`{"name", "version", "resource": {"@type", ...}}` of a watch item; None for per-user items."""
     if item.resource.type_url.rsplit("/", 1)[-1] in PER_USER_TYPES:
         return None
-    resource = json_format.MessageToDict(item.resource, always_print_fields_with_no_presence=True)
+    resource = to_dict(item.resource)
     return dumps({"name": item.name, "version": item.version, "resource": resource})
 
 

@@ -75,7 +75,9 @@ def _manager(request: Request) -> SubscriptionManager:
 
 
 def _wanted(request: Request) -> list[tuple[str, str]]:
-    position = request.query_params.get("resume") or request.headers.get("last-event-id", "")
+    # Last-Event-ID first: EventSource sends it only when it reconnects by itself, and then it is
+    # newer than a `?resume=` the page put in the URL when it opened this EventSource.
+    position = request.headers.get("last-event-id") or request.query_params.get("resume", "")
     tokens = decode_position(position)
     if tokens:
         return list(tokens.items())

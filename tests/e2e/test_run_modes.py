@@ -6,12 +6,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.helpers.infra import make_pg_database, unique_name
-from tests.helpers.procs import MeshPorts, spawn, stop, wait_healthy
+from tests.helpers.procs import MeshPorts, health_status, spawn, stop, wait_healthy
 
 pytestmark = pytest.mark.e2e
+
+GRPC_SERVICES = {
+    "organization": "foundry.organization.v1.OrganizationService",
+    "task": "foundry.task.v1.TaskService",
+    "github_data": "foundry.github_data.v1.GithubDataService",
+    "sandbox": "foundry.sandbox.v1.SandboxService",
+}
+
+
+async def _reflected_services(port: int) -> set[str]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for response in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([request]), timeout=5
+        ):
+            return {s.name for s in response.list_services_response.service}
+    return set()
 
 
 def _events(log: Path) -> list[dict[str, object]]:
@@ -33,6 +53,10 @@ async def test_embedded_mode_serves_all_services_and_drains(tmp_path: Path) -> N
     )
     try:
         await wait_healthy(ports, proc)
+        for name, port in ports.services.items():  # overall and per-service health, reflection
+            for health_service in ("", GRPC_SERVICES[name]):
+                assert await health_status(port, health_service) == health_pb2.HealthCheckResponse.SERVING
+            assert GRPC_SERVICES[name] in await _reflected_services(port)
         assert sorted(p.name for p in (tmp_path / "data").glob("*.sqlite3")) == [
             "github_data.sqlite3",
             "organization.sqlite3",
@@ -42,6 +66,9 @@ async def test_embedded_mode_serves_all_services_and_drains(tmp_path: Path) -> N
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()[-3000:]
+    printed = log.read_text(errors="replace")
+    for name, port in {**ports.services, "gateway": ports.gateway}.items():  # where each one listens
+        assert f"foundry: {name:<12} listening on 127.0.0.1:{port}" in printed
     names = [e.get("event") for e in _events(log)]
     for step in ("drain_started", "drain_finished", "cleanup_started", "cleanup_finished"):
         assert step in names, f"{step} missing from the drain log"

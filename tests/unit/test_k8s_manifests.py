@@ -32,9 +32,6 @@ TARGETS = ["base", "overlays/example", "overlays/ci"]
 CLEANUP_MARGIN_SECONDS = 5.0  # closing AMQP, the DB engine and channels after the last handler
 # Settings a deployment may leave at their default (None), and why.
 ALLOWED_UNSET = {
-    "FOUNDRY_AMQP_VHOST": "the vhost is part of FOUNDRY_AMQP_URL",
-    "FOUNDRY_GITHUB__APP_ID": "per installation (overlay config.env)",
-    "FOUNDRY_GITHUB__CLIENT_ID": "per installation (overlay config.env)",
     "FOUNDRY_GITHUB__LOCAL_ROOT": "`local` organizations read the pod's own filesystem: development only",
 }
 CREDENTIAL_URLS = {"FOUNDRY_DATABASE_URL", "FOUNDRY_AMQP_URL"}  # str settings that embed passwords

@@ -119,6 +119,17 @@ class TestJsonApi:
             index = await browser.get("/")
             assert index.status_code == 200 and "/js/main.js" in index.text
 
+    async def test_stream_is_not_cached_buffered_or_compressed(self, tmp_path: Path) -> None:
+        async with running(tmp_path) as h:
+            alice = await h.signed_in("alice")
+            async with sse(alice, "/v1/stream", headers={"accept-encoding": "gzip, br"}) as stream:
+                headers = stream.response.headers
+                assert headers["content-type"].startswith("text/event-stream")
+                assert headers["cache-control"] == "no-cache, no-transform"
+                assert headers["x-accel-buffering"] == "no"
+                assert "content-encoding" not in headers
+                assert (await stream.next()).event == "hello"
+
 
 class TestSessions:
     async def test_mutation_without_csrf_token_is_refused_before_any_upstream_call(
@@ -164,6 +175,18 @@ class TestSessions:
             h.clients.append(replay)
             assert (await replay.get("/v1/organizations")).status_code == 401
             assert (await alice.get("/v1/auth/session")).json()["signedIn"] is False
+
+    async def test_dev_sign_in_is_refused_unless_enabled(self, tmp_path: Path) -> None:
+        async with running(tmp_path, overrides={"gateway": {"dev_sign_in": False}}) as h:
+            browser = await h.browser()
+            assert (await browser.get("/v1/auth/session")).json()["devSignIn"] is False
+            refused = await browser.post("/v1/auth/dev/signIn", json={"login": "alice"})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["details"][0]["reason"] == "LOCAL_SIGN_IN_DISABLED"
+            assert "foundry_session" not in browser.cookies
+            cli = httpx.AsyncClient(base_url=h.url)  # no cookie: the CLI's token request
+            h.clients.append(cli)
+            assert (await cli.post("/v1/auth/token", json={"login": "alice"})).status_code == 400
 
     async def test_cli_token_is_a_caller_identity_the_services_accept(self, tmp_path: Path) -> None:
         async with running(tmp_path) as h:

@@ -226,11 +226,19 @@ class TestStreamEnds:
             alice = await h.signed_in("alice", member_of=[ORG])
             async with sse(alice, f"/v1/stream?topic={TOPIC}") as a:
                 snapshot = await a.until("snapshot")
+                assert metric("foundry_gateway_active_requests") >= 1  # this SSE request
                 await h.gateway.begin_drain()
                 end = await a.until("end")
                 assert end.data == {"reason": "draining", "resume_from": snapshot.id}
                 with pytest.raises(EOFError):
                     await a.next()
+            refused = await alice.get("/v1/organizations")  # no request enters a draining gateway
+            assert refused.status_code == 503 and "DRAINING" in refused.text, refused.text
+
+            def none_in_flight() -> None:
+                assert metric("foundry_gateway_active_requests") == 0
+
+            await assert_eventually(none_in_flight)
 
     async def test_slow_tab_is_ended_as_lagging_not_buffered(self, tmp_path: Path) -> None:
         async with running(tmp_path, queue_size=3) as h:

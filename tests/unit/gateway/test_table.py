@@ -3,17 +3,24 @@ error mapping and the SSE framing (no network)."""
 
 from __future__ import annotations
 
+import time
+from unittest import mock
+
 import grpc
 import pytest
 from foundry.common.v1 import watch_pb2
 from foundry.task.v1 import task_pb2, task_service_pb2, user_task_state_pb2
 from google.protobuf import any_pb2
+from itsdangerous import TimestampSigner
+from starlette.requests import Request
 
 from gateway.api.openapi import document
 from gateway.api.table import ROUTES, SERVICES, Rpc, compile_template, find, openapi_path
+from gateway.auth.sessions import Principal, SessionCodec
 from gateway.codec import DecodeError, merge_dict, query_to_dict, set_path
 from gateway.errors import HTTP_STATUS, GatewayError, gateway_error_body
 from gateway.stream import frames
+from gateway.stream.routes import _wanted
 
 
 class TestRouteTable:
@@ -174,3 +181,27 @@ class TestFrames:
 
     def test_end_frame_carries_reason_and_resume_from(self) -> None:
         assert frames.end("draining", "P").data == b'{"reason":"draining","resume_from":"P"}'
+
+    def test_last_event_id_wins_over_a_stale_resume_query(self) -> None:
+        """EventSource reconnects by itself to the URL it was opened with (maybe `?resume=<older>`)
+        and sends the newer position in Last-Event-ID: that one must be used."""
+        topic = "organization:organizations/acme"
+        old, new = frames.encode_position({topic: "old"}), frames.encode_position({topic: "new"})
+        scope = {"type": "http", "method": "GET", "path": "/v1/stream", "query_string": b"", "headers": []}
+        resumed = Request({**scope, "query_string": f"resume={old}".encode()})
+        assert _wanted(resumed) == [(topic, "old")]
+        reconnected = Request(
+            {**scope, "query_string": f"resume={old}".encode(), "headers": [(b"last-event-id", new.encode())]}
+        )
+        assert _wanted(reconnected) == [(topic, "new")]
+
+
+class TestSessionCookie:
+    def test_cookie_is_signed_and_expires_with_its_ttl(self) -> None:
+        codec = SessionCodec("secret", ttl_seconds=60)
+        alice = Principal(auth_session="users/u1/authSessions/s1", user="users/u1", login="alice")
+        assert codec.decode(codec.encode(alice)) == alice
+        assert SessionCodec("another secret", ttl_seconds=60).decode(codec.encode(alice)) is None
+        with mock.patch.object(TimestampSigner, "get_timestamp", return_value=int(time.time()) - 120):
+            stale = codec.encode(alice)
+        assert codec.decode(stale) is None

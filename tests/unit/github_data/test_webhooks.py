@@ -168,6 +168,35 @@ async def test_installation_deleted_clears_state_and_requires_install(mesh: Any)
     )
 
 
+async def test_installation_suspend_clears_state_and_unsuspend_syncs_again(mesh: Any) -> None:
+    m, _, _ = mesh
+    client = stub(m)
+    for action, delivery_id in (("suspend", "d-susp-7"), ("unsuspend", "d-unsusp-7")):
+        body = json.loads(fixture("installation.deleted"))  # same complete shape; GitHub sets suspended_*
+        body["action"] = action
+        suspended = action == "suspend"
+        body["installation"]["suspended_by"] = body["sender"] if suspended else None
+        body["installation"]["suspended_at"] = "2024-06-05T10:00:00Z" if suspended else None
+        request = pb.RecordWebhookDeliveryRequest(
+            delivery_id=delivery_id, event="installation", payload=json.dumps(body).encode()
+        )
+        assert not (await client.RecordWebhookDelivery(request)).duplicate
+
+        async def settled(request: pb.RecordWebhookDeliveryRequest = request) -> None:
+            again = await client.RecordWebhookDelivery(request)
+            assert again.webhook_delivery.state == wd.WEBHOOK_DELIVERY_STATE_HANDLED
+
+        await assert_eventually(settled)
+        status = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+        assert status.last_webhook_event == f"installation.{action}"
+        if suspended:
+            assert status.installation_status == ss.INSTALLATION_STATUS_RECONNECT_REQUIRED
+            assert (status.repository_count, status.state) == (0, ss.SYNC_STATE_PENDING)
+    await assert_eventually(lambda: _generation_is(m, 2))  # unsuspend queued a full sync
+    status = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+    assert status.installation_status == ss.INSTALLATION_STATUS_CONNECTED and status.repository_count == 1
+
+
 async def test_installation_created_and_repositories_added_queue_a_full_sync(mesh: Any) -> None:
     m, _, _ = mesh
     await deliver(m, "d-new-4", "installation", "installation.created")

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from services.platform import context as request_context
 from services.platform.errors import InvalidArgument, NotFound, require
@@ -48,6 +49,8 @@ async def slow(request: bytes, context: Any) -> bytes:
 
 
 async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    caller = request_context.caller()
+    seen["stream"] = (caller.subject if caller else None, request_context.request_id())
     yield b"1"
     yield b"2"
     raise InvalidArgument("gone mid-stream", reason="STREAM_BROKEN")
@@ -146,6 +149,25 @@ async def test_stream_error_mid_way_keeps_messages_then_maps_status(server: tupl
                 got.append(message)
     assert got == [b"1", b"2"]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_streams_pass_identity_request_id_and_metrics_interceptors(
+    server: tuple[str, DrainGuard],
+) -> None:
+    def handled() -> float:
+        labels = {"service": "test", "method": "/test.v1.TestService/Stream", "code": "INVALID_ARGUMENT"}
+        return REGISTRY.get_sample_value("foundry_grpc_server_handled_total", labels) or 0.0
+
+    before = handled()
+    async with grpc.aio.insecure_channel(server[0]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError):
+            _ = [m async for m in channel.unary_stream("/test.v1.TestService/Stream")(b"x", metadata=_md())]
+        unsigned = channel.unary_stream("/test.v1.TestService/Stream")(b"x", metadata=[("x-request-id", "r")])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [m async for m in unsigned]
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert seen["stream"] == ("user/42", "req-123")
+    assert handled() == before + 1
 
 
 async def test_draining_refuses_new_rpcs_but_lets_in_flight_finish(server: tuple[str, DrainGuard]) -> None:
