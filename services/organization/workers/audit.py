@@ -20,5 +20,6 @@ async def handle(message: Message, ctx: HandlerContext) -> None:
         raise InvalidArgument(
             f"undecodable AppendAuditEvent: {exc}", domain=DOMAIN, reason="MALFORMED_MESSAGE"
         ) from exc
-    async with ctx.transaction() as session:
+    # Nobody waits on the audit log: let projection writes (which watchers wait on) go first.
+    async with ctx.transaction(background=True) as session:
         await audit.append(session, item, fallback_id=message.message_id)

@@ -4,14 +4,14 @@
 then runs the callbacks registered with `after_commit` (wake the outbox relay, notify watchers).
 On SQLite, write transactions start with `BEGIN IMMEDIATE` so two writers queue on the lock instead
 of failing with "database is locked" when one upgrades from read to write, and the writers of one
-process first queue on an asyncio lock: SQLite's busy handler polls with sleeps growing to 100 ms, so
+process first queue in a `WriteQueue`: SQLite's busy handler polls with sleeps growing to 100 ms, so
 under contention a waiting writer sleeps long after the lock is free (with 50 concurrent writers the
-p99 of a one-row insert was 8 times its median); the asyncio lock hands over in FIFO order at once.
+p99 of a one-row insert was 8 times its median); the queue hands over in FIFO order at once, with
+background writers (`transaction(background=True)`) behind foreground ones.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from services.platform.db.write_queue import WriteQueue
 from services.platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -63,7 +64,7 @@ class Database:
             expire_on_commit=False,
         )
         # SQLite has one writer at a time: queue this process's writers here (FIFO, no polling).
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._writers: WriteQueue | None = WriteQueue() if self.is_sqlite else None
         self.closed = False
 
     async def ensure_schema(self) -> None:
@@ -73,11 +74,17 @@ class Database:
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A read-write transaction; commits on success, rolls back on error, then runs after-commit hooks."""
+    async def transaction(self, *, background: bool = False) -> AsyncIterator[AsyncSession]:
+        """A read-write transaction; commits on success, rolls back on error, then runs after-commit hooks.
+
+        `background=True` marks work nobody is waiting on (e.g. appending to the audit log): on
+        SQLite it takes the write lock after the foreground writers already queued (see
+        `WriteQueue`); on PostgreSQL, which locks rows, it changes nothing.
+        """
         if self.closed:
             raise RuntimeError("database engine is closed (the process is shutting down)")
-        async with self._write_lock or contextlib.nullcontext(), self._sessions() as session:
+        gate = self._writers.hold(background=background) if self._writers else contextlib.nullcontext()
+        async with gate, self._sessions() as session:
             async with session.begin():
                 yield session
             callbacks = session.info.pop(_AFTER_COMMIT, [])

@@ -81,19 +81,19 @@ class HandlerContext:
         return self.message.attempt
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    async def transaction(self, *, background: bool = False) -> AsyncIterator[AsyncSession]:
         """A DB transaction that first records the message in the inbox.
 
         If the message's effect already committed (a redelivery), the block does not run: the Worker
         acks the message instead. Write the effect inside the block; the Worker acks after it returns.
         Raises RuntimeError when the Worker has no Database, and InvalidArgument (dead-lettered) when
-        the message has no id to deduplicate on.
+        the message has no id to deduplicate on. `background` is passed to `Database.transaction`.
         """
         if self._database is None:
             raise RuntimeError("this Worker has no Database; pass database= to use ctx.transaction()")
         if not self.message.message_id:
             raise InvalidArgument("message has no message_id to deduplicate on", reason="NO_MESSAGE_ID")
-        async with self._database.transaction() as session:
+        async with self._database.transaction(background=background) as session:
             if not await claim(session, consumer=self.consumer, message_id=self.message.message_id):
                 raise _AlreadyProcessed(self.message.message_id)
             yield session
@@ -180,13 +180,34 @@ class Worker:
                 reg.slots.notify_all()
         await self._no_waiters.wait()  # the woken waiters requeue their deliveries
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for running handlers; cancel the rest. True when all finished."""
+    async def wait_idle(self, timeout: float, *, unwind: float | None = None) -> bool:
+        """Wait up to `timeout` seconds for running handlers; cancel the rest. True when all finished.
+
+        Cancelled handlers then run their cleanup (and requeue their message): wait for that up to
+        `unwind` seconds (None: until they are done), and log those still unwinding after it."""
         if not await wait_event(self._idle, timeout):
             tasks = list(self._running)
+            busy = self.active_by_queue()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if unwind is None:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            elif tasks:
+                _, pending = await asyncio.wait(tasks, timeout=max(unwind, 0.0))
+                if pending:
+                    log.warning(
+                        "handlers_still_unwinding",
+                        service=self._service,
+                        active_handlers=len(pending),
+                        active_by_queue={q: n for q, n in self.active_by_queue().items() if n},
+                        waited_seconds=unwind,
+                    )
+            log.info(
+                "handlers_cancelled_at_deadline",
+                service=self._service,
+                cancelled=len(tasks),
+                by_queue={q: n for q, n in busy.items() if n},
+            )
             return False
         return True
 

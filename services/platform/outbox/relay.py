@@ -6,6 +6,10 @@ one of them at a time (a row stays locked until its publish is confirmed and mar
 row is deleted, or kept `retention_seconds` for inspection. A row whose publish fails stays pending
 (attempts and last_error recorded) and is retried on a later pass: delivery is at least once.
 
+On SQLite (one process, one relay per database) the batch is read in a read-only snapshot and
+only the marking of published rows takes the write lock: publishing does not wait behind the
+service's other writers, which is most of an event's latency on a busy embedded mesh.
+
 The relay wakes when a transaction that wrote to the outbox commits (`wake()`), and sweeps every
 `outbox_sweep_seconds` anyway for rows left by a process that crashed before waking its relay.
 """
@@ -117,11 +121,20 @@ class OutboxRelay:
         published = failed = 0
         after = 0
         while True:
-            async with self._db.transaction() as session:
-                rows = await self._claim_batch(session, after)
+            if self._db.is_sqlite:
+                async with self._db.snapshot() as session:
+                    rows = await self._claim_batch(session, after)
                 if not rows:
                     break
-                ok, bad = await self._publish_rows(session, rows)
+                results = await self._publish(rows)
+                async with self._db.transaction() as session:
+                    ok, bad = await self._record(session, rows, results)
+            else:
+                async with self._db.transaction() as session:
+                    rows = await self._claim_batch(session, after)
+                    if not rows:
+                        break
+                    ok, bad = await self._record(session, rows, await self._publish(rows))
             published += ok
             failed += bad
             after = rows[-1].id
@@ -145,13 +158,13 @@ class OutboxRelay:
             .order_by(outbox.c.id)
             .limit(self._batch_size)
         )
-        if not self._db.is_sqlite:  # SQLite has one writer at a time (BEGIN IMMEDIATE) anyway
+        if not self._db.is_sqlite:  # on SQLite this relay is the database's only one
             stmt = stmt.with_for_update(skip_locked=True)
         return list((await session.execute(stmt)).all())
 
-    async def _publish_rows(self, session: AsyncSession, rows: list[Any]) -> tuple[int, int]:
+    async def _publish(self, rows: list[Any]) -> list[BaseException | None]:
         # Publishes are pipelined on one channel (aiormq keeps their order) and confirmed together.
-        results = await asyncio.gather(
+        return await asyncio.gather(
             *(
                 self._broker.publish(
                     exchange=row.exchange,
@@ -164,6 +177,11 @@ class OutboxRelay:
             ),
             return_exceptions=True,
         )
+
+    async def _record(
+        self, session: AsyncSession, rows: list[Any], results: list[BaseException | None]
+    ) -> tuple[int, int]:
+        """Delete (or mark) the published rows and count a failed attempt on the others."""
         done = [row.id for row, result in zip(rows, results, strict=True) if result is None]
         now = datetime.now(UTC)
         if done:
