@@ -138,7 +138,14 @@ _PROCESS = f"{_SANDBOX}/processes/*"
 
 ROUTES: tuple[Rpc, ...] = (
     # organization: app shell, users, organizations
-    Rpc("GET", "/v1/app", "organization", "GetAppSnapshot", session_field="auth_session", public=True),
+    Rpc(
+        "GET",
+        "/v1/{name=users/*/appSnapshot}",
+        "organization",
+        "GetAppSnapshot",
+        session_field="auth_session",
+        public=True,
+    ),
     Rpc(
         "POST",
         "/v1/app:selectOrganization",

@@ -38,6 +38,7 @@ class TopicSpec:
     method: str
     field: str  # request field receiving the watched resource name
     to_resource: Callable[[str], str] = lambda name: name
+    name_of: Callable[[str], str] | None = None  # the request's `name`, when `field` is another field
 
     def request_class(self) -> type[Message]:
         return message_factory.GetMessageClass(SERVICES[self.service].methods_by_name[self.method].input_type)
@@ -55,7 +56,15 @@ class TopicSpec:
 SPECS: dict[str, TopicSpec] = {
     spec.kind: spec
     for spec in (
-        TopicSpec("app", rf"users/{_ID}/authSessions/{_ID}", "organization", "WatchApp", "auth_session"),
+        TopicSpec(
+            "app",
+            rf"users/{_ID}/authSessions/{_ID}",
+            "organization",
+            "WatchApp",
+            "auth_session",
+            # The upstream runs as the gateway, so `users/me` would not name the user: spell it out.
+            name_of=lambda auth_session: auth_session.split("/authSessions/")[0] + "/appSnapshot",
+        ),
         TopicSpec(
             "organization",
             rf"organizations/{_ID}",
@@ -106,6 +115,8 @@ class Topic:
     def request(self, resume_token: str) -> Message:
         message = self.spec.request_class()()
         setattr(message, self.spec.field, self.spec.to_resource(self.resource))
+        if self.spec.name_of is not None:
+            message.name = self.spec.name_of(self.resource)  # type: ignore[attr-defined]
         message.resume_token = resume_token  # type: ignore[attr-defined]
         return message
 

@@ -45,12 +45,15 @@ class OrganizationServicer(pb_grpc.OrganizationServiceServicer):
     async def GetAppSnapshot(
         self, request: pb.GetAppSnapshotRequest, context: Ctx
     ) -> pb.GetAppSnapshotResponse:
-        snapshot, token = await self.accounts.get_app_snapshot(request.auth_session)
+        snapshot, token = await self.accounts.get_app_snapshot(request.name, request.auth_session)
         return pb.GetAppSnapshotResponse(app_snapshot=snapshot, resume_token=token)
 
     async def WatchApp(self, request: pb.WatchAppRequest, context: Ctx) -> AsyncIterator[pb.WatchAppResponse]:
         async for response in self.accounts.watch_app(
-            request.auth_session, request.resume_token, lambda event: pb.WatchAppResponse(event=event)
+            request.name,
+            request.auth_session,
+            request.resume_token,
+            lambda event: pb.WatchAppResponse(event=event),
         ):
             yield response
 

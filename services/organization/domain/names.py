@@ -84,6 +84,18 @@ def parse_user(name: str, field: str = "name") -> str:
     return parts[1]
 
 
+def parse_app_snapshot(name: str, field: str = "name") -> str:
+    """`users/{user}/appSnapshot` → user id, or `me` for the caller; raises InvalidArgument."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != "users" or parts[2] != "appSnapshot" or not _SEGMENT.match(parts[1]):
+        raise _bad(field, "must be users/{user}/appSnapshot (users/me/appSnapshot for the caller)")
+    return parts[1]
+
+
+def app_snapshot_name(user_id: str) -> str:
+    return f"users/{user_id}/appSnapshot"
+
+
 def parse_auth_session(name: str, field: str = "auth_session") -> tuple[str, str]:
     """`users/{user}/authSessions/{session}` → (user id, session id); raises InvalidArgument."""
     parts = name.split("/")

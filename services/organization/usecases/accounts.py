@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.organization.domain.errors import DOMAIN, not_a_member, precondition, session_invalid
 from services.organization.domain.names import (
     app_scope,
+    app_snapshot_name,
     check_login,
     organization_name,
+    parse_app_snapshot,
     parse_auth_session,
     parse_organization,
     parse_user,
@@ -27,7 +29,7 @@ from services.organization.store import projection as q
 from services.organization.store._sql import now_us
 from services.organization.usecases import _caller, app_feed, records
 from services.platform.db import Database
-from services.platform.errors import NotFound, Unauthenticated, require
+from services.platform.errors import NotFound, PermissionDenied, Unauthenticated, require
 from services.platform.settings import Settings
 from services.platform.watch import TokenCodec, WatchHub, read_scope
 
@@ -38,6 +40,39 @@ SIGNED_OUT = app_snapshot_pb2.AUTH_STATUS_SIGNED_OUT
 
 def _user_not_found(user_id: str) -> NotFound:
     return NotFound(f"user {user_id!r} not found", reason="USER_NOT_FOUND", domain=DOMAIN)
+
+
+def _app_snapshot_owner(name: str) -> str | None:
+    """The user id of the app snapshot singleton `name` (`users/{user}/appSnapshot`); None for
+    `users/me` asked by a service (it then means the auth session's user).
+
+    Raises InvalidArgument (empty or malformed name) and PermissionDenied (a user naming another user).
+    """
+    named = parse_app_snapshot(name)
+    caller = _caller.current()
+    if caller.is_service:
+        return None if named == "me" else named
+    if named not in ("me", caller.user_id):
+        raise PermissionDenied(
+            f"{name} is another user's app snapshot; use users/me/appSnapshot",
+            reason="NOT_YOUR_USER",
+            domain=DOMAIN,
+        )
+    return caller.user_id
+
+
+def _session_of(owner: str | None, auth_session: str, name: str) -> str:
+    """The user id of `auth_session`, which must belong to `owner` (when known). Raises
+    InvalidArgument (malformed) and PermissionDenied (another user's session)."""
+    user_id, _ = parse_auth_session(auth_session)
+    if owner is not None and user_id != owner:
+        raise PermissionDenied(
+            f"auth_session {auth_session} does not belong to the user of {name}",
+            reason="NOT_YOUR_USER",
+            domain=DOMAIN,
+        )
+    _caller.require_self_or_service(user_id)
+    return user_id
 
 
 class Accounts:
@@ -236,6 +271,7 @@ class Accounts:
             else (names[0] if len(names) == 1 else "")
         )
         snap = app_snapshot_pb2.AppSnapshot(
+            name=app_snapshot_name(row.user_id),
             auth_status=SIGNED_IN,
             auth_session=records.auth_session(row),
             organizations=orgs,
@@ -248,15 +284,19 @@ class Accounts:
             snap.github_discovery.CopyFrom(records.github_discovery(discovery))
         return snap
 
-    async def get_app_snapshot(self, auth_session: str) -> tuple[app_snapshot_pb2.AppSnapshot, str]:
-        """The app shell of `auth_session` and a WatchApp resume token ("" when signed out).
+    async def get_app_snapshot(
+        self, name: str, auth_session: str
+    ) -> tuple[app_snapshot_pb2.AppSnapshot, str]:
+        """The app shell `name` (`users/{user}/appSnapshot`, `users/me` = the caller) of
+        `auth_session` and a WatchApp resume token ("" when signed out).
 
-        An empty, unknown, expired or revoked session gives a signed-out snapshot.
+        An empty, unknown, expired or revoked session gives a signed-out snapshot. Raises
+        InvalidArgument (bad name) and PermissionDenied (another user's snapshot or session).
         """
+        owner = _app_snapshot_owner(name)
         if not auth_session:
             return app_snapshot_pb2.AppSnapshot(auth_status=SIGNED_OUT), ""
-        user_id, _ = parse_auth_session(auth_session)
-        _caller.require_self_or_service(user_id)
+        user_id = _session_of(owner, auth_session, name)
         async with self._db.snapshot() as session:
             try:
                 row = await self._valid_session(session, auth_session)
@@ -288,12 +328,13 @@ class Accounts:
             return await self._snapshot(session, row)
 
     async def watch_app(
-        self, auth_session: str, resume_token: str, wrap: Callable[[watch_pb2.WatchEvent], M]
+        self, name: str, auth_session: str, resume_token: str, wrap: Callable[[watch_pb2.WatchEvent], M]
     ) -> AsyncIterator[M]:
-        """WatchApp: items are the User, the user's AuthSessions and each eligible Organization (an
-        organization that stops being eligible is a DELETE item). The session is checked before the
-        first event (UNAUTHENTICATED) and at every bookmark (END `unauthorized`)."""
-        user_id, _ = parse_auth_session(auth_session)
+        """WatchApp of the singleton `name` (as in `get_app_snapshot`): items are the User, the user's
+        AuthSessions and each eligible Organization (an organization that stops being eligible is a
+        DELETE item). The session is checked before the first event (UNAUTHENTICATED) and at every
+        bookmark (END `unauthorized`)."""
+        user_id = _session_of(_app_snapshot_owner(name), auth_session, name)
 
         async def authorize() -> None:
             _caller.require_self_or_service(user_id)

@@ -57,7 +57,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     # -- agents and sandboxes --------------------------------------------------------------------
 
     async def ListAgents(self, request: pb.ListAgentsRequest, context: Context) -> pb.ListAgentsResponse:
-        return pb.ListAgentsResponse(agents=[convert.agent(a) for a in self.sessions.list_agents()])
+        agents, token = self.sessions.list_agents_page(
+            page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListAgentsResponse(agents=[convert.agent(a) for a in agents], next_page_token=token)
 
     async def CreateSandbox(
         self, request: pb.CreateSandboxRequest, context: Context

@@ -71,6 +71,17 @@ class Sessions:
             for n in names
         ]
 
+    def list_agents_page(self, *, page_size: int, page_token: str) -> tuple[list[AgentInfo], str]:
+        """One page of `list_agents` and the next page token ("" on the last page).
+
+        Raises InvalidArgument for a negative page_size or a token this service did not issue.
+        """
+        offset, limit = offset_page(page_size, page_token, default=100, maximum=1000, domain=DOMAIN)
+        agents = self.list_agents()
+        require(offset <= len(agents), "page_token", "is not a token this service issued")
+        page = agents[offset : offset + limit]
+        return page, str(offset + limit) if offset + limit < len(agents) else ""
+
     def _agent(self, name: str) -> str:
         agent = name or self.default_agent
         if agent not in self.configured:

@@ -62,7 +62,7 @@ async def test_github_sign_in_discovers_and_connects_organizations_on_postgres_a
 
         # Redeliver the processed message through RabbitMQ: it is acknowledged and changes nothing.
         stub = world.org_stub(person.caller)
-        request = pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name)
+        request = pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
         token = (await stub.GetAppSnapshot(request)).resume_token
         asks, acked = world.github.count("GET /api/v3/user?"), handled(world, "ack")
         await world.mesh.broker.publish(

@@ -39,7 +39,7 @@ def _member_payload(gh: GithubOrganization, user: dict[str, Any], action: str) -
                 "organization_url": f"{gh.state.api}/orgs/{gh.login}",
                 "user": user,
             },
-            "organization": gh.state.accounts[gh.login],
+            "organization": gh.organization_json(),
             "sender": gh.state.accounts[gh.login],
             "installation": {"id": gh.installation_id, "node_id": f"MDIz{gh.installation_id}"},
         }
@@ -127,7 +127,7 @@ async def removed_member_loses_access_promptly(world: FlowWorld) -> None:
     assert await _code(get_task()) == grpc.StatusCode.NOT_FOUND
     assert await _first_event_code(watch_task) == grpc.StatusCode.NOT_FOUND
     app = await world.stubs.org(bob).GetAppSnapshot(
-        org_pb2.GetAppSnapshotRequest(auth_session=signed.auth_session.name)
+        org_pb2.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
     )
     assert org_name in [o.name for o in app.app_snapshot.organizations]
 
@@ -154,7 +154,7 @@ async def removed_member_loses_access_promptly(world: FlowWorld) -> None:
     assert elapsed < PROMPT_SECONDS
     assert not await is_member()
     app = await world.stubs.org(bob).GetAppSnapshot(
-        org_pb2.GetAppSnapshotRequest(auth_session=signed.auth_session.name)
+        org_pb2.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
     )
     assert org_name not in [o.name for o in app.app_snapshot.organizations]
     assert org_name not in app.app_snapshot.user.eligible_organizations

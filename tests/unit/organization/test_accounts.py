@@ -52,7 +52,9 @@ async def test_signed_out_session_is_rejected_with_session_revoked(env: OrgEnv) 
         await me.GetAuthSession(pb.GetAuthSessionRequest(name=signed.auth_session.name))
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
     snapshot = (
-        await me.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name))
+        await me.GetAppSnapshot(
+            pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+        )
     ).app_snapshot
     assert snapshot.auth_status == app_snapshot_pb2.AUTH_STATUS_SIGNED_OUT
 
@@ -116,7 +118,11 @@ async def test_app_snapshot_lists_eligible_organizations_and_select_returns_at_o
     frank = env.stub(_as(signed.user))
     session = signed.auth_session.name
     org = await env.new_org(tmp_path, caller=_as(signed.user))
-    snapshot = (await frank.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=session))).app_snapshot
+    snapshot = (
+        await frank.GetAppSnapshot(
+            pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=session)
+        )
+    ).app_snapshot
     assert snapshot.auth_status == app_snapshot_pb2.AUTH_STATUS_SIGNED_IN
     assert [o.name for o in snapshot.organizations] == [f"organizations/{org}"]
     assert snapshot.active_organization == f"organizations/{org}"  # the only eligible one
@@ -133,9 +139,62 @@ async def test_app_snapshot_lists_eligible_organizations_and_select_returns_at_o
             pb.SelectOrganizationRequest(auth_session=session, organization=f"organizations/{new_org_id()}")
         )
     assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert (await frank.GetAppSnapshot(pb.GetAppSnapshotRequest())).app_snapshot.auth_status == (
-        app_snapshot_pb2.AUTH_STATUS_SIGNED_OUT
+    assert (
+        await frank.GetAppSnapshot(pb.GetAppSnapshotRequest(name="users/me/appSnapshot"))
+    ).app_snapshot.auth_status == (app_snapshot_pb2.AUTH_STATUS_SIGNED_OUT)
+
+
+async def test_app_snapshot_is_the_callers_singleton(env: OrgEnv) -> None:
+    """AIP-131/156: GetAppSnapshot and WatchApp name `users/{user}/appSnapshot`; `users/me` is the
+    caller, a user may name only themselves, a service names the session's user."""
+    signed = await _sign_in(env, "ivy")
+    ivy = env.stub(_as(signed.user))
+    session = signed.auth_session.name
+    mine = (
+        await ivy.GetAppSnapshot(pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=session))
+    ).app_snapshot
+    assert mine.name == "users/local-ivy/appSnapshot" and mine.auth_session.name == session
+    by_id = await ivy.GetAppSnapshot(
+        pb.GetAppSnapshotRequest(name="users/local-ivy/appSnapshot", auth_session=session)
     )
+    assert by_id.app_snapshot == mine
+    for_gateway = await env.stub(GATEWAY).GetAppSnapshot(
+        pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=session)
+    )
+    assert for_gateway.app_snapshot.name == "users/local-ivy/appSnapshot"
+    other = await _sign_in(env, "jack")
+    cases = [
+        (pb.GetAppSnapshotRequest(auth_session=session), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GetAppSnapshotRequest(name="users/me", auth_session=session), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            pb.GetAppSnapshotRequest(name="users/local-jack/appSnapshot", auth_session=session),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+        (
+            pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=other.auth_session.name),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await ivy.GetAppSnapshot(request)
+        assert (error.value.code(), bool(error.value.details())) == (code, True), request
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await env.stub(GATEWAY).GetAppSnapshot(
+            pb.GetAppSnapshotRequest(name="users/local-jack/appSnapshot", auth_session=session)
+        )
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED  # the session is not jack's
+    for watch, code in [
+        (pb.WatchAppRequest(auth_session=session), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            pb.WatchAppRequest(name="users/local-jack/appSnapshot", auth_session=session),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            async for _ in ivy.WatchApp(watch):
+                pass
+        assert error.value.code() == code, watch
 
 
 async def test_watch_app_streams_selection_and_sync_status_changes(env: OrgEnv, tmp_path: Path) -> None:
@@ -144,7 +203,9 @@ async def test_watch_app_streams_selection_and_sync_status_changes(env: OrgEnv, 
     org = await env.new_org(tmp_path, caller=gina)
     client = WatchClient()
     client.begin()
-    call = env.stub(gina).WatchApp(pb.WatchAppRequest(auth_session=signed.auth_session.name))
+    call = env.stub(gina).WatchApp(
+        pb.WatchAppRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+    )
 
     async def read() -> None:
         async for response in call:
@@ -183,7 +244,9 @@ async def test_watch_app_with_a_revoked_session_is_unauthenticated(env: OrgEnv) 
     signed = await _sign_in(env, "hank")
     hank = _as(signed.user)
     await env.stub(hank).SignOut(pb.SignOutRequest(auth_session=signed.auth_session.name))
-    call = env.stub(hank).WatchApp(pb.WatchAppRequest(auth_session=signed.auth_session.name))
+    call = env.stub(hank).WatchApp(
+        pb.WatchAppRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+    )
     with pytest.raises(grpc.aio.AioRpcError) as error:
         async for _ in call:
             pass

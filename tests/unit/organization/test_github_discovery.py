@@ -172,7 +172,9 @@ class AppWatcher:
 
     async def __aenter__(self) -> AppWatcher:
         self.client.begin()
-        self._call = self.stub.WatchApp(pb.WatchAppRequest(auth_session=self.auth_session))
+        self._call = self.stub.WatchApp(
+            pb.WatchAppRequest(name="users/me/appSnapshot", auth_session=self.auth_session)
+        )
         self._task = asyncio.create_task(self._read())
         return self
 
@@ -296,7 +298,9 @@ async def test_redelivered_discovery_has_no_second_effect(world: World) -> None:
         # The user leaves the organization on GitHub; a new discovery would remove it.
         world.github.members[person.orgs[0]] = []
         token = (
-            await stub.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name))
+            await stub.GetAppSnapshot(
+                pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+            )
         ).resume_token
         asks, acked = world.github.count("GET /api/v3/user?"), handled(world, "ack")
         message_id = await processed_message_id(world)
@@ -307,7 +311,9 @@ async def test_redelivered_discovery_has_no_second_effect(world: World) -> None:
             message_id=message_id,
         )
         await assert_eventually(lambda: _true(handled(world, "ack") > acked))
-        again = await stub.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name))
+        again = await stub.GetAppSnapshot(
+            pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+        )
         assert again.resume_token == token  # no change was recorded
         assert world.github.count("GET /api/v3/user?") == asks  # and GitHub was not asked again
         assert acme in watcher.organizations()
@@ -417,7 +423,9 @@ async def _pending_then_done(world: World, person: Person, gate: asyncio.Event) 
     signed = await sign_in(world, person)
     me = world.org_stub(person.caller)
     snap = (
-        await me.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name))
+        await me.GetAppSnapshot(
+            pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+        )
     ).app_snapshot
     discovery = snap.github_discovery
     assert discovery.name == f"users/{person.account_id}/githubDiscovery"
@@ -459,7 +467,9 @@ async def test_the_app_shell_carries_the_github_discovery_state_from_pending_to_
         assert failed.HasField("last_success_time")  # the earlier discovery's organizations stay
     me = world.org_stub(person.caller)
     snap = (
-        await me.GetAppSnapshot(pb.GetAppSnapshotRequest(auth_session=signed.auth_session.name))
+        await me.GetAppSnapshot(
+            pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+        )
     ).app_snapshot
     assert snap.github_discovery == failed
 

@@ -266,3 +266,27 @@ async def test_cancel_turn_stops_a_running_command(stub: Any, origin: Path) -> N
     await stub.CancelTurn(pb.CancelTurnRequest(name=f"{session}/turns/long"))
     _, events = await watch_until_turn_ends(stub, session)
     assert events[-1].payload["stopReason"] == "cancelled"
+
+
+async def test_list_agents_pages_and_rejects_bad_page_arguments(stub: Any) -> None:
+    """AIP-158 on ListAgents: every page at most page_size, the default agent first, tokens chain."""
+    everything = await stub.ListAgents(pb.ListAgentsRequest())
+    names = [a.name for a in everything.agents]
+    assert names[0] == "agents/fake" and len(names) == 3 and everything.next_page_token == ""
+    seen, token = [], ""
+    while True:
+        page = await stub.ListAgents(pb.ListAgentsRequest(page_size=2, page_token=token))
+        assert len(page.agents) <= 2
+        seen += [a.name for a in page.agents]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == names
+    for bad in (
+        pb.ListAgentsRequest(page_size=-1),
+        pb.ListAgentsRequest(page_token="not-a-token"),
+        pb.ListAgentsRequest(page_token="99"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.ListAgents(bad)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error.value.details()
