@@ -8,6 +8,7 @@ files. `GatewayComponent` runs it under uvicorn with the same lifecycle as a ser
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,12 @@ from services.platform import context as request_context
 from services.platform.aio import wait_event
 from services.platform.authz import Membership
 from services.platform.channels import Channels, outgoing_metadata
+from services.platform.logging import get_logger
 from services.platform.server.http import HttpServer
 from services.platform.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
+log = get_logger("foundry.gateway")
 __all__ = ["GatewayComponent", "GatewayState", "create_app"]
 
 
@@ -143,17 +146,44 @@ class GatewayComponent:
             "active_rpcs": self.state.active_requests - self.state.open_streams,
             "open_streams": self.state.open_streams,
             "upstream_streams": len(self.manager.upstreams),
+            "active_request_paths": self.state.active_paths(),
         }
 
-    async def begin_drain(self) -> None:
+    async def stop_accepting(self) -> None:
+        """Refuse new requests (503 `DRAINING`, readiness 503); open streams keep running."""
+        self.state.draining = True
+
+    async def begin_drain(self, deadline: float | None = None) -> None:
         """Refuse new requests; end every browser stream with `end {reason: "draining"}`."""
         self.state.draining = True
         self.manager.drain()
 
     async def wait_idle(self, timeout: float) -> dict[str, bool]:
-        return {"requests_finished": await wait_event(self.state.idle, timeout)}
+        """The services' rule (README "Shutdown"): in-flight requests get `timeout` seconds (what is left
+        until the drain's deadline); then they are cancelled (each answers 503 UNAVAILABLE `DRAINING`,
+        its upstream call cancelled with it) and get `drain.unwind_seconds` to unwind. close() closes
+        the upstream channels only after that."""
+        deadline = time.monotonic() + timeout
+        if await wait_event(self.state.idle, timeout):
+            return {"requests_finished": True}
+        cancelled = self.state.cancel_requests()
+        log.warning("requests_cancelled_at_deadline", active_request_paths=cancelled)
+        await self._unwind(deadline + self.settings.drain.unwind_seconds)
+        return {"requests_finished": False}
+
+    async def _unwind(self, until: float) -> None:
+        if not await wait_event(self.state.idle, max(0.0, until - time.monotonic())):
+            log.warning(
+                "requests_still_unwinding",
+                active_requests=self.state.active_requests,
+                active_request_paths=self.state.active_paths(),
+                waited_seconds=self.settings.drain.unwind_seconds,
+            )
 
     async def close(self) -> None:
+        if not self.state.idle.is_set():  # close() without wait_idle(): the deadline is now
+            self.state.cancel_requests()
+            await self._unwind(time.monotonic() + self.settings.drain.unwind_seconds)
         await self.manager.close()
         await self.http.stop()
-        await self.upstreams.close()
+        await self.upstreams.close()  # no request handler runs any more (or it outlived the unwind)

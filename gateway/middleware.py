@@ -3,6 +3,8 @@ drain, 503 once draining, CSRF checks, and the CSRF cookie for browsers that hav
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 
 import grpc
@@ -36,8 +38,12 @@ class EdgeMiddleware:
         new_csrf = None if request.cookies.get(csrf.CSRF_COOKIE) else csrf.new_token()
         secure = "; Secure" if self.runtime.settings.gateway.cookie_secure else ""
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 headers.append("x-request-id", rid)
                 if new_csrf is not None:
@@ -47,7 +53,7 @@ class EdgeMiddleware:
             await send(message)
 
         state = self.runtime.state
-        state.enter()
+        state.enter(f"{scope.get('method', '')} {scope['path']}")
         try:
             with request_context.bound(request_id=rid):
                 app: ASGIApp = self.app
@@ -59,6 +65,30 @@ class EdgeMiddleware:
                     csrf.check(request, self.runtime.settings.gateway.public_url)
                 except GatewayError as exc:
                     app = error_response(exc)
-                await app(scope, receive, send_with_headers)
+                try:
+                    await app(scope, receive, send_with_headers)
+                except asyncio.CancelledError:
+                    if not state.cancelled_by_drain():
+                        raise
+                    await _answer_cancelled(started, scope, receive, send_with_headers)
         finally:
             state.leave()
+
+
+async def _answer_cancelled(started: bool, scope: Scope, receive: Receive, send: Send) -> None:
+    """The drain cancelled this request at its grace deadline (its upstream call is cancelled with it):
+    answer 503 UNAVAILABLE `DRAINING`, which clients retry on another replica, or end a response that
+    had already started. Not re-raised: the cancel was ours, and uvicorn would turn it into a 500."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    with contextlib.suppress(Exception):  # the browser may be gone already
+        if started:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            error = GatewayError(
+                grpc.StatusCode.UNAVAILABLE,
+                "gateway drained before the request finished; retry",
+                reason="DRAINING",
+            )
+            await error_response(error)(scope, receive, send)

@@ -28,7 +28,11 @@ UnaryCall = Callable[..., Awaitable[Any]]
 
 
 class GatewayState:
-    """Lifecycle flags and in-flight counters shared by routes and the drain."""
+    """Lifecycle flags and in-flight counters shared by routes and the drain.
+
+    The edge middleware calls `enter(label)` / `leave()` in the task serving each request, so the drain
+    knows those tasks: at the grace deadline `cancel_requests()` cancels them (the middleware answers
+    them 503 UNAVAILABLE `DRAINING`, which clients retry), and upstream channels close only after."""
 
     def __init__(self) -> None:
         self.ready = False
@@ -38,17 +42,46 @@ class GatewayState:
         self.idle = asyncio.Event()
         self.idle.set()
         self.drain_started = asyncio.Event()
+        self._requests: dict[asyncio.Task[Any], str] = {}  # in-flight request task -> "METHOD /path"
+        self._cancelled: set[asyncio.Task[Any]] = set()  # cancelled by the drain deadline
 
-    def enter(self) -> None:
+    def enter(self, label: str = "") -> None:
         self.active_requests += 1
         metrics.ACTIVE_REQUESTS.inc()
         self.idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self._requests[task] = label
 
     def leave(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._requests.pop(task, None)
+            self._cancelled.discard(task)
         self.active_requests -= 1
         metrics.ACTIVE_REQUESTS.dec()
         if self.active_requests <= 0:
             self.idle.set()
+
+    def active_paths(self) -> dict[str, int]:
+        """In-flight requests per `METHOD /path` (SSE streams included), for drain logs."""
+        counts: dict[str, int] = {}
+        for label in self._requests.values():
+            counts[label] = counts.get(label, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def cancel_requests(self) -> dict[str, int]:
+        """Cancel every in-flight request task (the drain's grace deadline); returns what was cancelled."""
+        cancelled = self.active_paths()
+        for task in list(self._requests):
+            if not task.done():
+                self._cancelled.add(task)
+                task.cancel()
+        return cancelled
+
+    def cancelled_by_drain(self) -> bool:
+        """True in a request task that `cancel_requests()` cancelled (not a cancel of any other origin)."""
+        return asyncio.current_task() in self._cancelled
 
 
 class GatewayRuntime:

@@ -3,10 +3,16 @@ an admin port, signal handling, and the drain sequence (README "Shutdown"; ancho
 
 1. SIGTERM/SIGINT or POST /drain → draining: readiness NOT_SERVING, new RPCs UNAVAILABLE, consumers
    cancelled (undelivered work requeued), every Watch stream ends with END `draining` + resume token.
-2. Optional readiness delay (when no preStop sleep covers endpoint removal).
-3. In-flight RPCs and queue handlers get until the grace deadline, then are cancelled.
+   One deadline is fixed at this moment: drain start + readiness delay + grace. Every later step gets
+   what is left of it (the wait for stream ENDs included), so nothing adds to the budget.
+2. Optional readiness delay (when no preStop sleep covers endpoint removal), until drain start + delay.
+3. In-flight RPCs, queue handlers and gateway requests get until the deadline, then are cancelled and
+   get until deadline + unwind_seconds to run their cleanup.
 4. Only then: outbox relay, watch hub, channels, database engines, broker are closed.
-Each step is logged with active counts so a slow stop explains itself.
+With the in-process broker (embedded), step 1 begins with `MemoryBroker.settle`: nobody else will consume
+its queues, so the consumers run them empty (at most half the grace) before they are cancelled.
+Each step is logged with active counts and what they are (RPC methods, queues, stream kinds), so a slow
+stop explains itself.
 """
 
 from __future__ import annotations
@@ -27,6 +33,18 @@ from services.platform.server.http import HttpServer
 from services.platform.settings import Settings
 
 log = get_logger("foundry.process")
+TOTALS = ("active_rpcs", "active_handlers", "open_streams")
+
+
+def _waited_on(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per component, the work the drain waited for: the non-empty breakdowns of its snapshot
+    (`active_rpc_methods`, `active_handlers_by_queue`, `open_streams_by_kind`, ...)."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in snapshot["components"]:
+        details = {k: v for k, v in part.items() if isinstance(v, dict) and v}
+        if details:
+            out[str(part.get("service", "?"))] = details
+    return out
 
 
 class Component(Protocol):
@@ -38,18 +56,26 @@ class Component(Protocol):
     def ready(self) -> bool: ...
 
     async def start(self) -> int: ...
-    async def begin_drain(self) -> None: ...
+    async def stop_accepting(self) -> None: ...
+    async def begin_drain(self, deadline: float | None = None) -> None: ...
     async def wait_idle(self, timeout: float) -> dict[str, bool]: ...
     async def close(self) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
 
 
-def make_broker(settings: Settings) -> Broker:
-    """RabbitMQ when FOUNDRY_AMQP_URL is set, otherwise the in-process broker (embedded mode)."""
+def make_broker(settings: Settings, name: str = "") -> Broker:
+    """RabbitMQ when FOUNDRY_AMQP_URL is set, otherwise the in-process broker (embedded mode).
+
+    `name` (the process name) names the AMQP connection `<name>@<host>:<pid>`."""
     if settings.amqp_url:
         from services.platform.messaging.amqp import AmqpBroker
 
-        return AmqpBroker(settings.amqp_url, prefix=settings.name_prefix, settings=settings.messaging)
+        return AmqpBroker(
+            settings.amqp_url,
+            prefix=settings.name_prefix,
+            settings=settings.messaging,
+            connection_name=f"{name or 'foundry'}@{socket.gethostname()}:{os.getpid()}",
+        )
     from services.platform.messaging.memory import MemoryBroker
 
     return MemoryBroker(settings=settings.messaging)
@@ -69,6 +95,8 @@ class Process:
         self.ready = False
         self.shutdown = asyncio.Event()
         self.drained = asyncio.Event()
+        self.drain_started_at: float | None = None  # time.monotonic() when the drain began
+        self.deadline: float | None = None  # drain start + readiness delay + grace
         self.admin: HttpServer | None = None
         # pid and host (the pod name in Kubernetes) tell the replicas of one service apart in drain logs.
         self.log = log.bind(pid=os.getpid(), host=socket.gethostname())
@@ -78,10 +106,7 @@ class Process:
 
     def snapshot(self) -> dict[str, Any]:
         parts = [c.snapshot() for c in self.components]
-        totals = {
-            k: sum(int(p.get(k, 0)) for p in parts)
-            for k in ("active_rpcs", "active_handlers", "open_streams")
-        }
+        totals = {k: sum(int(p.get(k, 0)) for p in parts) for k in TOTALS}
         return {"process": self.name, **totals, "components": parts}
 
     async def request_drain(self) -> None:
@@ -94,9 +119,23 @@ class Process:
             return
         if not self.draining:
             self.draining = True
+            drain = self.settings.drain
+            self.drain_started_at = now = time.monotonic()
+            self.deadline = deadline = now + drain.readiness_delay_seconds + drain.grace_seconds
             metrics.DRAINING.labels(self.name).set(1)
-            self.log.info("drain_started", **self.snapshot())
-            await asyncio.gather(*(c.begin_drain() for c in self.components))
+            self.log.info(
+                "drain_started",
+                deadline_in_seconds=round(deadline - now, 3),
+                unwind_seconds=drain.unwind_seconds,
+                **self.snapshot(),
+            )
+            # Step 1 at once everywhere: readiness off, new requests refused.
+            await asyncio.gather(*(c.stop_accepting() for c in self.components))
+            settle = getattr(self.broker, "settle", None)  # the in-process broker (embedded mode)
+            if settle is not None:  # nobody else will consume its queues: let ours run them empty first,
+                left = await settle(now + (deadline - now) / 2)  # leaving half the grace to the rest
+                self.log.info("in_process_queues_settled", messages_left=left)
+            await asyncio.gather(*(c.begin_drain(deadline) for c in self.components))
         self.shutdown.set()
 
     async def start(self) -> None:
@@ -122,19 +161,23 @@ class Process:
 
     async def stop(self) -> None:
         """The drain sequence; safe to call once shutdown was requested (or directly, e.g. in tests)."""
-        started = time.monotonic()
         await self.request_drain()
         drain = self.settings.drain
-        if drain.readiness_delay_seconds:
-            self.log.info("drain_readiness_delay", seconds=drain.readiness_delay_seconds)
-            await asyncio.sleep(drain.readiness_delay_seconds)
+        started = self.drain_started_at if self.drain_started_at is not None else time.monotonic()
+        deadline = self.deadline if self.deadline is not None else started + drain.grace_seconds
+        delay_left = started + drain.readiness_delay_seconds - time.monotonic()
+        if drain.readiness_delay_seconds and delay_left > 0:
+            self.log.info("drain_readiness_delay", seconds=round(delay_left, 3))
+            await asyncio.sleep(delay_left)
         before = self.snapshot()
-        results = await asyncio.gather(*(c.wait_idle(drain.grace_seconds) for c in self.components))
+        left = max(0.0, deadline - time.monotonic())
+        results = await asyncio.gather(*(c.wait_idle(left) for c in self.components))
         waited = time.monotonic() - started
         self.log.info(
             "drain_finished",
             duration_ms=round(waited * 1000),
-            waited_for=[k for k in ("active_rpcs", "active_handlers", "open_streams") if before[k]],
+            waited_for=[k for k in TOTALS if before[k]],
+            waited_on=_waited_on(before),
             cancelled_after_grace=[
                 c.name for c, r in zip(self.components, results, strict=True) if not all(r.values())
             ],
@@ -156,13 +199,13 @@ class Process:
 async def run(settings: Settings, name: str, build: Callable[[Broker], Sequence[Component]]) -> None:
     """Start the process, serve until SIGTERM/SIGINT or /drain, then drain and exit."""
     configure(settings.log_level, settings.log_format)
-    broker = make_broker(settings)
+    broker = make_broker(settings, name)
     process = Process(settings, name, build(broker), broker)
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()  # keep a reference until the drain request ran
 
     def on_signal(sig: signal.Signals) -> None:
-        log.info("signal", signal=sig.name)
+        process.log.info("signal", signal=sig.name)
         task = asyncio.ensure_future(process.request_drain())
         pending.add(task)
         task.add_done_callback(pending.discard)
@@ -172,7 +215,7 @@ async def run(settings: Settings, name: str, build: Callable[[Broker], Sequence[
     try:
         await process.start()
     except BaseException:
-        log.exception("start_failed", process=name)
+        process.log.exception("start_failed", process=name)
         await process.stop()
         raise
     await process.shutdown.wait()

@@ -51,14 +51,28 @@ class WatchSettings(BaseModel):
 
 
 class DrainSettings(BaseModel):
-    """Shutdown budget. Defaults fit a 45 s terminationGracePeriodSeconds with an 8 s preStop."""
+    """Shutdown budget, counted from one deadline set when the drain starts (README "Shutdown").
+
+    Defaults fit a 45 s terminationGracePeriodSeconds with an 8 s preStop: 8 + 0 + 30 + 3 + cleanup.
+    """
 
     readiness_delay_seconds: float = Field(
         0.0,
         ge=0,
         description="Keep ports open, refusing with DRAINING, this long before stopping (0: preStop waits).",
     )
-    grace_seconds: float = Field(30.0, ge=0, description="In-flight RPCs and handlers get this long.")
+    grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="In-flight RPCs, handlers and gateway requests get until drain start + readiness delay "
+        "+ this; then they are cancelled.",
+    )
+    unwind_seconds: float = Field(
+        3.0,
+        ge=0,
+        description="Work cancelled at the grace deadline gets this long to run its cleanup before the "
+        "database, broker and channels close.",
+    )
 
 
 class SandboxSettings(BaseModel):
@@ -99,9 +113,6 @@ class GithubSettings(BaseModel):
     client_secret: SecretStr | None = Field(None, description="OAuth app client secret.")
     webhook_secret: SecretStr | None = Field(
         None, description="Secret of X-Hub-Signature-256 webhook signatures."
-    )
-    local_root: Path | None = Field(
-        None, description="Default directory of git repositories for `local` orgs."
     )
 
 

@@ -4,6 +4,9 @@ healthy and drain cleanly on SIGTERM."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -12,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.helpers.infra import make_pg_database, unique_name
-from tests.helpers.procs import MeshPorts, health_status, spawn, stop, wait_healthy
+from tests.helpers.procs import ROOT, MeshPorts, health_status, spawn, stop, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -98,3 +101,35 @@ async def test_mesh_mode_runs_one_process_per_service_on_postgres_and_rabbitmq(
         starts = [e for e in _events(tmp_path / "mesh.log") if e.get("event") == "service_started"]
         assert sorted(str(e["service"]) for e in starts) == ["github_data", "organization", "sandbox", "task"]
         assert all("postgresql" in str(e["database"]) for e in starts)
+
+
+def test_a_service_process_without_amqp_url_exits_2_and_says_why(tmp_path: Path) -> None:
+    """A service started on its own (PostgreSQL URL set, so not embedded) without FOUNDRY_AMQP_URL
+    cannot use in-process messaging: it must refuse to start, before touching the database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
+    env |= {
+        "GRPC_ENABLE_FORK_SUPPORT": "false",
+        # Never reached: a process that tried would fail with another message and code.
+        "FOUNDRY_DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+        "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in GRPC_SERVICES
+    }
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        message = err.decode(errors="replace")
+        assert proc.returncode == 2, (name, out[-2000:], message[-2000:])
+        assert f"services.{name}: FOUNDRY_AMQP_URL is not set" in message, message
+        assert "make run" in message and "FOUNDRY_DATABASE_URL" in message
+    assert not (tmp_path / "data").exists()  # nothing was started

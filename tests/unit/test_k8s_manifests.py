@@ -29,11 +29,9 @@ K8S = ROOT / "deploy" / "k8s"
 SCRIPT = ROOT / "scripts" / "k8s_validate.py"
 EXAMPLE_SECRET = K8S / "overlays" / "example" / "secret.example.yaml"
 TARGETS = ["base", "overlays/example", "overlays/ci"]
-CLEANUP_MARGIN_SECONDS = 5.0  # closing AMQP, the DB engine and channels after the last handler
+CLEANUP_MARGIN_SECONDS = 4.0  # closing AMQP, the DB engine and channels after the last handler
 # Settings a deployment may leave at their default (None), and why.
-ALLOWED_UNSET = {
-    "FOUNDRY_GITHUB__LOCAL_ROOT": "`local` organizations read the pod's own filesystem: development only",
-}
+ALLOWED_UNSET: dict[str, str] = {}
 CREDENTIAL_URLS = {"FOUNDRY_DATABASE_URL", "FOUNDRY_AMQP_URL"}  # str settings that embed passwords
 
 Doc = dict[str, Any]
@@ -225,7 +223,10 @@ def drain_problems(docs: list[Doc], secrets: dict[str, str]) -> list[str]:
             delay = float(
                 env.get("FOUNDRY_DRAIN__READINESS_DELAY_SECONDS", drain_defaults.readiness_delay_seconds)
             )
-            needed = float(hook["--wait"]) + delay + grace + CLEANUP_MARGIN_SECONDS
+            unwind = float(env.get("FOUNDRY_DRAIN__UNWIND_SECONDS", drain_defaults.unwind_seconds))
+            # Worst case: the hook fails to start the drain, so SIGTERM at the end of its wait does; from
+            # then the one drain deadline is delay + grace, cancelled work unwinds, resources close.
+            needed = float(hook["--wait"]) + delay + grace + unwind + CLEANUP_MARGIN_SECONDS
             if spec.get("terminationGracePeriodSeconds", 30) < needed:
                 problems.append(
                     f"{where}: terminationGracePeriodSeconds < preStop + drain budget ({needed:g} s)"
@@ -497,6 +498,13 @@ def _container(obj: Doc) -> Doc:
             "Deployment",
             "gateway",
             lambda o: o["spec"]["template"]["spec"].update({"terminationGracePeriodSeconds": 30}),
+            "drain",
+            "terminationGracePeriodSeconds <",
+        ),
+        (
+            "Deployment",
+            "task",
+            lambda o: _container(o)["env"].append({"name": "FOUNDRY_DRAIN__UNWIND_SECONDS", "value": "10"}),
             "drain",
             "terminationGracePeriodSeconds <",
         ),

@@ -31,6 +31,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from pamqp.common import FieldTable
 
 from services.platform.context import request_id
 from services.platform.errors import Unavailable
@@ -67,8 +68,13 @@ class AmqpBroker:
         settings: prefetch, confirm timeout, retry ladder and queue type.
     """
 
-    def __init__(self, url: str, *, prefix: str, settings: MessagingSettings) -> None:
+    def __init__(
+        self, url: str, *, prefix: str, settings: MessagingSettings, connection_name: str = ""
+    ) -> None:
         self._url = url
+        # Shown by `rabbitmqctl list_connections client_properties` and the management UI, so an
+        # operator can tell which process holds a connection.
+        self._client_properties: FieldTable = {"connection_name": connection_name} if connection_name else {}
         self._prefix = prefix
         self._settings = settings
         self._connection: AbstractRobustConnection | None = None
@@ -96,7 +102,9 @@ class AmqpBroker:
         if self._connection is not None:
             return
         try:
-            self._connection = await aio_pika.connect_robust(self._url)
+            self._connection = await aio_pika.connect_robust(
+                self._url, client_properties=self._client_properties
+            )
             self._topology = await self._connection.channel(publisher_confirms=False)
             await self._topology.declare_exchange(
                 self.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True

@@ -14,6 +14,8 @@ behave the same on both transports:
 - broadcasts are best-effort and delivered to every matching subscription, this process included.
 
 Nothing survives the process: messages are lost on exit (the outbox keeps what must not be lost).
+A graceful stop calls `settle()` first: the consumers run the queues empty, then publishing is refused
+(`Unavailable`), so the outbox keeps whatever is written later for the next start.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -57,12 +60,13 @@ class MemoryBroker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._closed = False
+        self._sealed = False
 
     # -- Broker protocol ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
         """Nothing to open; re-opens a closed broker (tests reuse one instance)."""
-        self._closed = False
+        self._closed = self._sealed = False
 
     async def declare_queue(self, spec: QueueSpec) -> None:
         """Create the queue (and its DLQ) if missing; bindings are added, never removed (idempotent)."""
@@ -81,8 +85,10 @@ class MemoryBroker:
         headers: Mapping[str, Any] | None = None,
     ) -> None:
         """Route the message now. Raises `Unavailable` when closed or when no work queue is named."""
-        if self._closed:
-            raise Unavailable("in-process broker is closed")
+        if self._closed or self._sealed:
+            raise Unavailable(
+                "in-process broker is closed" if self._closed else "in-process broker is draining"
+            )
         all_headers = dict(headers or {})
         rid = request_id()
         if rid and REQUEST_ID not in all_headers:
@@ -159,6 +165,27 @@ class MemoryBroker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def settle(self, deadline: float) -> int:
+        """Drain step of the embedded process, before its consumers stop: nobody else will ever consume
+        what is queued here, so wait until no message is ready, unsettled or waiting for a retry
+        (or `deadline`, time.monotonic()), then refuse publishing until the next `connect()`: the
+        outbox keeps later rows for the next start. Returns how many messages are left (lost on exit)."""
+        while time.monotonic() < deadline:
+            if not self._pending(consumed_only=True):
+                break
+            await asyncio.sleep(0.01)  # settling is pumped by other tasks: poll, as cheaply as this
+        self._sealed = True
+        return self._pending()
+
+    def _pending(self, *, consumed_only: bool = False) -> int:
+        """Messages ready (in a queue somebody consumes, with `consumed_only`), unsettled or waiting
+        for their retry delay."""
+        return len(self._timers) + sum(
+            (len(q.ready) if q.consumers or not consumed_only else 0)
+            + sum(len(c.unsettled) for c in q.all_consumers)
+            for q in self._queues.values()
+        )
 
     # -- inspection for tests and embedded diagnostics ---------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.platform.aio import wait_event
 from services.platform.channels import Channels
 from services.platform.db import Database
 from services.platform.db.migrations import upgrade
@@ -30,9 +31,8 @@ from services.platform.settings import ServiceName, Settings
 from services.platform.watch import WatchHub
 
 log = get_logger("foundry.host")
-# How long RPCs cancelled at the grace deadline get to run their cleanup before resources close
-# (on top of DrainSettings.grace_seconds; the default budget 8 + 30 + 3 still fits 45 s).
-CANCELLED_UNWIND_SECONDS = 3.0
+# Longest wait in begin_drain() for Watch streams to send their END `draining` (never past the deadline).
+STREAM_END_WAIT_SECONDS = 5.0
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a port clash must fail loudly, not silently share traffic
     ("grpc.max_connection_age_ms", 300_000),  # clients rebalance across replicas every ~5 min
@@ -167,47 +167,90 @@ class ServiceHost:
         return self.port
 
     def snapshot(self) -> dict[str, Any]:
-        """Active work, for drain logs and /readyz."""
+        """Active work, for drain logs and /readyz: counts, and what they are (RPC methods, queues,
+        stream kinds), so a slow stop says what it waited for."""
         rt = self.runtime
         return {
             "service": self.service,
             "active_rpcs": self.guard.active,
             "active_handlers": rt.worker.active if rt else 0,
             "open_streams": rt.hub.open_streams if rt else 0,
+            "active_rpc_methods": self.guard.active_methods(),
+            "active_handlers_by_queue": (
+                {q: n for q, n in rt.worker.active_by_queue().items() if n} if rt else {}
+            ),
+            "open_streams_by_kind": rt.hub.open_streams_by_kind() if rt else {},
         }
 
-    async def begin_drain(self) -> None:
-        """Readiness off, refuse new RPCs, stop consuming, end every watch stream with `draining`."""
+    async def stop_accepting(self) -> None:
+        """Readiness off and new RPCs refused (UNAVAILABLE); queue consumers and streams keep running."""
+        if not self.guard.draining:
+            self.guard.start_draining()
+            if self.health:
+                await self.health.not_ready()
+
+    async def begin_drain(self, deadline: float | None = None) -> None:
+        """Readiness off, refuse new RPCs, stop consuming, end every watch stream with `draining`.
+
+        `deadline` (time.monotonic()) is the drain's grace deadline: the wait for streams to send their
+        END is part of it, never added to it."""
         if self.draining:
             return
         self.draining = True
-        self.guard.start_draining()
-        if self.health:
-            await self.health.not_ready()
+        await self.stop_accepting()
         if self.runtime:
             await self.runtime.worker.stop_consuming()
-            await self.runtime.hub.drain()
+            wait = STREAM_END_WAIT_SECONDS
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            await self.runtime.hub.drain(wait_seconds=wait)
 
     async def wait_idle(self, timeout: float) -> dict[str, bool]:
-        """Let in-flight RPCs and queue handlers finish, up to `timeout` seconds; then stop the server."""
+        """Let in-flight RPCs and queue handlers finish, up to `timeout` seconds (the time left until the
+        drain's deadline); then cancel what is left and give it until deadline + `drain.unwind_seconds`
+        to run its cleanup. Returns whether everything finished before the deadline."""
         if self.runtime is None or self.server is None:  # start() failed before serving: nothing runs
             return {"rpcs_finished": True, "handlers_finished": True}
+        server, worker = self.server, self.runtime.worker
         deadline = time.monotonic() + timeout
-        rpcs_done, handlers_done = await asyncio.gather(
-            self.guard.wait_idle(timeout), self.runtime.worker.wait_idle(timeout)
-        )
-        # Anything still running past the grace deadline is cancelled by stop().
-        await self.server.stop(grace=max(0.0, deadline - time.monotonic()))
-        # stop() returns once it has *cancelled* those RPCs, not once their handlers have unwound: their
-        # cleanup (`except CancelledError`/`finally`) may still use the database, so wait for it (bounded)
-        # before close() disposes anything.
-        if self.guard.active and not await self.guard.wait_idle(CANCELLED_UNWIND_SECONDS):
-            log.warning(
-                "rpcs_still_unwinding",
-                service=self.service,
-                active_rpcs=self.guard.active,
-                waited_seconds=CANCELLED_UNWIND_SECONDS,
-            )
+        unwind = self.settings.drain.unwind_seconds
+        unwind_deadline = deadline + unwind
+
+        def left(until: float) -> float:
+            return max(0.0, until - time.monotonic())
+
+        handlers_settled = asyncio.Event()
+
+        async def rpcs() -> bool:
+            done = await self.guard.wait_idle(timeout)
+            # The port stays open (refusing with DRAINING) while queue handlers run, as up to now.
+            await wait_event(handlers_settled, left(deadline))
+            methods = self.guard.active_methods()
+            # Anything still running at the grace deadline is cancelled by stop(), at the deadline: not
+            # later because queue handlers are still unwinding.
+            await server.stop(grace=left(deadline))
+            if methods:
+                log.warning("rpcs_cancelled_at_deadline", service=self.service, active_rpc_methods=methods)
+            # stop() returns once it has *cancelled* those RPCs, not once their handlers have unwound:
+            # their cleanup (`except CancelledError`/`finally`) may still use the database, so wait for it
+            # (bounded) before close() disposes anything.
+            if self.guard.active and not await self.guard.wait_idle(left(unwind_deadline)):
+                log.warning(
+                    "rpcs_still_unwinding",
+                    service=self.service,
+                    active_rpcs=self.guard.active,
+                    active_rpc_methods=self.guard.active_methods(),
+                    waited_seconds=unwind,
+                )
+            return done
+
+        async def handlers() -> bool:
+            try:
+                return await worker.wait_idle(timeout, unwind=unwind)  # cancels at the deadline
+            finally:
+                handlers_settled.set()
+
+        rpcs_done, handlers_done = await asyncio.gather(rpcs(), handlers())
         return {"rpcs_finished": rpcs_done, "handlers_finished": handlers_done}
 
     async def close(self) -> None:

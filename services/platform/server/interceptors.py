@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -155,11 +156,16 @@ class DrainGuard(AsyncServerInterceptor):
         self.draining = False
         self.active = 0
         self.open_streams = 0
+        self._methods: Counter[str] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
 
     def start_draining(self) -> None:
         self.draining = True
+
+    def active_methods(self) -> dict[str, int]:
+        """In-flight RPCs per full method name (`/pkg.Service/Method`), for drain logs."""
+        return {method: n for method, n in sorted(self._methods.items()) if n}
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no RPC is in flight; False if `timeout` seconds passed first."""
@@ -172,19 +178,23 @@ class DrainGuard(AsyncServerInterceptor):
             return await _passthrough(method, request, context)
         if self.draining:
             raise Unavailable(f"{self.service} is draining; retry on another replica", reason="DRAINING")
-        return await _call(method, request, context, self._track)
+        return await _call(method, request, context, lambda _: self._track(method_name))
 
-    def _track(self, _: Callable[[], None]) -> Any:
+    def _track(self, method_name: str) -> Any:
         guard = self
 
         class _Active:
             async def __aenter__(self) -> None:
                 guard.active += 1
+                guard._methods[method_name] += 1
                 guard._idle.clear()
                 metrics.ACTIVE_RPCS.labels(guard.service).inc()
 
             async def __aexit__(self, *exc: object) -> None:
                 guard.active -= 1
+                guard._methods[method_name] -= 1
+                if not guard._methods[method_name]:
+                    del guard._methods[method_name]
                 metrics.ACTIVE_RPCS.labels(guard.service).dec()
                 if guard.active == 0:
                     guard._idle.set()

@@ -7,8 +7,11 @@ Probe pieces, registered through the same `Wiring` as the service's own:
   machine's speed), then runs a database transaction and answers `{"id": ...}`. If cancelled (grace
   over), its cleanup takes CLEANUP_SECONDS and ends with one transaction, the way real handlers hand
   a lease back.
-- queue `<prefix>.organization.e2e_probe`: body JSON `{"id", "seconds"}`; waits the same way, then
-  writes its inbox row in `ctx.transaction()`; also cleans up through the database when cancelled.
+- queue `<prefix>.organization.e2e_probe`: body JSON `{"id", "seconds", "wait_for_drain"?}`; waits the
+  same way (unless `wait_for_drain` is false: then it runs `seconds` at once), then writes its inbox
+  row in `ctx.transaction()`; also cleans up through the database when cancelled. At most
+  PROBE_CONCURRENCY handlers run at once (prefetch is larger), so a further delivery arrives in the
+  process and waits for a slot: the drain must give it back to the queue unstarted.
 
 Instrumentation (one JSON line each on stdout, next to the service's own logs):
 - `probe_started` / `probe_ended {id, kind, outcome, cleanup, db_errors}`: `outcome` is finished or
@@ -38,6 +41,7 @@ from services.platform.settings import Settings
 
 PROBE_SERVICE = "e2e.DrainProbe"
 PROBE_QUEUE = "e2e_probe"
+PROBE_PREFETCH, PROBE_CONCURRENCY = 4, 2
 CLEANUP_SECONDS = 0.5  # what a cancelled handler spends cleaning up before its last transaction
 ACTIVE: dict[str, str] = {}  # probe id -> kind, while its handler runs
 HOSTS: list[ServiceHost] = []
@@ -62,13 +66,16 @@ class _Probe:
         except Exception as exc:
             errors.append(f"{where}: {type(exc).__name__}: {exc}")
 
-    async def run(self, probe_id: str, kind: str, seconds: float, finish: Any) -> None:
+    async def run(
+        self, probe_id: str, kind: str, seconds: float, finish: Any, *, wait_for_drain: bool = True
+    ) -> None:
         ACTIVE[probe_id] = kind
         errors: list[str] = []
         outcome, cleanup = "finished", ""
         emit("probe_started", id=probe_id, kind=kind)
         try:
-            await DRAIN_BEGAN.wait()
+            if wait_for_drain:
+                await DRAIN_BEGAN.wait()
             await asyncio.sleep(seconds)
             await finish(errors)
         except asyncio.CancelledError:
@@ -96,7 +103,8 @@ class _Probe:
             async with ctx.transaction() as session:  # the inbox row is the handler's effect
                 await session.execute(text("SELECT 1"))
 
-        await self.run(spec["id"], "queue", float(spec["seconds"]), finish)
+        await self.run(spec["id"], "queue", float(spec["seconds"]), finish,
+                       wait_for_drain=bool(spec.get("wait_for_drain", True)))
 
 
 def _instrument(rt: Runtime) -> None:
@@ -127,8 +135,11 @@ def probe_wire(rt: Runtime) -> Wiring:
     wiring.servicers.append(
         Servicer(lambda impl, server: server.add_generic_rpc_handlers((impl,)), handler, PROBE_SERVICE)
     )
-    spec = QueueSpec(queue_name(rt.settings.name_prefix, "organization", PROBE_QUEUE), prefetch=4)
-    wiring.queues.append((spec, probe.handle))
+    spec = QueueSpec(
+        queue_name(rt.settings.name_prefix, "organization", PROBE_QUEUE), prefetch=PROBE_PREFETCH
+    )
+    # Registered here rather than through `wiring.queues` to set a concurrency below the prefetch.
+    rt.worker.register(spec, probe.handle, concurrency=PROBE_CONCURRENCY)
     _instrument(rt)
     return wiring
 
@@ -140,9 +151,9 @@ def main() -> int:
         host = ServiceHost(settings, "organization", broker, probe_wire)
         begin_drain = host.begin_drain
 
-        async def begin_drain_observed() -> None:
+        async def begin_drain_observed(deadline: float | None = None) -> None:
             DRAIN_BEGAN.set()
-            await begin_drain()
+            await begin_drain(deadline)
 
         host.begin_drain = begin_drain_observed  # type: ignore[method-assign]
         HOSTS.append(host)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -275,6 +276,78 @@ async def test_event_subscriptions_give_every_process_a_copy_besides_the_queue_b
     await b.publish(exchange="events", routing_key="organization.member.changed", body=b"m2", message_id="e3")
     await assert_eventually(lambda: _eq(len(seen_a), 2))
     assert seen_b == expected
+
+
+async def test_robust_connection_recovers_publish_and_consume_after_the_broker_drops_it(
+    amqp_url: str, prefix: str
+) -> None:
+    """RabbitMQ closes the connection (a node restart, a network cut, `close_connection`): the robust
+    connection reconnects, publishing works again and the existing consumers and event
+    subscriptions receive again, with no action from the service. Only this broker's connection is
+    closed, found by its connection name (no vhost is created or deleted mid-run: deleting a vhost
+    full of quorum queues is what we suspect of wedging RabbitMQ 3.10 on this machine)."""
+    name = f"{prefix}@robust-test"
+    broker = AmqpBroker(amqp_url, prefix=prefix, settings=SETTINGS, connection_name=name)
+    await broker.connect()
+    try:
+        spec = QueueSpec(f"{prefix}.robust")
+        got = Collector()
+        await broker.consume(spec, got)
+        events: list[str] = []
+
+        async def on_event(key: str, body: bytes) -> None:
+            events.append(body.decode())
+
+        await broker.subscribe_events("robust.#", on_event)
+        await broker.publish(exchange="", routing_key=spec.name, body=b"", message_id="before")
+        await broker.publish(exchange="events", routing_key="robust.x", body=b"e0", message_id="e0")
+        await assert_eventually(lambda: _eq((got.ids, events), (["before"], ["e0"])))
+
+        pids = await asyncio.to_thread(_connection_pids, name)
+        assert len(pids) == 1, pids  # the name reached the broker: exactly our connection
+        closed = await asyncio.to_thread(
+            subprocess.run,
+            ["rabbitmqctl", "-q", "close_connection", pids[0], "test: robust reconnect"],
+            capture_output=True,
+            timeout=60,
+        )
+        assert closed.returncode == 0, closed.stderr.decode()
+        dropped_at = time.monotonic()
+        deadline = dropped_at + 30  # aio-pika retries every 5 s
+
+        async def published(routing_key: str, exchange: str, body: bytes) -> None:
+            while True:
+                try:
+                    return await broker.publish(
+                        exchange=exchange, routing_key=routing_key, body=body, message_id=body.decode()
+                    )
+                except Unavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+        await published(spec.name, "", b"after")
+        await published("robust.y", "events", b"e1")
+        await assert_eventually(
+            lambda: _eq((got.ids, events), (["before", "after"], ["e0", "e1"])),
+            timeout=max(1.0, deadline - time.monotonic()),
+        )
+        assert time.monotonic() - dropped_at < 30
+        assert await asyncio.to_thread(_connection_pids, name) != pids  # a new connection, same name
+    finally:
+        await broker.close()
+
+
+def _connection_pids(connection_name: str) -> list[str]:
+    """Erlang pids of the open connections whose client properties carry `connection_name`."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line.split("\t", 1)[0] for line in listed.stdout.splitlines() if connection_name in line]
 
 
 def _eq(actual: object, expected: object) -> None:

@@ -9,10 +9,20 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform import context as request_context
 from services.platform.db import Database, platform_metadata
-from services.platform.messaging import AmqpBroker, Delivery, HandlerContext, Message, QueueSpec, Worker
+from services.platform.messaging import (
+    REQUEST_ID,
+    AmqpBroker,
+    Delivery,
+    HandlerContext,
+    Message,
+    QueueSpec,
+    Worker,
+)
 from services.platform.outbox import Outbox, OutboxRelay
 from services.platform.settings import MessagingSettings
 from tests.helpers import assert_eventually, unique_name
@@ -153,6 +163,50 @@ async def test_redelivered_message_has_no_second_effect_on_postgres(
         assert (await s.execute(sa.select(effects.c.times).where(effects.c.key == "m1"))).scalar() == 1
         inbox_rows = (await s.execute(sa.text("select consumer, message_id from inbox"))).all()
     assert [tuple(r) for r in inbox_rows] == [(f"task:{spec.name}", "m1")]
+
+
+async def test_request_id_crosses_rabbitmq_into_the_worker_handlers_context(
+    db: Database, brokers: list[AmqpBroker], prefix: str
+) -> None:
+    """The `x-request-id` of the request that wrote an outbox row (or published directly) is an AMQP
+    header on the real broker, and the Worker binds it around the handler: `request_id()` and every
+    log line of the handling carry it, though the relay publishes outside that request."""
+    spec = QueueSpec(f"{prefix}.follow", bindings=("follow.#",))
+    seen: dict[str, tuple[str | None, str | None, str]] = {}
+
+    async def handler(message: Message, ctx: HandlerContext) -> None:
+        caller = request_context.caller()
+        seen[message.message_id] = (
+            request_context.request_id(),
+            caller.subject if caller else None,
+            str(message.headers.get(REQUEST_ID)),
+        )
+
+    worker = Worker(brokers[0], service="organization", settings=SETTINGS, database=db)
+    worker.register(spec, handler)
+    await worker.start()
+    relay = OutboxRelay(db, brokers[1], SETTINGS, name="task")
+    try:
+        with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            with request_context.bound(request_id="rid-outbox-1"):
+                async with db.transaction() as s:
+                    await Outbox().publish(
+                        s, routing_key="follow.created", message=b"", message_id="via-outbox"
+                    )
+            with request_context.bound(request_id="rid-direct-2"):
+                await brokers[2].publish(exchange="", routing_key=spec.name, body=b"", message_id="direct")
+            assert request_context.request_id() is None  # the relay below runs in no request
+            await relay.relay_pending()
+            await assert_eventually(lambda: _eq(sorted(seen), ["direct", "via-outbox"]), timeout=10)
+            await assert_eventually(lambda: _eq(worker.active, 0))
+    finally:
+        await worker.stop(5.0)
+    assert seen == {
+        "via-outbox": ("rid-outbox-1", "service/organization", "rid-outbox-1"),
+        "direct": ("rid-direct-2", "service/organization", "rid-direct-2"),
+    }
+    handled = {e["message_id"]: e.get("request_id") for e in logs if e["event"] == "message_handled"}
+    assert handled == {"via-outbox": "rid-outbox-1", "direct": "rid-direct-2"}
 
 
 def _eq(actual: object, expected: object) -> None:

@@ -282,5 +282,31 @@ async def test_wait_idle_cancels_handlers_past_the_timeout_and_requeues_them(
     assert broker.ready_count("q.stuck") == 1
 
 
+async def test_wait_idle_bounds_the_cleanup_of_cancelled_handlers_by_the_unwind_budget(
+    broker: MemoryBroker, make_worker: Callable[..., Awaitable[Worker]]
+) -> None:
+    """A cancelled handler whose cleanup hangs must not hold the drain past deadline + unwind."""
+    cleanup_may_end, cleanup_ended = asyncio.Event(), asyncio.Event()
+
+    async def slow_cleanup(message: Message, ctx: HandlerContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await cleanup_may_end.wait()  # e.g. a peer call handing work back that does not answer
+            cleanup_ended.set()
+            raise
+
+    worker = await make_worker(QueueSpec("q.unwind"), slow_cleanup)
+    await send(broker, "q.unwind", "m1")
+    await assert_eventually(lambda: _eq(worker.active, 1))
+    await worker.stop_consuming()
+    async with asyncio.timeout(5):
+        assert not await worker.wait_idle(0.05, unwind=0.1)
+    assert not cleanup_ended.is_set() and worker.active == 1  # still unwinding: left behind, logged
+    cleanup_may_end.set()
+    await assert_eventually(lambda: _eq(worker.active, 0))
+    assert broker.ready_count("q.unwind") == 1  # requeued once its cleanup ended
+
+
 def _eq(actual: object, expected: object) -> None:
     assert actual == expected
