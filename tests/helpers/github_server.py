@@ -2,7 +2,8 @@
 
 Starlette app served by uvicorn on 127.0.0.1:<free port> inside the test's event loop. State lives in
 `GithubState` (accounts, installations, repositories, pull requests, members, tokens); switches inject
-failures (`fail`, `rate_limit`) and latency (`delay`). Every request is logged in `state.requests`.
+failures (`fail`, `rate_limit`) and latency (`delay`). Every request is logged in `state.requests`
+(and, with the `time.monotonic()` it arrived at, in `state.request_times`).
 
     state = GithubState(app_id="4242", public_key=pem)
     acme = state.add_account("acme", kind="Organization")
@@ -15,6 +16,11 @@ Endpoints: POST /app/installations/{id}/access_tokens (RS256 app JWT verified ag
 key), GET /installation/repositories, GET /user, GET /user/orgs, GET /user/installations,
 GET /user/repos, GET /orgs/{org}/members[?role=admin], GET|POST /repos/{owner}/{repo}/pulls. Lists
 page with `per_page` (max 100) and `page`, answering RFC 8288 `Link` headers (next, last, first, prev).
+
+Payload shapes follow GitHub's documentation: REST repositories carry the caller's `permissions`,
+webhook ones do not (`webhook_repository_json`), the `push` webhook's repository has unix-time
+`created_at`/`pushed_at` (`push_repository_json`); pull request lists answer "pull request simple"
+items, `POST .../pulls` and the `pull_request` webhook the full object (`pull_request_json(shape=)`).
 
 Git over HTTP, as github.com serves `https://github.com/{owner}/{repo}.git`: `serve_git(full_name,
 bare_path)` publishes a bare repository at `{server.url}/{owner}/{repo}.git` through `git
@@ -29,6 +35,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
 import math
 import time
 import uuid
@@ -36,7 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 import uvicorn
@@ -97,6 +104,44 @@ def user_json(
     }
 
 
+def organization_json(login: str, oid: int, api: str = "https://api.github.com") -> dict[str, Any]:
+    """An "organization simple" object: `GET /user/orgs` items and the webhook `organization`."""
+    return {
+        "login": login,
+        "id": oid,
+        "node_id": f"O_kgDO{oid:08d}",
+        "url": f"{api}/orgs/{login}",
+        "repos_url": f"{api}/orgs/{login}/repos",
+        "events_url": f"{api}/orgs/{login}/events",
+        "hooks_url": f"{api}/orgs/{login}/hooks",
+        "issues_url": f"{api}/orgs/{login}/issues",
+        "members_url": f"{api}/orgs/{login}/members{{/member}}",
+        "public_members_url": f"{api}/orgs/{login}/public_members{{/member}}",
+        "avatar_url": f"https://avatars.githubusercontent.com/u/{oid}?v=4",
+        "description": None,
+    }
+
+
+# What a REST answer carries for the authenticated caller and a webhook never does.
+REST_ONLY_REPOSITORY_FIELDS = ("permissions",)
+# What `GET`/`POST /repos/{owner}/{repo}/pulls/{n}` and the `pull_request` webhook carry beyond a
+# `GET /repos/{owner}/{repo}/pulls` list item ("pull request simple").
+PULL_REQUEST_DETAIL_FIELDS = (
+    "merged",
+    "mergeable",
+    "rebaseable",
+    "mergeable_state",
+    "merged_by",
+    "comments",
+    "review_comments",
+    "maintainer_can_modify",
+    "commits",
+    "additions",
+    "deletions",
+    "changed_files",
+)
+
+
 def repository_json(
     owner: dict[str, Any],
     name: str,
@@ -108,7 +153,10 @@ def repository_json(
     pushed_at: datetime | None = None,
     api: str = "https://api.github.com",
 ) -> dict[str, Any]:
-    """A full repository object as `GET /installation/repositories` and webhooks carry it."""
+    """A full repository object as REST answers carry it (`GET /installation/repositories`,
+    `GET /user/repos`, a pull request's `head.repo`/`base.repo`): every documented `*_url`, and the
+    caller's `permissions`. `webhook_repository_json` / `push_repository_json` give the webhook
+    variants of the same repository."""
     full = f"{owner['login']}/{name}"
     created = datetime(2023, 1, 2, 3, 4, 5, tzinfo=UTC)
     pushed = pushed_at or datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -126,17 +174,40 @@ def repository_json(
         "url": base,
         "forks_url": f"{base}/forks",
         "keys_url": f"{base}/keys{{/key_id}}",
+        "collaborators_url": f"{base}/collaborators{{/collaborator}}",
         "teams_url": f"{base}/teams",
         "hooks_url": f"{base}/hooks",
+        "issue_events_url": f"{base}/issues/events{{/number}}",
         "events_url": f"{base}/events",
+        "assignees_url": f"{base}/assignees{{/user}}",
         "branches_url": f"{base}/branches{{/branch}}",
         "tags_url": f"{base}/tags",
+        "blobs_url": f"{base}/git/blobs{{/sha}}",
+        "git_tags_url": f"{base}/git/tags{{/sha}}",
+        "git_refs_url": f"{base}/git/refs{{/sha}}",
+        "trees_url": f"{base}/git/trees{{/sha}}",
         "statuses_url": f"{base}/statuses/{{sha}}",
         "languages_url": f"{base}/languages",
+        "stargazers_url": f"{base}/stargazers",
+        "contributors_url": f"{base}/contributors",
+        "subscribers_url": f"{base}/subscribers",
+        "subscription_url": f"{base}/subscription",
         "commits_url": f"{base}/commits{{/sha}}",
-        "pulls_url": f"{base}/pulls{{/number}}",
-        "issues_url": f"{base}/issues{{/number}}",
+        "git_commits_url": f"{base}/git/commits{{/sha}}",
+        "comments_url": f"{base}/comments{{/number}}",
+        "issue_comment_url": f"{base}/issues/comments{{/number}}",
         "contents_url": f"{base}/contents/{{+path}}",
+        "compare_url": f"{base}/compare/{{base}}...{{head}}",
+        "merges_url": f"{base}/merges",
+        "archive_url": f"{base}/{{archive_format}}{{/ref}}",
+        "downloads_url": f"{base}/downloads",
+        "issues_url": f"{base}/issues{{/number}}",
+        "pulls_url": f"{base}/pulls{{/number}}",
+        "milestones_url": f"{base}/milestones{{/number}}",
+        "notifications_url": f"{base}/notifications{{?since,all,participating}}",
+        "labels_url": f"{base}/labels{{/name}}",
+        "releases_url": f"{base}/releases{{/id}}",
+        "deployments_url": f"{base}/deployments",
         "created_at": iso(created),
         "updated_at": iso(pushed),
         "pushed_at": iso(pushed),
@@ -174,6 +245,56 @@ def repository_json(
     }
 
 
+def webhook_repository_json(repo: dict[str, Any]) -> dict[str, Any]:
+    """The webhook `repository` (and a webhook pull request's `head.repo`/`base.repo`) for the REST
+    repository `repo`: the same object without the caller's `permissions`."""
+    return {k: v for k, v in repo.items() if k not in REST_ONLY_REPOSITORY_FIELDS}
+
+
+def _unix(value: str) -> int:
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+
+
+def push_repository_json(repo: dict[str, Any]) -> dict[str, Any]:
+    """The `push` webhook's `repository` for the REST repository `repo`, in its legacy shape:
+    `created_at`/`pushed_at` are unix seconds (`updated_at` stays ISO 8601), `url` is the web URL,
+    the owner carries `name`/`email`, and `stargazers`, `master_branch` (plus `organization`, the
+    owning organization's login) are added."""
+    body = webhook_repository_json(repo)
+    owner = repo["owner"]
+    body["owner"] = {"name": owner["login"], "email": None, **owner}
+    body["url"] = repo["html_url"]
+    body["created_at"] = _unix(repo["created_at"])
+    body["pushed_at"] = _unix(repo["pushed_at"])
+    body["stargazers"] = repo["stargazers_count"]
+    body["master_branch"] = repo["default_branch"]
+    if owner.get("type") == "Organization":
+        body["organization"] = owner["login"]
+    return body
+
+
+def pull_request_event(
+    action: str,
+    pull_request: dict[str, Any],
+    repository: dict[str, Any],
+    *,
+    organization: dict[str, Any],
+    sender: dict[str, Any],
+    installation_id: int,
+) -> bytes:
+    """A `pull_request` webhook body as GitHub sends it (`pull_request` built with shape="webhook")."""
+    body = {
+        "action": action,
+        "number": pull_request["number"],
+        "pull_request": pull_request,
+        "repository": webhook_repository_json(repository),
+        "organization": organization,
+        "sender": sender,
+        "installation": {"id": installation_id, "node_id": f"MDIz{installation_id}"},
+    }
+    return json.dumps(body).encode()
+
+
 def pull_request_json(
     repo: dict[str, Any],
     number: int,
@@ -188,21 +309,31 @@ def pull_request_json(
     body: str | None = None,
     updated_at: datetime | None = None,
     api: str = "https://api.github.com",
+    shape: Literal["simple", "full", "webhook"] = "simple",
 ) -> dict[str, Any]:
-    """A full pull request object (REST list item and webhook `pull_request`)."""
+    """A pull request object of the REST repository `repo`, in one of GitHub's three shapes:
+
+    simple   a `GET /repos/{owner}/{repo}/pulls` list item ("pull request simple")
+    full     `GET`/`POST` of one pull request: simple + PULL_REQUEST_DETAIL_FIELDS
+    webhook  the `pull_request` webhook's object: full, with `head.repo`/`base.repo` in the
+             webhook repository shape (no `permissions`)
+    """
     created = datetime(2024, 5, 1, 9, 0, 0, tzinfo=UTC)
     updated = updated_at or created
     full = repo["full_name"]
     url = f"{api}/repos/{full}/pulls/{number}"
     sha = uuid.uuid5(uuid.NAMESPACE_URL, f"{full}#{number}").hex + "00000000"
+    merge_sha = uuid.uuid5(uuid.NAMESPACE_URL, f"{full}#{number}/merge").hex + "00000000"
     closed = iso(updated) if state == "closed" else None
-    return {
+    side_repo = webhook_repository_json(repo) if shape == "webhook" else repo
+    html = f"{WEB}/{full}/pull/{number}"
+    pr: dict[str, Any] = {
         "url": url,
         "id": 10_000 + number,
         "node_id": f"PR_kwDO{number:08d}",
-        "html_url": f"{WEB}/{full}/pull/{number}",
-        "diff_url": f"{WEB}/{full}/pull/{number}.diff",
-        "patch_url": f"{WEB}/{full}/pull/{number}.patch",
+        "html_url": html,
+        "diff_url": f"{html}.diff",
+        "patch_url": f"{html}.patch",
         "issue_url": f"{api}/repos/{full}/issues/{number}",
         "number": number,
         "state": state,
@@ -214,7 +345,7 @@ def pull_request_json(
         "updated_at": iso(updated),
         "closed_at": closed,
         "merged_at": closed if merged else None,
-        "merge_commit_sha": sha[:40] if merged else None,
+        "merge_commit_sha": merge_sha if merged else None,
         "assignee": None,
         "assignees": [],
         "requested_reviewers": [],
@@ -232,19 +363,50 @@ def pull_request_json(
             "ref": head,
             "sha": sha[:40],
             "user": repo["owner"],
-            "repo": repo,
+            "repo": side_repo,
         },
         "base": {
             "label": f"{repo['owner']['login']}:{base}",
             "ref": base,
             "sha": sha[8:48],
             "user": repo["owner"],
-            "repo": repo,
+            "repo": side_repo,
         },
-        "_links": {"self": {"href": url}, "html": {"href": f"{WEB}/{full}/pull/{number}"}},
+        "_links": {
+            "self": {"href": url},
+            "html": {"href": html},
+            "issue": {"href": f"{api}/repos/{full}/issues/{number}"},
+            "comments": {"href": f"{api}/repos/{full}/issues/{number}/comments"},
+            "review_comments": {"href": f"{url}/comments"},
+            "review_comment": {"href": f"{api}/repos/{full}/pulls/comments{{/number}}"},
+            "commits": {"href": f"{url}/commits"},
+            "statuses": {"href": f"{api}/repos/{full}/statuses/{sha[:40]}"},
+        },
         "author_association": "MEMBER",
         "auto_merge": None,
         "active_lock_reason": None,
+    }
+    if shape != "simple":
+        pr |= pull_request_details(pr, merged_by=author if merged else None)
+    return pr
+
+
+def pull_request_details(pr: dict[str, Any], *, merged_by: dict[str, Any] | None = None) -> dict[str, Any]:
+    """PULL_REQUEST_DETAIL_FIELDS for the pull request `pr` (GitHub computes mergeability in the
+    background: a fresh pull request says `mergeable: null`, `mergeable_state: "unknown"`)."""
+    return {
+        "merged": pr["merged_at"] is not None,
+        "mergeable": None,
+        "rebaseable": None,
+        "mergeable_state": "unknown",
+        "merged_by": merged_by,
+        "comments": 0,
+        "review_comments": 0,
+        "maintainer_can_modify": False,
+        "commits": 3,
+        "additions": 120,
+        "deletions": 8,
+        "changed_files": 4,
     }
 
 
@@ -307,6 +469,7 @@ class GithubState:
     delay: dict[str, float] = field(default_factory=dict)  # path fragment -> seconds
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # path fragment -> hold until set
     requests: list[str] = field(default_factory=list)
+    request_times: list[tuple[float, str]] = field(default_factory=list)  # (time.monotonic(), line)
     git_repos: dict[str, Path] = field(default_factory=dict)  # full name -> bare repository served
     git_requests: list[tuple[str, str]] = field(default_factory=list)
     rate_remaining: int = 5000
@@ -393,6 +556,12 @@ class GithubState:
         """How many logged requests contain `fragment` (`"GET /repos/"` …)."""
         return sum(fragment in line for line in self.requests)
 
+    def gaps(self, fragment: str) -> list[float]:
+        """Seconds between consecutive logged requests containing `fragment` (how long a client
+        waited before each retry)."""
+        times = [t for t, line in self.request_times if fragment in line]
+        return [b - a for a, b in itertools.pairwise(times)]
+
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
@@ -423,6 +592,7 @@ class _Api:
         """Log, delay, and answer an injected fault when one matches."""
         line = f"{request.method} {request.url.path}?{request.url.query}"
         self.s.requests.append(line)
+        self.s.request_times.append((time.monotonic(), line))
         for fragment, seconds in list(self.s.delay.items()):
             if fragment in line:
                 await asyncio.sleep(seconds)
@@ -561,9 +731,7 @@ class _Api:
         if who is None or who[0] != "user":
             return _error(401, "Bad credentials")
         orgs = [
-            {k: self.s.accounts[o][k] for k in ("login", "id", "node_id", "url", "avatar_url")}
-            | {"description": None}
-            for o in self._orgs_of(who[1])
+            organization_json(o, int(self.s.accounts[o]["id"]), self.s.api) for o in self._orgs_of(who[1])
         ]
         return self.page(request, orgs)
 
@@ -640,7 +808,7 @@ class _Api:
             draft=bool(data.get("draft")),
             updated_at=datetime.now(UTC),
         )
-        return JSONResponse(pr, 201, self.headers())
+        return JSONResponse(pr | pull_request_details(pr), 201, self.headers())  # the full object
 
     def git_credential(self, request: Request) -> str | None:
         """ "installation" or "user" for Basic credentials whose password is a valid token."""

@@ -11,9 +11,11 @@ Endpoints (all paged by following the `Link: <…>; rel="next"` header, 100 item
     both          GET /repos/{owner}/{repo}/pulls?state=open&sort=updated&direction=desc
 
 Retries (githubkit's `auto_retry` hook): rate limits (403/429 with `x-ratelimit-remaining: 0` or
-`retry-after`) wait what GitHub asks, when that is at most `max_wait_seconds`; 5xx answers wait their
-`Retry-After` when given, else back off exponentially from `backoff_seconds`, as transport errors
-do. After `max_retries` retries the failure becomes a `ProviderError`, which the sync records as its error.
+`retry-after`) wait what GitHub asks, when that is at most `max_wait_seconds`; a request still
+rate-limited after that waits at least `backoff_seconds`, doubling per further retry (GitHub's advice
+for a limit that persists). 5xx answers wait their `Retry-After` when given, else back off
+exponentially from `backoff_seconds`, as transport errors do. After `max_retries` retries the failure
+becomes a `ProviderError`, which the sync records as its error.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class RetryPolicy:
 
     Args:
         max_retries: retries per request (so at most max_retries + 1 attempts).
-        backoff_seconds: first wait after a 5xx or transport error; doubles per retry.
+        backoff_seconds: first wait after a 5xx or transport error, or after a rate limit that
+            persisted past GitHub's own wait; doubles per retry.
         max_wait_seconds: a rate-limit wait longer than this is not waited for (fails now).
     """
 
@@ -84,6 +87,9 @@ class RetryPolicy:
             wait = exc.retry_after.total_seconds()
             if wait > self.max_wait_seconds:
                 return RetryOption(False)
+            if retry_count:  # still limited after waiting what GitHub asked: back off as well
+                persisted = self.backoff_seconds * 2 ** (retry_count - 1)
+                wait = max(wait, min(persisted, self.max_wait_seconds))
             return RetryOption(True, timedelta(seconds=max(wait, 0.0)))
         backoff = timedelta(seconds=self.backoff_seconds * (2**retry_count))
         if isinstance(exc, RequestFailed):

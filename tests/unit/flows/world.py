@@ -16,7 +16,6 @@ GithubDataService.ConnectOrganization as the organization service would.
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import time
 import uuid
@@ -37,7 +36,14 @@ from gateway.app import GatewayComponent
 from services.platform.settings import ServiceName, Settings
 from services.platform.watch.testing import WatchClient
 from services.platform.webhook_signature import HEADER, sign
-from tests.helpers.github_server import GithubServer, GithubState, app_key_pair, pull_request_json
+from tests.helpers.github_server import (
+    GithubServer,
+    GithubState,
+    app_key_pair,
+    organization_json,
+    pull_request_event,
+    pull_request_json,
+)
 from tests.helpers.mesh import Mesh, running
 from tests.unit.flows.support import Follower, Stubs, fast_messaging, git_repo, resources_of
 
@@ -85,10 +91,24 @@ class GithubOrganization:
         """An open pull request on the server (seen by the next sync, or sent by webhook)."""
         return self.state.add_pull(self.full_name(repo), number, head=head, title=title)
 
+    def organization_json(self) -> dict[str, Any]:
+        """The webhook `organization` object of the account."""
+        return organization_json(self.login, int(self.state.accounts[self.login]["id"]), self.state.api)
+
     def pull_request_payload(
-        self, repo: str, number: int, action: str, *, head: str, title: str = "", merged: bool = False
+        self,
+        repo: str,
+        number: int,
+        action: str,
+        *,
+        head: str,
+        title: str = "",
+        merged: bool = False,
+        draft: bool = False,
     ) -> bytes:
-        """A complete `pull_request` webhook body as GitHub sends it."""
+        """A complete `pull_request` webhook body as GitHub sends it: the webhook pull request
+        (with `merged`, `mergeable`, `commits`, … and `head.repo`/`base.repo`) and repository, both
+        without the REST-only `permissions`."""
         closed = action == "closed"
         repository = self.state.repos[self.full_name(repo)]
         pr = pull_request_json(
@@ -98,22 +118,20 @@ class GithubOrganization:
             head=head,
             base="main",
             author=self.state.accounts[self.login],
+            draft=draft,
             state="closed" if closed else "open",
             merged=merged,
             api=self.state.api,
+            shape="webhook",
         )
-        if merged:
-            pr["merged"] = True
-        body = {
-            "action": action,
-            "number": number,
-            "pull_request": pr,
-            "repository": repository,
-            "organization": self.state.accounts[self.login],
-            "sender": self.state.accounts[self.login],
-            "installation": {"id": self.installation_id, "node_id": f"MDIz{self.installation_id}"},
-        }
-        return json.dumps(body).encode()
+        return pull_request_event(
+            action,
+            pr,
+            repository,
+            organization=self.organization_json(),
+            sender=self.state.accounts[self.login],
+            installation_id=self.installation_id,
+        )
 
 
 @dataclass

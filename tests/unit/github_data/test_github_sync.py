@@ -1,21 +1,31 @@
 """github_data against a local server speaking GitHub's REST wire format (installation tokens minted
 from a real RS256 App JWT, Link paging, rate-limit headers, injected 5xx), mounted under `/api/v3`
-like GitHub Enterprise Server."""
+like GitHub Enterprise Server; and, without an App, an organization synced with a member's OAuth
+token resolved through the real organization service."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import httpx
 import pytest
 from foundry.github_data.v1 import connection_pb2
 from foundry.github_data.v1 import github_data_service_pb2 as pb
 from foundry.github_data.v1 import sync_status_pb2 as ss
+from foundry.organization.v1 import organization_service_pb2 as org_pb
+from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
+from githubkit.exception import PrimaryRateLimitExceeded, RateLimitExceeded, SecondaryRateLimitExceeded
+from githubkit.response import Response as GithubResponse
 
+from services.github_data.providers import RetryPolicy
+from services.platform.identity import Caller
 from services.platform.settings import Settings
 from tests.helpers import assert_eventually
-from tests.helpers.github_server import GithubServer, GithubState
+from tests.helpers.github_server import DOCS, GithubServer, GithubState
 from tests.helpers.mesh import Mesh, running
 from tests.unit.github_data.conftest import EventLog, stub
 
@@ -59,10 +69,15 @@ def with_api(settings: Settings, server: GithubServer) -> Settings:
 
 
 async def wait_state(mesh: Mesh, state: int, *, within: float = 30) -> ss.SyncStatus:
+    """The sync status once in `state` (the organization may not be connected yet)."""
     client = stub(mesh)
 
     async def check() -> ss.SyncStatus:
-        got = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+        try:
+            got = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() != grpc.StatusCode.NOT_FOUND, exc.details()
+            raise
         assert got.state == state, got
         return got
 
@@ -180,6 +195,127 @@ async def test_persistent_server_errors_end_the_sync_in_error(settings: Settings
         retry = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
         assert retry.enqueued  # not stuck: a new sync starts and succeeds
         assert (await wait_state(mesh, ss.SYNC_STATE_SYNCED)).repository_count == 5
+
+
+def _rate_limited(*, secondary: bool, asked_seconds: int = 0) -> RateLimitExceeded:
+    """The exception githubkit raises for a rate-limited answer of GitHub's shape."""
+    url = "https://api.github.com/installation/repositories"
+    if secondary:
+        status, headers = 429, {"retry-after": str(asked_seconds)}
+        message = "You have exceeded a secondary rate limit."
+    else:
+        reset = int(time.time()) + asked_seconds
+        status, headers = 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
+        message = "API rate limit exceeded for installation ID 77."
+    raw = httpx.Response(
+        status,
+        headers=headers,
+        json={"message": message, "documentation_url": DOCS},
+        request=httpx.Request("GET", url),
+    )
+    kind = SecondaryRateLimitExceeded if secondary else PrimaryRateLimitExceeded
+    return kind(GithubResponse(raw, dict), timedelta(seconds=asked_seconds))
+
+
+@pytest.mark.parametrize("secondary", [False, True], ids=["primary-403", "secondary-429"])
+def test_retry_policy_backs_off_a_persistent_rate_limit_and_gives_up_after_max_retries(
+    secondary: bool,
+) -> None:
+    policy = RetryPolicy(max_retries=3, backoff_seconds=1.0, max_wait_seconds=60.0)
+    now = _rate_limited(secondary=secondary)  # GitHub asks for no wait (the window already reset)
+    decisions = [policy(now, retry) for retry in range(4)]
+    assert [d.do_retry for d in decisions] == [True, True, True, False]  # 1 try + 3 retries
+    waits = [d.retry_after.total_seconds() for d in decisions[:3] if d.retry_after is not None]
+    assert waits == [0.01, 1.0, 2.0]  # what GitHub asked (at least 10 ms), then growing backoff
+    # A longer wait GitHub asks for is kept; the backoff only grows past it.
+    asked = _rate_limited(secondary=secondary, asked_seconds=3)
+    asked_waits = [policy(asked, retry).retry_after for retry in range(3)]
+    assert [w.total_seconds() if w else None for w in asked_waits] == [3.0, 3.0, 3.0]
+    # A wait beyond max_wait_seconds is not waited for: the failure surfaces at once.
+    assert not policy(_rate_limited(secondary=secondary, asked_seconds=3600), 0).do_retry
+
+
+@pytest.mark.parametrize("secondary", [False, True], ids=["primary-403", "secondary-429"])
+async def test_a_persistent_rate_limit_ends_the_sync_in_error_after_backing_off(
+    settings: Settings, gh: GithubServer, secondary: bool
+) -> None:
+    organization(gh.state, 3)
+    gh.state.rate_limit(times=1000, path="/installation/repositories", retry_after=0, secondary=secondary)
+    async with running(with_api(settings, gh), ["github_data"]) as mesh:
+        client = stub(mesh)
+        await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+        status = await wait_state(mesh, ss.SYNC_STATE_ERROR, within=60)
+        assert "rate limit" in status.error_message.lower(), status.error_message
+        assert "/installation/repositories" in status.error_message
+        assert status.label == status.error_message and status.repository_count == 0
+        listing = "GET /api/v3/installation/repositories"
+        assert gh.state.count(listing) == 1 + 3  # the first try + 3 retries, then no more
+        # The client's sleeps set lower bounds on the gaps between tries (so this cannot flake):
+        # the first retry waits what GitHub asked (nothing), the next ones at least 1 s, then 2 s.
+        gaps = gh.state.gaps(listing)
+        assert len(gaps) == 3 and gaps[1] >= 0.95 and gaps[2] >= 1.95, gaps
+
+
+GATEWAY = Caller.service("gateway")
+
+
+async def test_an_organization_synced_with_a_members_oauth_token_has_its_repositories_and_members(
+    settings: Settings, gh: GithubServer
+) -> None:
+    """No GitHub App, so no installation: signing in discovers the GitHub organization and connects
+    it with the member's OAuth token; github-data resolves that token through the organization
+    service and reads `GET /user/repos` (kept to the organization's repositories) and
+    `GET /orgs/{org}/members`."""
+    s = gh.state
+    lead = s.add_account("octo-lead", "User")
+    token = f"gho_{uuid.uuid4().hex}"
+    s.oauth_tokens[token] = "octo-lead"
+    s.add_account(ORG, "Organization")
+    s.add_member(ORG, "octo-lead", admin=True)
+    s.add_member(ORG, "hubot")
+    s.add_repo(ORG, "api", private=True)
+    s.add_repo(ORG, "web", default_branch="trunk")
+    s.add_pull("acme/api", 4, head="feat/token")
+    s.add_repo("octo-lead", "dots")  # the user's own repository: also in /user/repos, not acme's
+    no_app = settings.github.model_copy(update={"api_url": gh.url, "app_id": None, "app_private_key": None})
+    no_app_settings = settings.model_copy(update={"github": no_app})
+    async with running(no_app_settings, ["organization", "github_data"]) as mesh:
+        org = org_grpc.OrganizationServiceStub(mesh.channel("organization", GATEWAY))
+        await org.SignInWithGithub(
+            org_pb.SignInWithGithubRequest(
+                github_account_id=int(lead["id"]),
+                login="octo-lead",
+                access_token=token,
+                scopes=["read:org", "repo"],
+                user_agent="pytest",
+            )
+        )
+        status = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        assert (status.repository_count, status.open_pull_request_count) == (2, 1)
+        assert status.installation_status == ss.INSTALLATION_STATUS_CONNECTED
+
+        client = stub(mesh)
+        connection = (
+            await client.GetConnection(pb.GetConnectionRequest(name=f"organizations/{ORG}/connection"))
+        ).connection
+        assert connection.github.installation_id == 0
+        assert connection.github.token_user == f"users/{lead['id']}"
+        assert connection.github.account_type == connection_pb2.GITHUB_ACCOUNT_TYPE_ORGANIZATION
+        repos = await client.ListRepositories(pb.ListRepositoriesRequest(parent=f"organizations/{ORG}"))
+        assert sorted((r.full_name, r.default_branch, r.private) for r in repos.repositories) == [
+            ("acme/api", "main", True),
+            ("acme/web", "trunk", False),
+        ]
+        members = await client.ListGithubMembers(pb.ListGithubMembersRequest(parent=f"organizations/{ORG}"))
+        assert [(m.login, m.role) for m in members.github_members] == [
+            ("hubot", "member"),
+            ("octo-lead", "admin"),
+        ]
+        # Through the user's token only: no App JWT, no installation token, no installation listing.
+        assert s.count("GET /api/v3/user/repos?") >= 1
+        assert s.count(f"GET /api/v3/orgs/{ORG}/members?role=admin") >= 1
+        assert s.count("/installation/repositories") == s.count("/access_tokens") == 0
+        assert token in s.oauth_tokens and not s.installation_tokens
 
 
 async def test_rows_gone_from_github_are_swept_and_announced(settings: Settings, gh: GithubServer) -> None:

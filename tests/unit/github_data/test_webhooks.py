@@ -17,7 +17,16 @@ from foundry.github_data.v1 import webhook_delivery_pb2 as wd
 from services.platform.settings import Settings
 from services.platform.webhook_signature import sign, verify_signature
 from tests.helpers import assert_eventually
-from tests.helpers.github_server import GithubServer, GithubState
+from tests.helpers.github_server import (
+    PULL_REQUEST_DETAIL_FIELDS,
+    REST_ONLY_REPOSITORY_FIELDS,
+    GithubServer,
+    GithubState,
+    pull_request_json,
+    repository_json,
+    user_json,
+    webhook_repository_json,
+)
 from tests.helpers.mesh import Mesh, running
 from tests.unit.github_data.conftest import EventLog, stub
 from tests.unit.github_data.test_github_sync import (
@@ -33,6 +42,88 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def fixture(name: str) -> bytes:
     return (FIXTURES / f"{name}.json").read_bytes()
+
+
+# Every `*_url` GitHub documents on a repository object (REST answers and webhook payloads alike).
+REPOSITORY_URL_FIELDS = frozenset(
+    k for k in repository_json(user_json("acme", 9919, "Organization"), "widgets", 1) if k.endswith("_url")
+)
+
+# A pull request's documented link relations.
+LINK_RELATIONS = (
+    "self",
+    "html",
+    "issue",
+    "comments",
+    "review_comments",
+    "review_comment",
+    "commits",
+    "statuses",
+)
+
+
+def _repositories(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(path, object) of every full repository object (one with an `owner`) inside `node`."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        if "full_name" in node and "owner" in node:
+            found.append((path or "/", node))
+        for key, value in node.items():
+            found += _repositories(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _repositories(value, f"{path}/{i}")
+    return found
+
+
+def test_fixtures_are_complete_webhook_payloads() -> None:
+    """The fixtures carry what GitHub sends: every documented repository URL, no REST-only
+    `permissions`, the push payload's unix-time repository dates, and the webhook pull request's
+    detail fields and links."""
+    assert {
+        "archive_url", "assignees_url", "blobs_url", "collaborators_url", "comments_url", "compare_url",
+        "contributors_url", "deployments_url", "downloads_url", "git_commits_url", "git_refs_url",
+        "git_tags_url", "issue_comment_url", "issue_events_url", "labels_url", "merges_url",
+        "milestones_url", "notifications_url", "releases_url", "stargazers_url", "subscribers_url",
+        "subscription_url", "trees_url",
+    } <= REPOSITORY_URL_FIELDS  # fmt: skip
+    checked = 0
+    for path in sorted(FIXTURES.glob("*.json")):
+        body = json.loads(path.read_bytes())
+        for where, repo in _repositories(body):
+            label = f"{path.name}:{where}"
+            assert REPOSITORY_URL_FIELDS <= set(repo), (label, sorted(REPOSITORY_URL_FIELDS - set(repo)))
+            assert not set(REST_ONLY_REPOSITORY_FIELDS) & set(repo), label
+            dates = (repo["created_at"], repo["pushed_at"])
+            if path.name == "push.json":
+                assert all(isinstance(d, int) for d in dates), label  # unix seconds in `push` only
+                assert isinstance(repo["updated_at"], str) and repo["master_branch"] == "main"
+            else:
+                assert all(isinstance(d, str) for d in dates), label
+            checked += 1
+        pr = body.get("pull_request")
+        if pr is not None:
+            assert set(PULL_REQUEST_DETAIL_FIELDS) <= set(pr), path.name
+            assert pr["merged"] == (pr["merged_at"] is not None), path.name
+            assert set(pr["_links"]) == set(LINK_RELATIONS), path.name
+    assert checked == 4 * 3 + 1  # repository, head.repo, base.repo of 4 pull_request payloads; push
+
+
+def test_builders_give_the_rest_and_webhook_shapes() -> None:
+    owner = user_json("acme", 9919, "Organization")
+    rest = repository_json(owner, "widgets", 771001)
+    assert "permissions" in rest and REPOSITORY_URL_FIELDS <= set(rest)
+    hook = webhook_repository_json(rest)
+    assert set(rest) - set(hook) == {"permissions"}
+    kwargs: dict[str, Any] = {"title": "t", "head": "feat", "base": "main", "author": owner}
+    simple = pull_request_json(rest, 1, **kwargs)
+    assert not set(PULL_REQUEST_DETAIL_FIELDS) & set(simple)  # a list item is "pull request simple"
+    assert simple["head"]["repo"] == rest
+    full = pull_request_json(rest, 1, **kwargs, shape="full")
+    assert set(full) - set(simple) == set(PULL_REQUEST_DETAIL_FIELDS) and full["head"]["repo"] == rest
+    webhook = pull_request_json(rest, 1, **kwargs, state="closed", merged=True, shape="webhook")
+    assert webhook["merged"] is True and webhook["merged_by"] == owner
+    assert webhook["head"]["repo"] == webhook["base"]["repo"] == hook
 
 
 def test_verify_signature_accepts_only_the_exact_body_under_the_secret() -> None:
@@ -148,6 +239,66 @@ async def test_merged_pull_request_is_removed_and_its_task_archived_once(mesh: A
     assert list(prs.pull_requests) == []
     status = (await stub(m).GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
     assert status.last_webhook_event == "pull_request.closed"
+
+
+async def test_pull_request_converted_to_draft_is_stored_as_draft(mesh: Any) -> None:
+    m, log, _ = mesh
+    await deliver(m, "d-open-8", "pull_request", "pull_request.opened")
+    await handled(m, "d-open-8", "pull_request", "pull_request.opened")
+    first = await deliver(m, "d-draft-8", "pull_request", "pull_request.converted_to_draft")
+    assert first.webhook_delivery.action == "converted_to_draft"
+    done = await handled(m, "d-draft-8", "pull_request", "pull_request.converted_to_draft")
+    assert done.state == wd.WEBHOOK_DELIVERY_STATE_HANDLED
+
+    prs = await stub(m).ListPullRequests(
+        pb.ListPullRequestsRequest(parent="organizations/acme/repositories/-", head_branch="feat/retry")
+    )
+    [pr] = prs.pull_requests
+    assert (pr.number, pr.state, pr.draft) == (42, pull_request_pb2.PULL_REQUEST_STATE_DRAFT, True)
+    stored = await stub(m).GetPullRequest(pb.GetPullRequestRequest(name=pr.name))
+    assert stored.pull_request.state == pull_request_pb2.PULL_REQUEST_STATE_DRAFT
+
+    def announced() -> None:
+        changed = sorted(log.of("github_data.pull_request.changed"), key=lambda e: e.version)
+        assert [(e.pull_request.state, e.pull_request.draft) for e in changed] == [
+            (pull_request_pb2.PULL_REQUEST_STATE_OPEN, False),
+            (pull_request_pb2.PULL_REQUEST_STATE_DRAFT, True),
+        ]
+        assert log.of("github_data.pull_request.removed") == []
+        assert log.of("github_data.task.archive_on_branch") == []
+
+    await assert_eventually(announced)
+    status = (await stub(m).GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+    assert status.last_webhook_event == "pull_request.converted_to_draft"
+    assert status.open_pull_request_count == 1  # a draft is still an open pull request
+
+
+async def test_closed_unmerged_pull_request_is_removed_and_its_task_archived(mesh: Any) -> None:
+    m, log, _ = mesh
+    await deliver(m, "d-open-9", "pull_request", "pull_request.opened")
+    await handled(m, "d-open-9", "pull_request", "pull_request.opened")
+    await deliver(m, "d-close-9", "pull_request", "pull_request.closed")
+    done = await handled(m, "d-close-9", "pull_request", "pull_request.closed")
+    assert done.state == wd.WEBHOOK_DELIVERY_STATE_HANDLED
+
+    async def announced() -> None:
+        [removed] = log.of("github_data.pull_request.removed")
+        assert removed.final_state == pull_request_pb2.PULL_REQUEST_STATE_CLOSED
+        assert removed.pull_request.state == pull_request_pb2.PULL_REQUEST_STATE_CLOSED
+        assert removed.head_branch == "feat/retry"
+        assert removed.pull_request.HasField("close_time")
+        assert not removed.pull_request.HasField("merge_time")
+        [archive] = log.of("github_data.task.archive_on_branch")
+        assert (archive.branch, archive.reason) == ("feat/retry", "PR closed")
+        assert archive.repository == removed.repository and archive.pull_request == removed.name
+
+    await assert_eventually(announced)
+    prs = await stub(m).ListPullRequests(
+        pb.ListPullRequestsRequest(parent="organizations/acme/repositories/-")
+    )
+    assert list(prs.pull_requests) == []
+    status = (await stub(m).GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+    assert status.last_webhook_event == "pull_request.closed" and status.open_pull_request_count == 0
 
 
 async def test_installation_deleted_clears_state_and_requires_install(mesh: Any) -> None:
