@@ -12,6 +12,11 @@ CONNECTIONS = Gauge("foundry_gateway_stream_connections", "Open browser SSE stre
 ACTIVE_REQUESTS = Gauge(
     "foundry_gateway_active_requests", "HTTP requests in flight, SSE streams included (the drain waits)"
 )
+UPSTREAM_CATCHUPS = Counter(
+    "foundry_gateway_upstream_catchups_total",
+    "Private upstream Watches that brought one subscriber from its own token to its shared upstream",
+    ["topic_type"],
+)
 RECONNECTS = Counter(
     "foundry_gateway_upstream_reconnects_total", "Upstream Watch reopenings", ["topic_type", "cause"]
 )

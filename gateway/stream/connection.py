@@ -61,16 +61,18 @@ class Connection:
             self.tokens[label] = token
         self._enqueue(frame)
 
-    def push(self, frame: Frame) -> None:
-        """Queue a connection-level frame (hello, subscribed, topic errors) at the current position."""
+    def push(self, frame: Frame, *, position: str | None = None) -> None:
+        """Queue a connection-level frame (hello, subscribed, topic errors) at the current position
+        (or at `position`: the hello of a resumed stream carries the position it resumes from)."""
         if self.end_reason is None:
-            self._enqueue(frame)
+            self._enqueue(frame, position)
 
-    def _enqueue(self, frame: Frame | None) -> None:
+    def _enqueue(self, frame: Frame | None, position: str | None = None) -> None:
         if len(self._queue) >= self._queue_size:
             self.end("lagging")
             return
-        position = self.position()
+        if position is None:
+            position = self.position()
         self._queue.append((frames.encode(frame, position) if frame is not None else None, position))
         self._wake.set()
 

@@ -24,7 +24,7 @@ from gateway.errors import GatewayError
 from gateway.stream import frames
 from gateway.stream.connection import Connection
 from gateway.stream.topics import Topic, parse
-from gateway.stream.upstream import OpenStream, SharedUpstream
+from gateway.stream.upstream import DEFAULT_BACKOFF, OpenStream, SharedUpstream, backoff_delay
 from services.platform.errors import FoundryError
 
 Authorize = Callable[[Principal, str], Awaitable[None]]  # raises when the principal is not a member
@@ -43,8 +43,8 @@ class SubscriptionManager:
         max_stream_seconds: float = 600.0,
         queue_size: int = 1000,
         history_size: int = 256,
-        backoff_initial: float = 1.0,
-        backoff_max: float = 30.0,
+        backoff_initial: float = DEFAULT_BACKOFF[0],
+        backoff_max: float = DEFAULT_BACKOFF[1],
     ) -> None:
         self._open = open_stream
         self._authorize = authorize
@@ -59,8 +59,19 @@ class SubscriptionManager:
         self._stopping: set[asyncio.Task[None]] = set()
         self.draining = False
 
-    def connect(self, principal: Principal) -> Connection:
-        """A new tab stream (its `hello` frame queued first)."""
+    @property
+    def linger_seconds(self) -> float:
+        """How long an upstream outlives its last subscriber."""
+        return self._linger
+
+    def backoff_delay(self, attempt: int) -> float:
+        """The wait before an upstream's reconnect `attempt` (1-based), as every upstream uses it."""
+        return backoff_delay(attempt, *self._backoff)
+
+    def connect(self, principal: Principal, resume: dict[str, str] | None = None) -> Connection:
+        """A new tab stream (its `hello` frame queued first). `resume` ({topic: token}, what the tab
+        is about to subscribe) is the hello's id: a tab cut off right after the hello reconnects
+        with every topic and token it came with, not with an empty position."""
         conn = Connection(
             principal,
             heartbeat_seconds=self.heartbeat_seconds,
@@ -69,7 +80,8 @@ class SubscriptionManager:
         )
         self.connections[conn.id] = conn
         metrics.CONNECTIONS.inc()
-        conn.push(frames.hello(conn.id, [], self.heartbeat_seconds))
+        position = frames.encode_position(resume) if resume else None
+        conn.push(frames.hello(conn.id, [], self.heartbeat_seconds), position=position)
         return conn
 
     def connection(self, stream_id: str, principal: Principal) -> Connection:
@@ -114,6 +126,7 @@ class SubscriptionManager:
                 self._open,
                 linger_seconds=self._linger,
                 on_stopped=self._stopped,
+                retire=self._retire,
                 history_size=self._history_size,
                 backoff_initial=self._backoff[0],
                 backoff_max=self._backoff[1],
@@ -139,10 +152,13 @@ class SubscriptionManager:
                 upstream.detach(conn)
         conn.topics.clear()
 
-    def _stopped(self, upstream: SharedUpstream, task: asyncio.Task[None] | None) -> None:
+    def _stopped(self, upstream: SharedUpstream) -> None:
         if self.upstreams.get(upstream.topic.key) is upstream:
             del self.upstreams[upstream.topic.key]
-        if task is not None and not task.done():
+
+    def _retire(self, task: asyncio.Task[None]) -> None:
+        """A cancelled upstream task (shared or catch-up) still unwinding; `close` awaits it."""
+        if not task.done():
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
 

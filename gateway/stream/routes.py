@@ -5,7 +5,8 @@
     POST /v1/streams/{stream}:unsubscribe   {"topics": [...]}
 
 The SSE response races the writer against `receive()` for `http.disconnect`, so a tab that goes away
-releases its topic shares in the same event-loop tick (no polling of `is_disconnected()`).
+releases its topic shares in the event-loop tick that receives the disconnect (no polling of
+`is_disconnected()`, no waiting for a write to fail).
 """
 
 from __future__ import annotations
@@ -52,16 +53,27 @@ class SseResponse:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                self._on_close()
+
         async def disconnected() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
+            # Right here, in the tick the server hands us the disconnect: the shares are free before
+            # this task's completion has to wake anybody else.
+            close()
 
         writer = asyncio.create_task(write(), name="sse:write")
         watcher = asyncio.create_task(disconnected(), name="sse:disconnect")
         try:
             await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._on_close()  # first: the shares are free before anything else is awaited
+            close()  # first: the shares are free before anything else is awaited
             state.open_streams -= 1
             for task in (writer, watcher):
                 task.cancel()
@@ -98,9 +110,10 @@ async def open_stream(request: Request) -> Response | SseResponse:
         principal = await runtime.require_principal(request)
     except GatewayError as exc:
         return error_response(exc)
-    conn = manager.connect(principal)
+    wanted = _wanted(request)
+    conn = manager.connect(principal, resume=dict(wanted))
     try:
-        await manager.subscribe(conn, _wanted(request))
+        await manager.subscribe(conn, wanted)
     except BaseException:
         manager.release(conn)
         raise

@@ -1,24 +1,29 @@
 """The gateway in front of the real embedded mesh (`python -m services.embedded`): browser clients on
 one organization share one upstream Watch (checked on the admin /metrics), and a gateway killed and
-restarted mid-stream resumes an open page without a refetch.
+restarted mid-stream resumes every open page (two tabs, every topic kind) without a refetch and
+without losing a change.
 
 `embedded_mesh()` and `BrowserClient` are reused by tests/e2e/test_browser.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.stream import frames
 from tests.helpers import assert_eventually, free_port
 from tests.helpers.procs import MeshPorts, spawn, stop, wait_healthy
-from tests.unit.gateway.harness import SseReader
+from tests.unit.gateway.harness import SseEvent, SseReader, page_state, ready_task
 
 pytestmark = pytest.mark.e2e
 
@@ -146,42 +151,213 @@ async def test_second_browser_on_same_organization_opens_no_second_upstream(tmp_
             await alice.close()
 
 
-async def test_restarted_gateway_resumes_open_page_without_refetch(tmp_path: Path) -> None:
+class Page:
+    """One workbench tab's multiplexed stream, kept open and read continuously, and reconnected the
+    way the browser's EventSource and static/js/stream.js do it: after a network error, the same URL
+    again with `Last-Event-ID` = the id of the last event received (which encodes every topic's
+    token); after an `end` frame or a refused reconnect, a new stream with `?resume=<that id>`."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+        self.http = http
+        self.url = url
+        self.last_id = ""
+        self.stream_id = ""
+        self.connections: list[list[SseEvent]] = []  # the events of each connection, in order
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def events(self) -> list[SseEvent]:
+        return [event for connection in self.connections for event in connection]
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        return page_state(self.events)
+
+    def start(self) -> Page:
+        self._task = asyncio.create_task(self._run(), name=f"page:{self.url}")
+        return self
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def subscribe(self, topics: list[str]) -> None:
+        """Add topics to the open stream (what stream.js does when a view subscribes)."""
+        response = await self.http.post(f"/v1/streams/{self.stream_id}:subscribe", json={"topics": topics})
+        assert response.status_code == 200 and response.json()["errors"] == [], response.text
+
+    async def _run(self) -> None:
+        url, headers = self.url, dict[str, str]()
+        while True:
+            try:
+                async with self.http.stream("GET", url, headers=headers) as response:
+                    if response.status_code != 200:  # EventSource gives up; stream.js reopens
+                        await asyncio.sleep(1)
+                        url, headers = f"/v1/stream?resume={self.last_id}", {}
+                        continue
+                    reader, events = SseReader(response), list[SseEvent]()
+                    self.connections.append(events)
+                    while True:
+                        event = await reader.next(3600)
+                        events.append(event)
+                        self.last_id = event.id or self.last_id
+                        if event.event == "hello":
+                            self.stream_id = event.data["stream"]
+                        elif event.event == "end":
+                            url, headers = f"/v1/stream?resume={event.data['resume_from']}", {}
+                            break
+            except (httpx.HTTPError, EOFError):  # cut off (or nothing listening): EventSource retries
+                headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+                await asyncio.sleep(0.2)
+
+
+async def test_restarted_gateway_resumes_every_open_page_without_refetch(tmp_path: Path) -> None:
+    """Two workbench tabs, each with one multiplexed stream carrying the app, organization summary,
+    task, session, transcript and sandbox processes topics, are connected to a gateway and reading
+    when it is SIGKILLed mid-reply. While it is down the tabs keep reconnecting and the user keeps
+    changing things (through another gateway); a new gateway process comes up on the same port, the
+    tabs reconnect as the browser does, and more changes follow. No topic of either tab is sent a
+    `snapshot` after the reconnect, and each tab converges to exactly what a fresh page bootstraps:
+    nothing made during or after the outage was lost."""
     async with embedded_mesh(tmp_path) as mesh:
         alice = await BrowserClient(mesh.url).sign_in("alice")
         org = await alice.connect_local(mesh.repos)
-        repository = await alice.repository(org)
+        ready = await ready_task(alice.http, org, await alice.repository(org))
+        task, session = ready["task"], ready["session"]
+        sandbox, agent_session = task["sandbox"]["name"], session["sandboxSession"]
+        shell = ["app", f"organization:{org}"]  # what the workbench shows before a task is opened
+        task_page = [f"task:{task['name']}", f"session:{session['name']}"]
+        task_page += [f"transcript:{agent_session}", f"processes:{sandbox}"]
+        topics = shell + task_page
+
+        async def send(text: str) -> None:
+            sent = await alice.http.post(
+                f"/v1/{session['name']}:sendMessage", json={"text": text, "requestId": str(uuid.uuid4())}
+            )
+            assert sent.status_code == 200, sent.text
+
+        async def replied(text: str) -> None:  # the agent's turn on `text` is over
+            async def done() -> None:
+                response = await alice.http.get(f"/v1/{agent_session}/events", params={"pageSize": 1000})
+                events = response.json().get("sessionEvents", [])
+                turns = {e["turn"] for e in events if e.get("text") == text}
+                assert turns, f"{text!r} not transcribed yet"
+                assert any(
+                    e["kind"] == "SESSION_EVENT_KIND_TURN_COMPLETED" and e["turn"] in turns for e in events
+                ), f"the turn on {text!r} is not over"
+
+            await assert_eventually(done, timeout=30, interval=0.1)
+
         port = free_port()
         env = {**mesh.env, "FOUNDRY_GATEWAY_PORT": str(port), "FOUNDRY_METRICS_PORT": str(free_port())}
         url = f"http://127.0.0.1:{port}"
         gateway = spawn("gateway", env, log_path=tmp_path / "gateway1.log")
-        page = httpx.AsyncClient(base_url=url, cookies=alice.http.cookies, timeout=15)
+        http = httpx.AsyncClient(base_url=url, cookies=alice.http.cookies, timeout=15)
+        http.headers["x-csrf-token"] = alice.http.headers["x-csrf-token"]
+        query = "&".join(f"topic={t}" for t in shell)
+        pages = [
+            Page(http, f"/v1/stream?{query}"),
+            Page(http, "/v1/stream?" + "&".join(f"topic={t}" for t in topics)),
+        ]
         try:
             await assert_eventually(lambda: _ready(url), timeout=30)
-            async with page.stream("GET", f"/v1/stream?topic=organization:{org}") as response:
-                reader = SseReader(response)
-                last = await reader.until("snapshot", within=20)
+            for page in pages:
+                page.start()
+            await assert_eventually(lambda: _check(all(p.stream_id for p in pages)), timeout=20)
+            await pages[0].subscribe(task_page)  # tab 1 opened the task page on its open stream
+            await assert_eventually(lambda: _bootstrapped(pages, topics), timeout=30)
+            await send("before the outage")
+            await replied("before the outage")
+
+            await send("write killed.txt: mid-reply")  # the reply is streaming in when the gateway dies
             gateway.kill()  # SIGKILL: no drain, no end frame
             gateway.wait()
+            killed_at = [len(p.connections) for p in pages]
+
+            # While the gateway is down (the tabs keep retrying): a turn, an organization, a task,
+            # a process.
+            await send("during the outage")
+            other = await alice.connect_local(_empty_dir(tmp_path / "other"))
+            second = await alice.http.post(
+                f"/v1/{org}/tasks", json={"task": {"repository": task["repository"], "prompt": "second task"}}
+            )
+            assert second.status_code == 200, second.text
+            process = await alice.http.post(
+                f"/v1/{sandbox}/processes",
+                json={"process": {"command": "true"}, "requestId": str(uuid.uuid4())},
+            )
+            assert process.status_code == 200, process.text
+            await replied("during the outage")
+
             gateway = spawn("gateway", env, log_path=tmp_path / "gateway2.log")
             await assert_eventually(lambda: _ready(url), timeout=30)
-            async with page.stream("GET", "/v1/stream", headers={"Last-Event-ID": last.id}) as response:
-                reader = SseReader(response)
-                assert (await reader.next()).event == "hello"
-                subscribed = await reader.until("subscribed")
-                assert subscribed.data["topics"] == [f"organization:{org}"]
-                created = await alice.http.post(
-                    f"/v1/{org}/tasks",
-                    json={"task": {"repository": repository, "prompt": "after the restart"}},
-                )
-                assert created.status_code == 200, created.text
-                change = await reader.until("upsert", within=20)
-                assert change.data["topic"] == f"organization:{org}"
-                assert "snapshot" not in [e.event for e in reader.events], "the page was refetched"
+            await assert_eventually(
+                lambda: _check(all(len(p.connections) > n for p, n in zip(pages, killed_at, strict=True))),
+                timeout=20,
+            )
+            await send("after the restart")
+            await replied("after the restart")
+
+            fresh = Page(http, "/v1/stream?" + "&".join(f"topic={t}" for t in topics)).start()
+            try:
+                await assert_eventually(lambda: _bootstrapped([fresh], topics), timeout=30)
+
+                def converged() -> None:
+                    want = fresh.state()
+                    for i, page in enumerate(pages):
+                        assert page.state() == want, _difference(f"tab {i + 1}", page.state(), want)
+
+                await assert_eventually(converged, timeout=30, interval=0.2)
+            finally:
+                await fresh.close()
+            state = pages[0].state()
+            texts = {i.get("text") for i in state[f"transcript:{agent_session}"].values()}
+            assert {"before the outage", "during the outage", "after the restart"} <= texts, texts
+            assert other in state["app"], list(state["app"])
+            assert second.json()["task"]["name"] in state[f"organization:{org}"]
+            assert process.json()["process"]["name"] in state[f"processes:{sandbox}"]
+            for i, (page, n) in enumerate(zip(pages, killed_at, strict=True)):
+                after = [e for connection in page.connections[n:] for e in connection]
+                assert after and after[0].event == "hello", after[:1]
+                snapshots = [e.data["topic"] for e in after if e.event in ("snapshot", "reset")]
+                assert snapshots == [], f"tab {i + 1} was refetched after the reconnect: {snapshots}"
+                # Every topic came back by its token (the hello already carries them).
+                resumed = frames.decode_position(after[0].id)
+                assert sorted(resumed) == sorted(topics) and all(resumed.values()), resumed
+                subscribed = next(e for e in after if e.event == "subscribed")
+                assert sorted(subscribed.data["topics"]) == sorted(topics), subscribed.data
         finally:
-            await page.aclose()
+            for page in pages:
+                await page.close()
+            await http.aclose()
             await alice.close()
             stop(gateway)
+
+
+def _check(condition: bool) -> None:
+    assert condition
+
+
+def _bootstrapped(pages: list[Page], topics: list[str]) -> None:
+    for page in pages:
+        have = {e.data["topic"] for e in page.events if e.event == "snapshot"}
+        assert set(topics) <= have, set(topics) - have
+
+
+def _difference(who: str, page: dict[str, Any], fresh: dict[str, Any]) -> str:
+    lines = [f"{who} differs from a fresh bootstrap:"]
+    for topic in sorted(set(page) | set(fresh)):
+        mine, theirs = page.get(topic, {}), fresh.get(topic, {})
+        for name in sorted(set(mine) | set(theirs)):
+            if mine.get(name) != theirs.get(name):
+                lines.append(f"  {topic} {name}: tab={mine.get(name)} fresh={theirs.get(name)}")
+    return "\n".join(lines)
+
+
+def _empty_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 async def _ready(url: str) -> None:

@@ -7,7 +7,8 @@ become members of an organization the way a person does: by connecting a local d
 (`ConnectLocalOrganization`), which github-data then syncs. The organization summary changes when a
 repository appears in that directory and a sync is requested (`Harness.add_repository`).
 
-`SseReader` parses a browser stream (also used by tests/e2e).
+`SseReader` parses a browser stream and `page_state` applies its events as the workbench does (both
+also used by tests/e2e).
 """
 
 from __future__ import annotations
@@ -117,6 +118,25 @@ class Harness:
         (name,) = [r["name"] for r in summary["repositories"] if r["fullName"] == repository]
         return str(name)
 
+    async def committed_repository(
+        self, client: httpx.AsyncClient, organization: str, repository: str
+    ) -> str:
+        """`add_repository` with one commit on `main` (what a task's sandbox checks out)."""
+        path = self.directory(organization) / repository
+        git = ["git", "-c", "user.name=Test", "-c", "user.email=test@localhost", "-C", str(path)]
+        for argv in (
+            ["git", "init", "-q", "-b", "main", str(path)],
+            [*git, "commit", "-q", "--allow-empty", "-m", "init"],
+        ):
+            await asyncio.to_thread(subprocess.run, argv, check=True, capture_output=True)
+        return await self.add_repository(client, organization, repository)
+
+    async def ready_task(
+        self, client: httpx.AsyncClient, organization: str, repository: str, prompt: str = "say hello"
+    ) -> dict[str, Any]:
+        """`ready_task` (needs the task and sandbox services running)."""
+        return await ready_task(client, organization, repository, prompt)
+
     async def settled(
         self, client: httpx.AsyncClient, organization: str, *, repositories: int | None
     ) -> dict[str, Any]:
@@ -156,6 +176,33 @@ class Harness:
         host = ServiceHost(self.settings, "organization", self.mesh.broker, service_wiring("organization"))
         self.mesh.hosts["organization"] = host
         await host.start()
+
+
+async def ready_task(
+    client: httpx.AsyncClient, organization: str, repository: str, prompt: str = "say hello"
+) -> dict[str, Any]:
+    """Create a task on `repository` through the gateway `client` talks to and wait until it is
+    ready: IDLE, provisioned into a sandbox, its first session READY with its agent session.
+    Returns (JSON) `{"task": Task, "session": Session}`."""
+    created = await client.post(
+        f"/v1/{organization}/tasks", json={"task": {"repository": repository, "prompt": prompt}}
+    )
+    assert created.status_code == 200, created.text
+    name = created.json()["task"]["name"]
+
+    async def ready() -> dict[str, Any]:
+        response = await client.get(f"/v1/{name}")
+        assert response.status_code == 200, response.text
+        task: dict[str, Any] = response.json()["task"]
+        assert task["status"] == "TASK_STATUS_IDLE", (task["status"], task.get("statusMessage"))
+        assert task.get("sandbox", {}).get("name"), task
+        response = await client.get(f"/v1/{task['sessions'][0]['name']}")
+        assert response.status_code == 200, response.text
+        session: dict[str, Any] = response.json()["session"]
+        assert session["status"] == "SESSION_STATUS_READY" and session.get("sandboxSession"), session
+        return {"task": task, "session": session}
+
+    return await assert_eventually(ready, timeout=60, interval=0.1)
 
 
 @contextlib.asynccontextmanager
@@ -255,6 +302,14 @@ class SseReader:
             if found.event == event and all(found.data.get(k) == v for k, v in data.items()):
                 return found
 
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The page state after the events read so far (`page_state`)."""
+        return page_state(self.events)
+
+    def count(self, event: str, *, after: int = 0) -> int:
+        """How many `event` frames were read from the `after`-th event on."""
+        return sum(1 for e in self.events[after:] if e.event == event)
+
     async def until_upsert_of(self, name: str, within: float = 10.0) -> SseEvent:
         """Skip ahead to the `upsert` of the item called `name`."""
         loop = asyncio.get_running_loop()
@@ -263,6 +318,25 @@ class SseReader:
             found = await self.until("upsert", max(0.01, deadline - loop.time()))
             if found.data["item"]["name"] == name:
                 return found
+
+
+def page_state(events: Sequence[SseEvent]) -> dict[str, dict[str, Any]]:
+    """{topic: {item name: resource}} as the workbench (static/js/stream.js) holds it after applying
+    `events` (one page's, across its reconnects) in order: `snapshot` replaces a topic,
+    `upsert`/`delete` change one item, `reset` voids it, `error` drops it. (Like the workbench it
+    keeps resources, not the items' `version`: a snapshot stamps every item with its own position.)"""
+    topics: dict[str, dict[str, Any]] = {}
+    for event in events:
+        topic = str(event.data.get("topic", ""))
+        if event.event == "snapshot":
+            topics[topic] = {item["name"]: item["resource"] for item in event.data["items"]}
+        elif event.event == "upsert":
+            topics.setdefault(topic, {})[event.data["item"]["name"]] = event.data["item"]["resource"]
+        elif event.event == "delete":
+            topics.setdefault(topic, {}).pop(event.data["name"], None)
+        elif event.event in ("reset", "error"):
+            topics.pop(topic, None)
+    return topics
 
 
 @contextlib.asynccontextmanager

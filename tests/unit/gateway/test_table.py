@@ -19,7 +19,7 @@ from gateway.api.table import ROUTES, SERVICES, Rpc, compile_template, find, ope
 from gateway.auth.sessions import Principal, SessionCodec
 from gateway.codec import DecodeError, merge_dict, query_to_dict, set_path
 from gateway.errors import HTTP_STATUS, GatewayError, gateway_error_body
-from gateway.stream import frames
+from gateway.stream import frames, topics
 from gateway.stream.routes import _wanted
 
 
@@ -72,6 +72,19 @@ class TestRouteTable:
         assert names == ("name",)
         assert pattern.fullmatch("/v1/organizations/acme")
         assert not pattern.fullmatch("/v1/organizations/acme/tasks")
+
+    def test_app_snapshot_is_a_singleton_of_the_user(self) -> None:
+        rpc, bindings, _ = find(ROUTES, "GET", "/v1/users/me/appSnapshot")
+        assert rpc is not None and rpc.method == "GetAppSnapshot" and rpc.public
+        assert bindings == {"name": "users/me/appSnapshot"}
+        assert "/v1/users/{user}/appSnapshot" in document(ROUTES)["paths"]
+        # WatchApp runs under the gateway's identity, so the topic names the user rather than `me`.
+        request = topics.parse("app", auth_session="users/u1/authSessions/s1").request("v1.a.3")
+        assert (request.name, request.auth_session, request.resume_token) == (  # type: ignore[attr-defined]
+            "users/u1/appSnapshot",
+            "users/u1/authSessions/s1",
+            "v1.a.3",
+        )
 
     def test_services_cover_the_four_contracts(self) -> None:
         assert set(SERVICES) == {"organization", "task", "github_data", "sandbox"}
