@@ -5,8 +5,14 @@ POST /v1/auth/dev/signIn        {login, displayName?, email?}  (only with gatewa
 GET  /v1/auth/github/start      → 302 to GitHub (scopes read:org, repo)
 GET  /v1/auth/github/callback   → SignInWithGithub, cookie, 302 to the page that started it
 POST /v1/auth/signOut           SignOut, cookie cleared, the session's streams end `signed_out`
-POST /v1/auth/token             {login?} → {token, expireTime, user}: a signed caller identity for
-                                foundryctl (`<x-foundry-caller>.<x-foundry-caller-sig>`, 12 h)
+POST /v1/auth/token             {login?} → {token, expireTime, user, login}: a signed caller identity
+                                for foundryctl (`<x-foundry-caller>.<x-foundry-caller-sig>`, 12 h)
+
+The token is minted for the signed-in browser's session when the request carries one (the workbench's
+Account page; a cookie-carrying POST, so CSRF-checked), else by dev sign-in with `{login}` (the CLI's
+`login --name`, cookie-less). It is a bearer credential checked by signature and expiry only: signing
+out does not revoke it (services do not look up auth sessions), so its lifetime is kept at 12 h and
+the answer is never cached.
 """
 
 from __future__ import annotations
@@ -210,7 +216,14 @@ async def token(request: Request) -> Response:
     try:
         principal = await runtime.principal(request)
         if principal is None:
-            principal = _principal_of(await _sign_in_local(runtime, request, await _json(request)))
+            body = await _json(request)
+            if not body.get("login"):
+                raise GatewayError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "sign in first (or send {login} for dev sign-in)",
+                    reason="SIGNED_OUT",
+                )
+            principal = _principal_of(await _sign_in_local(runtime, request, body))
     except (GatewayError, grpc.RpcError) as exc:
         return error_response(exc)
     pairs = sign(
@@ -225,5 +238,6 @@ async def token(request: Request) -> Response:
             "expireTime": expire,
             "user": principal.user,
             "login": principal.login,
-        }
+        },
+        headers={"Cache-Control": "no-store"},
     )

@@ -1,4 +1,4 @@
-// The workbench: a hash router over four views. Each view subscribes to the topics it shows and
+// The workbench: a hash router over five views. Each view subscribes to the topics it shows and
 // returns a cleanup that unsubscribes; the stream does the rest (no polling anywhere).
 
 import { get } from "./api.js";
@@ -6,6 +6,7 @@ import { onConnection } from "./stream.js";
 import { signInView } from "./views/signin.js";
 import { orgsView } from "./views/orgs.js";
 import { workbenchView } from "./views/workbench.js";
+import { accountView } from "./views/account.js";
 
 const app = document.getElementById("app");
 let cleanup = () => {};
@@ -29,7 +30,9 @@ async function route() {
     return;
   }
   const parts = path.split("/").filter(Boolean);
-  if (parts[0] === "o" && parts[1]) {
+  if (parts[0] === "account") {
+    cleanup = accountView(app, { session });
+  } else if (parts[0] === "o" && parts[1]) {
     cleanup = workbenchView(app, { org: parts[1], task: parts[2] === "t" ? parts[3] : null, navigate });
   } else {
     cleanup = orgsView(app, { navigate });

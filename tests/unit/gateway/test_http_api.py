@@ -104,10 +104,29 @@ class TestJsonApi:
         async with running(tmp_path) as h:
             anonymous = await h.browser()
             assert (await anonymous.get("/v1/organizations")).status_code == 401
-            assert (await anonymous.get("/v1/app")).status_code == 200  # public: the signed-out shell
+            shell = await anonymous.get("/v1/users/me/appSnapshot")  # public: the signed-out shell
+            assert shell.status_code == 200, shell.text
+            assert shell.json()["appSnapshot"]["authStatus"] == "AUTH_STATUS_SIGNED_OUT"
             forged = httpx.AsyncClient(base_url=h.url, cookies={"foundry_session": "forged.value.sig"})
             h.clients.append(forged)
             assert (await forged.get("/v1/organizations")).status_code == 401
+
+    async def test_app_snapshot_is_the_callers_own_singleton(self, tmp_path: Path) -> None:
+        async with running(tmp_path) as h:
+            alice = await h.signed_in("alice")
+            mine = await alice.get("/v1/users/me/appSnapshot")
+            assert mine.status_code == 200, mine.text
+            snapshot = mine.json()["appSnapshot"]
+            assert snapshot["authStatus"] == "AUTH_STATUS_SIGNED_IN"
+            assert snapshot["name"] == "users/local-alice/appSnapshot"
+            by_id = await alice.get("/v1/users/local-alice/appSnapshot")
+            assert by_id.json()["appSnapshot"]["authSession"] == snapshot["authSession"]
+            other = await alice.get("/v1/users/local-bob/appSnapshot")
+            assert (other.status_code, other.json()["status"]) == (403, "PERMISSION_DENIED")
+            # The `app` topic is WatchApp of the same singleton (the gateway names the user).
+            async with sse(alice, "/v1/stream?topic=app") as stream:
+                items = (await stream.until("snapshot")).data["items"]
+                assert {"users/local-alice", snapshot["authSession"]["name"]} <= {i["name"] for i in items}
 
     async def test_openapi_and_workbench_are_served(self, tmp_path: Path) -> None:
         async with running(tmp_path) as h:
