@@ -23,6 +23,7 @@ ORDER = (
     "create_task_latency",
     "org_summary",
     "event_latency",
+    "summary_latency",
     "read_throughput",
     "sse_fanout",
     "task_throughput",

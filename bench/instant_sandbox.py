@@ -2,7 +2,9 @@
 provisioning calls (CreateSandbox, PrepareRepository, StartAgent, StartAgentSession, plus
 CloseAgentSession and DestroySandbox) answered at once from memory, idempotent by id, so the
 figure measures the task service, its database and its queue rather than git clones and agent
-processes. Served in the benchmark's own process on a free port."""
+processes. Served in the benchmark's own process on a free port (`serve`), or as its own process:
+`python -m bench.instant_sandbox --port N` (bench/summary_latency.py, so that its calls do not share
+the measuring client's event loop)."""
 
 from __future__ import annotations
 
@@ -83,3 +85,17 @@ async def serve(port: int) -> grpc.aio.Server:
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server
+
+
+async def _serve_forever(port: int) -> None:
+    server = await serve(port)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(prog="python -m bench.instant_sandbox")
+    parser.add_argument("--port", type=int, required=True)
+    asyncio.run(_serve_forever(parser.parse_args().port))

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "create_task_latency": {"create_task", "bare_insert", "p99_ratio"},
     "event_latency": {"grpc_watch", "sse_gateway"},
+    "summary_latency": {"overall", "per_kind", "archive_final", "provisioning"},
     "read_throughput": {"get_task_rps", "bare_echo_rps", "ratio"},
     "sse_fanout": {"upstream_streams", "gateway_kb_per_subscriber", "fanout_one_change"},
     "task_throughput": {"tasks_per_second", "tasks_ready", "create_task_latency"},
@@ -45,4 +46,8 @@ def test_quick_bench_writes_every_result_with_figures_and_targets(tmp_path: Path
     fanout = json.loads((tmp_path / "sse_fanout.json").read_text())["figures"]
     assert fanout["upstream_streams"] == 1, "subscribers of one organization must share one upstream Watch"
     assert fanout["fanout_one_change"]["received"] == fanout["subscribers_attached"]
+    summary = json.loads((tmp_path / "summary_latency.json").read_text())["figures"]
+    kinds = ("create", "rename", "archive", "pr_opened", "pr_edited", "pr_closed")
+    assert {kind: summary["per_kind"][kind]["n"] for kind in kinds} == dict.fromkeys(kinds, 3)
+    assert summary["overall"]["n"] == 18 and summary["provisioning"]["n"] == 3
     assert "task_throughput" in run.stdout and "target" in run.stdout  # the printed table
