@@ -18,6 +18,7 @@ stop explains itself.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -218,8 +219,18 @@ async def run(settings: Settings, name: str, build: Callable[[Broker], Sequence[
         process.log.exception("start_failed", process=name)
         await process.stop()
         raise
+    _freeze_startup_objects()
     await process.shutdown.wait()
     await process.stop()
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything allocated during start-up (modules, descriptors, metadata, caches) out of the
+    garbage collector's reach. Each full (generation 2) collection scans every tracked object: with
+    the embedded mesh's start-up heap one took 75-115 ms on this machine, stalling every stream and
+    RPC of the process. These objects live as long as the process anyway (`gc.freeze`, CPython ≥ 3.7)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _uvloop_is_safe() -> bool:
