@@ -69,9 +69,7 @@ from tests.helpers.github_server import (
     GithubServer,
     GithubState,
     app_key_pair,
-    organization_json,
-    pull_request_event,
-    pull_request_json,
+    pull_request_webhook,
 )
 
 NAME = "summary_latency"
@@ -435,28 +433,16 @@ class Bench:
         return answer
 
     def pull_request_payload(self, number: int, action: str, *, head: str, title: str) -> bytes:
-        repository = self.state.repos[f"{self.login}/{REPO}"]
-        account = self.state.accounts[self.login]
-        closed = action == "closed"
-        pr = pull_request_json(
-            repository,
+        return pull_request_webhook(
+            self.state,
+            self.login,
+            f"{self.login}/{REPO}",
             number,
-            title=title or f"Change {number}",
-            head=head,
-            base="main",
-            author=account,
-            state="closed" if closed else "open",
-            updated_at=dt.datetime.now(dt.UTC),  # GitHub moves updated_at on every change
-            api=self.state.api,
-            shape="webhook",
-        )
-        return pull_request_event(
             action,
-            pr,
-            repository,
-            organization=organization_json(self.login, int(account["id"]), self.state.api),
-            sender=account,
+            head=head,
             installation_id=self.installation_id,
+            title=title,
+            updated_at=dt.datetime.now(dt.UTC),  # GitHub moves updated_at on every change
         )
 
 

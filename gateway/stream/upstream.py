@@ -46,6 +46,7 @@ from memory.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable
@@ -109,9 +110,10 @@ class _Failed(Exception):
         self.code, self.message = code, message
 
 
-class _Follower:
+class _Follower(abc.ABC):
     """Follows one topic's upstream Watch across reconnects: keeps its token and items, renders each
-    event once and hands the frames to the hooks a subclass implements."""
+    event once and hands the frames to the hooks a subclass implements (`SharedUpstream` fans them
+    out to every subscriber, a private catch-up feeds its one subscriber)."""
 
     def __init__(self, topic: Topic, open_stream: OpenStream, backoff: tuple[float, float]) -> None:
         self.topic = topic
@@ -130,25 +132,25 @@ class _Follower:
         return backoff_delay(attempt, *self._backoff)
 
     # -- hooks ---------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _on_snapshot(self, token: str) -> None:
         """`items` became the full state at `token`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _on_change(self, token: str, frame: Frame | None) -> None:
         """A change (`frame`) or a bookmark (None) at `token`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _on_reset(self, frame: Frame) -> None:
         """The state is void; a snapshot follows."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _on_status(self, frame: Frame) -> None:
         """Upstream health (reconnecting / live)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _fail(self, code: str, message: str) -> None:
         """The upstream refused the topic for good."""
-        raise NotImplementedError
 
     # -- the upstream loop ---------------------------------------------------------------------
     async def _run(self, resume: str) -> None:

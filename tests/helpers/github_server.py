@@ -273,23 +273,47 @@ def push_repository_json(repo: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def pull_request_event(
+def pull_request_webhook(
+    state: GithubState,
+    login: str,
+    full_name: str,
+    number: int,
     action: str,
-    pull_request: dict[str, Any],
-    repository: dict[str, Any],
     *,
-    organization: dict[str, Any],
-    sender: dict[str, Any],
+    head: str,
     installation_id: int,
+    title: str = "",
+    draft: bool = False,
+    merged: bool = False,
+    updated_at: datetime | None = None,
 ) -> bytes:
-    """A `pull_request` webhook body as GitHub sends it (`pull_request` built with shape="webhook")."""
+    """A complete `pull_request` webhook body as GitHub sends it for the organization `login`'s
+    repository `full_name` (known to `state`): the webhook pull request (with `merged`, `mergeable`,
+    `commits`, … and `head.repo`/`base.repo`) and repository, both without the REST-only
+    `permissions`. A `closed` action closes the pull request (merged when `merged`)."""
+    repository = state.repos[full_name]
+    account = state.accounts[login]
+    pull_request = pull_request_json(
+        repository,
+        number,
+        title=title or f"Change {number}",
+        head=head,
+        base="main",
+        author=account,
+        draft=draft,
+        state="closed" if action == "closed" else "open",
+        merged=merged,
+        updated_at=updated_at,
+        api=state.api,
+        shape="webhook",
+    )
     body = {
         "action": action,
-        "number": pull_request["number"],
+        "number": number,
         "pull_request": pull_request,
         "repository": webhook_repository_json(repository),
-        "organization": organization,
-        "sender": sender,
+        "organization": organization_json(login, int(account["id"]), state.api),
+        "sender": account,
         "installation": {"id": installation_id, "node_id": f"MDIz{installation_id}"},
     }
     return json.dumps(body).encode()

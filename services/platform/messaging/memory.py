@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from services.platform.aio import wait_event
 from services.platform.context import request_id
 from services.platform.errors import Unavailable
 from services.platform.logging import get_logger
@@ -59,6 +60,7 @@ class MemoryBroker:
         self._event_subs: list[_BroadcastSubscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._progress = asyncio.Event()  # set when a delivery settles or a retry timer fires (settle())
         self._closed = False
         self._sealed = False
 
@@ -171,10 +173,10 @@ class MemoryBroker:
         what is queued here, so wait until no message is ready, unsettled or waiting for a retry
         (or `deadline`, time.monotonic()), then refuse publishing until the next `connect()`: the
         outbox keeps later rows for the next start. Returns how many messages are left (lost on exit)."""
-        while time.monotonic() < deadline:
-            if not self._pending(consumed_only=True):
-                break
-            await asyncio.sleep(0.01)  # settling is pumped by other tasks: poll, as cheaply as this
+        while self._pending(consumed_only=True):
+            self._progress.clear()
+            if not await wait_event(self._progress, deadline - time.monotonic()):
+                break  # the deadline passed
         self._sealed = True
         return self._pending()
 
@@ -222,6 +224,7 @@ class MemoryBroker:
 
         def fire() -> None:
             self._timers.discard(holder[0])
+            self._progress.set()
             if not self._closed:
                 callback()
 
@@ -295,6 +298,7 @@ class _Consumer:
     def settled(self, delivery: _MemoryDelivery) -> None:
         """Free the prefetch slot (the caller pumps once the message went wherever it goes)."""
         self.unsettled.discard(delivery)
+        self.queue.broker._progress.set()
         if not self.unsettled and self not in self.queue.consumers and self in self.queue.all_consumers:
             self.queue.all_consumers.remove(self)
 

@@ -41,8 +41,7 @@ from tests.helpers.github_server import (
     GithubState,
     app_key_pair,
     organization_json,
-    pull_request_event,
-    pull_request_json,
+    pull_request_webhook,
 )
 from tests.helpers.mesh import Mesh, running
 from tests.unit.flows.support import Follower, Stubs, fast_messaging, git_repo, resources_of
@@ -109,28 +108,17 @@ class GithubOrganization:
         """A complete `pull_request` webhook body as GitHub sends it: the webhook pull request
         (with `merged`, `mergeable`, `commits`, … and `head.repo`/`base.repo`) and repository, both
         without the REST-only `permissions`."""
-        closed = action == "closed"
-        repository = self.state.repos[self.full_name(repo)]
-        pr = pull_request_json(
-            repository,
+        return pull_request_webhook(
+            self.state,
+            self.login,
+            self.full_name(repo),
             number,
-            title=title or f"Change {number}",
-            head=head,
-            base="main",
-            author=self.state.accounts[self.login],
-            draft=draft,
-            state="closed" if closed else "open",
-            merged=merged,
-            api=self.state.api,
-            shape="webhook",
-        )
-        return pull_request_event(
             action,
-            pr,
-            repository,
-            organization=self.organization_json(),
-            sender=self.state.accounts[self.login],
+            head=head,
             installation_id=self.installation_id,
+            title=title,
+            draft=draft,
+            merged=merged,
         )
 
 

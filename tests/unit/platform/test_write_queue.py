@@ -18,17 +18,23 @@ async def _writer(queue: WriteQueue, order: list[str], name: str, *, background:
         await asyncio.sleep(0)
 
 
-async def _queued_behind_holder(queue: WriteQueue, jobs: list[tuple[str, bool]]) -> list[str]:
-    """Start `jobs` (name, background) while the lock is held, release it, return the grant order."""
-    order: list[str] = []
-    release = asyncio.Event()
+async def _hold_until(queue: WriteQueue, release: asyncio.Event) -> asyncio.Task[None]:
+    """A writer that has the lock (granted before this returns) and keeps it until `release` is set."""
 
     async def holder() -> None:
         async with queue.hold():
             await release.wait()
 
-    first = asyncio.create_task(holder())
+    task = asyncio.create_task(holder())
     await asyncio.sleep(0)
+    return task
+
+
+async def _queued_behind_holder(queue: WriteQueue, jobs: list[tuple[str, bool]]) -> list[str]:
+    """Start `jobs` (name, background) while the lock is held, release it, return the grant order."""
+    order: list[str] = []
+    release = asyncio.Event()
+    first = await _hold_until(queue, release)
     tasks = []
     for name, background in jobs:
         tasks.append(asyncio.create_task(_writer(queue, order, name, background=background)))
@@ -57,13 +63,7 @@ async def test_a_writer_cancelled_while_queued_is_skipped_and_the_lock_is_freed(
     queue = WriteQueue()
     order: list[str] = []
     release = asyncio.Event()
-
-    async def holder() -> None:
-        async with queue.hold():
-            await release.wait()
-
-    first = asyncio.create_task(holder())
-    await asyncio.sleep(0)
+    first = await _hold_until(queue, release)
     doomed = asyncio.create_task(_writer(queue, order, "doomed"))
     later = asyncio.create_task(_writer(queue, order, "later", background=True))
     await asyncio.sleep(0)
