@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 
 from services.platform import context as request_context
 from services.platform.aio import wait_event
-from services.platform.errors import FoundryError, Unauthenticated, Unavailable
+from services.platform.errors import FoundryError, Unauthenticated, Unavailable, from_rpc_error
 from services.platform.identity import CALLER_HEADER, SIGNATURE_HEADER, IdentityError, verify
 from services.platform.logging import get_logger
 from services.platform.server import metrics
@@ -104,7 +104,11 @@ def _already_aborted(exc: Exception) -> bool:
 
 
 def to_status_proto(exc: BaseException, method_name: str = "") -> status_pb2.Status:
-    """`google.rpc.Status` for `exc`: FoundryError keeps its code/reason; others become INTERNAL."""
+    """`google.rpc.Status` for `exc`: FoundryError keeps its code/reason, a peer's gRPC error its class
+    (`from_rpc_error`: a peer that is down stays UNAVAILABLE, which callers may retry); others
+    become INTERNAL."""
+    if isinstance(exc, grpc.RpcError):
+        exc = from_rpc_error(exc, context="peer call failed")
     exc = _transient_infrastructure(exc) or exc
     if isinstance(exc, FoundryError):
         code, message = exc.code, exc.message

@@ -104,6 +104,19 @@ class Harness:
         assert response.status_code == 200, response.text
         await self.settled(client, organization, repositories=None)
 
+    async def request_sync(self, client: httpx.AsyncClient, organization: str) -> None:
+        """RequestSync through the gateway, retried while it answers 503 UNAVAILABLE (as a client
+        should, AIP-194: a service that just restarted is reached again after its peers' reconnect
+        backoff)."""
+
+        async def accepted() -> None:
+            response = await client.post(f"/v1/{organization}/syncStatus:requestSync", json={})
+            if response.status_code == 503:
+                raise AssertionError(f"not yet: {response.text}")
+            assert response.status_code == 200, response.text
+
+        await assert_eventually(accepted, timeout=15, interval=0.2)
+
     async def add_repository(self, client: httpx.AsyncClient, organization: str, repository: str) -> str:
         """Create a git repository in the organization's directory, request a sync through the
         gateway and wait until the summary shows it; returns the repository's resource name."""
@@ -111,8 +124,7 @@ class Harness:
         await asyncio.to_thread(
             subprocess.run, ["git", "init", "-q", "-b", "main", str(path)], check=True, capture_output=True
         )
-        response = await client.post(f"/v1/{organization}/syncStatus:requestSync", json={})
-        assert response.status_code == 200, response.text
+        await self.request_sync(client, organization)
         count = sum(1 for p in self.directory(organization).iterdir() if (p / ".git").exists())
         summary = await self.settled(client, organization, repositories=count)
         (name,) = [r["name"] for r in summary["repositories"] if r["fullName"] == repository]

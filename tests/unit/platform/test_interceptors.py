@@ -43,6 +43,12 @@ async def crash(request: bytes, context: Any) -> bytes:
     raise RuntimeError("boom")
 
 
+async def peer_down(request: bytes, context: Any) -> bytes:
+    """Calls a peer that is not there (nothing listens on port 1) and lets its error escape."""
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:
+        return bytes(await channel.unary_unary("/test.v1.Peer/Get")(b"", timeout=2))
+
+
 async def slow(request: bytes, context: Any) -> bytes:
     await release.wait()
     return b"slow-done"
@@ -59,7 +65,14 @@ async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
 def _handlers() -> grpc.GenericRpcHandler:
     unary = {
         name: grpc.unary_unary_rpc_method_handler(fn)
-        for name, fn in {"Ok": ok, "NotFound": not_found, "Bad": bad, "Crash": crash, "Slow": slow}.items()
+        for name, fn in {
+            "Ok": ok,
+            "NotFound": not_found,
+            "Bad": bad,
+            "Crash": crash,
+            "Slow": slow,
+            "PeerDown": peer_down,
+        }.items()
     }
     unary["Stream"] = grpc.unary_stream_rpc_method_handler(stream)
     return grpc.method_handlers_generic_handler("test.v1.TestService", unary)
@@ -138,6 +151,14 @@ async def test_unknown_exception_is_internal_never_unknown(server: tuple[str, Dr
         await _call(server[0], "Crash")
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "boom" not in (err.value.details() or "")  # internals are logged, not leaked
+
+
+async def test_a_peer_that_is_down_is_unavailable_not_internal(server: tuple[str, DrainGuard]) -> None:
+    """A peer's failure escaping a handler keeps its class: UNAVAILABLE stays retryable (AIP-194)."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _call(server[0], "PeerDown")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert "peer call failed" in (err.value.details() or "")
 
 
 async def test_stream_error_mid_way_keeps_messages_then_maps_status(server: tuple[str, DrainGuard]) -> None:
