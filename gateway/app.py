@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -23,6 +25,7 @@ from gateway.api import dispatch
 from gateway.api.openapi import document
 from gateway.auth import routes as auth_routes
 from gateway.auth.sessions import Principal
+from gateway.errors import error_body, json_error
 from gateway.middleware import EdgeMiddleware
 from gateway.runtime import GatewayRuntime, GatewayState
 from gateway.stream import routes as stream_routes
@@ -59,6 +62,16 @@ def _upstream_opener(upstreams: Channels) -> Any:
         return calls[spec.grpc_path](topic.request(resume_token), metadata=metadata)
 
     return open_stream
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (a path no route matches, e.g. with a newline in it) in the API's JSON
+    error shape for /v1; the static files keep their plain pages."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith("/v1/"):
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
+    code = grpc.StatusCode.NOT_FOUND if exc.status_code == 404 else grpc.StatusCode.INVALID_ARGUMENT
+    return json_error(exc.status_code, error_body(code, f"{request.method} {request.url.path}: {exc.detail}"))
 
 
 def create_app(
@@ -102,7 +115,11 @@ def create_app(
         Route("/v1/{path:path}", dispatch.handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
         Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(EdgeMiddleware, runtime=runtime)])
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(EdgeMiddleware, runtime=runtime)],
+        exception_handlers={HTTPException: _http_error},
+    )
     app.state.settings = settings
     app.state.upstreams = upstreams
     app.state.gateway = state

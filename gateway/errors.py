@@ -43,11 +43,14 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 class GatewayError(Exception):
     """An error the gateway raises itself (bad JSON, no session, bad CSRF token); same body shape."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "") -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, *, reason: str = "", http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
+        self.http_status = http_status  # when HTTP has a more precise status (413, 414) than the code
 
 
 def error_body(
@@ -82,7 +85,8 @@ def gateway_error_body(exc: GatewayError) -> tuple[int, dict[str, Any]]:
                 "metadata": {},
             }
         )
-    return HTTP_STATUS.get(exc.code, 500), error_body(exc.code, exc.message, details)
+    status = exc.http_status or HTTP_STATUS.get(exc.code, 500)
+    return status, error_body(exc.code, exc.message, details)
 
 
 def json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

@@ -16,9 +16,12 @@ from gateway.auth import csrf
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import GatewayRuntime
 from services.platform import context as request_context
+from services.platform.logging import get_logger
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ALWAYS_OPEN = ("/livez", "/readyz")
+MAX_URL = 4096  # path + query, bytes: longer gets 414 before anything else looks at it
+log = get_logger(__name__)
 
 
 class EdgeMiddleware:
@@ -58,6 +61,16 @@ class EdgeMiddleware:
             with request_context.bound(request_id=rid):
                 app: ASGIApp = self.app
                 try:
+                    if (
+                        len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
+                        > MAX_URL
+                    ):
+                        raise GatewayError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"URL longer than {MAX_URL} bytes",
+                            reason="URL_TOO_LONG",
+                            http_status=414,
+                        )
                     if state.draining and scope["path"].startswith("/v1/"):
                         raise GatewayError(
                             grpc.StatusCode.UNAVAILABLE, "gateway is draining; retry", reason="DRAINING"
@@ -71,6 +84,12 @@ class EdgeMiddleware:
                     if not state.cancelled_by_drain():
                         raise
                     await _answer_cancelled(started, scope, receive, send_with_headers)
+                except Exception:
+                    # A bug still answers in the API's JSON error shape (never a plain-text 500).
+                    log.exception("request_failed", path=scope["path"])
+                    if started:
+                        raise
+                    await error_response(RuntimeError("internal"))(scope, receive, send_with_headers)
         finally:
             state.leave()
 

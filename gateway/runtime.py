@@ -4,6 +4,7 @@ session cookies and checks, the subscription manager and the lifecycle state."""
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -153,8 +154,8 @@ class GatewayRuntime:
                     "X-Request-Timeout: seconds expected",
                     reason="BAD_TIMEOUT",
                 ) from exc
-        if wanted <= 0:
+        if not math.isfinite(wanted) or wanted <= 0:
             raise GatewayError(
-                grpc.StatusCode.INVALID_ARGUMENT, "timeout must be positive", reason="BAD_TIMEOUT"
+                grpc.StatusCode.INVALID_ARGUMENT, "timeout must be a positive number", reason="BAD_TIMEOUT"
             )
         return min(wanted, cap)

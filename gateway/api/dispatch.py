@@ -54,23 +54,47 @@ async def handle(request: Request) -> Response:
     return Response(to_json(response), media_type="application/json")
 
 
+def _too_large() -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"body larger than {MAX_BODY_BYTES} bytes",
+        reason="BODY_TOO_LARGE",
+        http_status=413,
+    )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413) as soon as it exceeds MAX_BODY_BYTES, declared or sent."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def build_request(
     rpc: Rpc, request: Request, bindings: dict[str, str], principal: Principal | None
 ) -> Message:
     """The request message: body → query → path bindings → auth session (later sources win)."""
     message = rpc.request_class()
     if rpc.body:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, "body too large", reason="BODY_TOO_LARGE")
+        raw = await read_body(request)
         if raw.strip():
             try:
                 values = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DecodeError(f"body is not JSON: {exc}") from exc
+            except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
+                raise DecodeError(f"body is not JSON: {str(exc)[:200]}") from exc
             if not isinstance(values, dict):
                 raise DecodeError("body must be a JSON object")
-            merge_dict(values, message if rpc.body == "*" else getattr(message, rpc.body))
+            try:
+                merge_dict(values, message if rpc.body == "*" else getattr(message, rpc.body))
+            except RecursionError as exc:
+                raise DecodeError("body is nested too deeply") from exc
     query: dict[str, list[str]] = {}
     for key, value in request.query_params.multi_items():
         query.setdefault(key, []).append(value)

@@ -167,6 +167,7 @@ ROUTES: tuple[Rpc, ...] = (
         body="organization",
     ),
     Rpc("GET", f"/v1/{{parent={_ORG}}}/members", "organization", "ListMembers"),
+    Rpc("POST", f"/v1/{{parent={_ORG}}}/members", "organization", "CreateMember", body="member"),
     Rpc("GET", f"/v1/{{name={_ORG}/members/*}}", "organization", "GetMember"),
     Rpc("GET", f"/v1/{{name={_ORG}/summary}}", "organization", "GetOrganizationSummary"),
     Rpc("GET", f"/v1/{{parent={_ORG}}}/auditEvents", "organization", "ListAuditEvents"),

@@ -64,7 +64,14 @@ def wire(rt: Runtime) -> Wiring:
     discovery_spec = QueueSpec(name=queue(rt, "github_user_sync"), prefetch=4)
     servicer = OrganizationServicer(
         accounts=Accounts(rt.db, rt.hub, rt.settings, on_github_sign_in=discovery.enqueue),
-        organizations=Organizations(rt.db, rt.outbox, membership, connect_queue=connect_queue),
+        organizations=Organizations(
+            rt.db,
+            rt.outbox,
+            membership,
+            connect_queue=connect_queue,
+            allowed_roots=rt.settings.allowed_local_roots(),
+            protected_paths=rt.settings.protected_paths(),
+        ),
         task_index=TaskIndex(rt.db, membership),
         summaries=Summaries(rt.db, rt.hub, membership),
         audit=AuditLog(rt.db, membership),

@@ -33,6 +33,19 @@ MEMBER_REMOVED = "organization.member.removed"
 MemberCheck = Callable[[str, str], Awaitable[bool]]  # (organization name, user name "users/<id>") -> member?
 
 
+def require_service(operation: str) -> None:
+    """Raise PermissionDenied (`SERVICE_ONLY`) unless the caller is a service of the mesh: for calls
+    whose inputs reach the host (clone URLs, remotes and tokens) and that only an orchestrating
+    service may make, never a user's token."""
+    caller = request_context.caller()
+    if caller is None:
+        raise Unauthenticated("no caller identity", reason="CALLER_IDENTITY_MISSING")
+    if not caller.is_service:
+        raise PermissionDenied(
+            f"{operation} is called by the task service, not by users", reason="SERVICE_ONLY"
+        )
+
+
 def organization_of(name: str) -> str:
     """`organizations/acme/tasks/t1` → `organizations/acme` (InvalidArgument-free: callers validate names)."""
     parts = name.split("/")

@@ -57,13 +57,23 @@ class LocalProvider:
     """Lists the git repositories under `root`. Raises ProviderError when `root` is not a directory."""
 
     def __init__(self, root: str) -> None:
-        self.root = Path(root).resolve()
+        self.configured = Path(root)
+        self.root = self.configured.resolve()
 
     async def list_repositories(self) -> list[RemoteRepository]:
+        # Organizations record their resolved directory: resolving elsewhere now means it was swapped
+        # for a symlink after the connection was checked (to someone else's repositories, say).
+        if self.root != self.configured:
+            raise ProviderError(
+                f"{self.configured} now leads to {self.root} (a symlink); reconnect the directory itself"
+            )
         if not self.root.is_dir():
             raise ProviderError(f"{self.root} is not a readable directory")
         try:
-            candidates = sorted(p for p in self.root.iterdir() if is_repository(p))
+            # A symlink out of the root (to another user's code, another task's checkout) is no repository.
+            candidates = sorted(
+                p for p in self.root.iterdir() if p.resolve().is_relative_to(self.root) and is_repository(p)
+            )
         except OSError as exc:
             raise ProviderError(f"cannot read {self.root}: {exc.strerror}") from exc
         gate = asyncio.Semaphore(_GIT_CONCURRENCY)

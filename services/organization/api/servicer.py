@@ -159,6 +159,12 @@ class OrganizationServicer(pb_grpc.OrganizationServiceServicer):
         )
         return pb.ListMembersResponse(members=members, next_page_token=token)
 
+    async def CreateMember(self, request: pb.CreateMemberRequest, context: Ctx) -> pb.CreateMemberResponse:
+        member = await self.organizations.create_member(
+            parent=request.parent, user=request.member.user, role=int(request.member.role)
+        )
+        return pb.CreateMemberResponse(member=member)
+
     async def GetMember(self, request: pb.GetMemberRequest, context: Ctx) -> pb.GetMemberResponse:
         return pb.GetMemberResponse(member=await self.organizations.get_member(request.name))
 

@@ -38,6 +38,16 @@ async def get_organization_by_request(session: AsyncSession, *, request_id: str)
     ).first()
 
 
+async def local_organizations(session: AsyncSession) -> list[Any]:
+    """(id, local_root_path) of every organization backed by a local directory."""
+    rows = await session.execute(
+        select(organizations.c.id, organizations.c.local_root_path).where(
+            organizations.c.local_root_path != ""
+        )
+    )
+    return list(rows)
+
+
 async def insert_organization(session: AsyncSession, **values: Any) -> None:
     await session.execute(organizations.insert().values(**values))
 

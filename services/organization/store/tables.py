@@ -44,6 +44,7 @@ organizations = Table(
     Column("github_login", String(200), nullable=False, default=""),
     Column("github_account_id", BigInteger, nullable=False, default=0),
     Column("local_root_path", Text, nullable=False, default=""),
+    Column("sandbox_egress", Integer, nullable=False, default=0, server_default="0"),  # SandboxEgress
     Column("request_id", String(_ID), nullable=True),  # ConnectLocalOrganization idempotency
     Column("create_us", BigInteger, nullable=False),
     Column("update_us", BigInteger, nullable=False),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 from foundry.github_data.v1 import connection_pb2, sync_status_pb2
@@ -12,6 +14,7 @@ from foundry.organization.v1 import member_pb2, organization_pb2
 from sqlalchemy.exc import IntegrityError
 
 from services.organization.domain.errors import DOMAIN, organization_not_found
+from services.organization.domain.local_roots import check_local_root, expand_roots, overlaps
 from services.organization.domain.names import (
     check_organization_id,
     organization_name,
@@ -29,7 +32,7 @@ from services.organization.store._sql import now_us
 from services.organization.usecases import _caller, app_feed, members, records
 from services.platform.authz import Membership
 from services.platform.db import Database
-from services.platform.errors import AlreadyExists, NotFound, require
+from services.platform.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, require
 from services.platform.outbox import Outbox
 from services.platform.paging import offset_page
 from services.platform.watch import record_change
@@ -50,19 +53,37 @@ def member_check(db: Database) -> Any:
     return check
 
 
+async def _is_member(session: Any, org_id: str, user_id: str) -> bool:
+    row = await a.get_member(session, org_id=org_id, user_id=user_id)
+    return row is not None and row.state == ACTIVE
+
+
 class Organizations:
     """Organizations, members and membership checks.
 
     Args:
         connect_queue: full name of this service's work queue that forwards ConnectOrganization to
             github-data (see `workers.connect_provider`).
+        allowed_roots: directories local organizations may lie in (`{user}`: the caller's id).
+        protected_paths: directories no local organization may be, lie in or hold (the mesh's own).
     """
 
-    def __init__(self, db: Database, outbox: Outbox, membership: Membership, *, connect_queue: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        membership: Membership,
+        *,
+        connect_queue: str,
+        allowed_roots: Sequence[str],
+        protected_paths: Sequence[str],
+    ) -> None:
         self._db = db
         self._outbox = outbox
         self._membership = membership
         self._connect_queue = connect_queue
+        self._allowed_roots = list(allowed_roots)
+        self._protected = [PurePosixPath(p) for p in protected_paths]
 
     async def connect_local(
         self, *, organization_id: str, display_name: str, root_path: str, request_id: str
@@ -70,47 +91,71 @@ class Organizations:
         """Create an organization backed by the directory `root_path`, make the caller its owner and
         enqueue its connection to github-data (which syncs the repositories in the background).
 
-        Idempotent: a retry with the same `request_id`, or connecting the same id to the same
-        directory again, returns the existing organization (adding the caller as owner).
-        Raises InvalidArgument (not an absolute path to a directory, bad id), AlreadyExists
-        (`ORGANIZATION_ID_TAKEN`: the id belongs to another directory), PermissionDenied (service caller).
+        The path is resolved (symlinks followed) and must lie inside one of the allowed roots
+        (`Settings.allowed_local_roots`), never be, lie in or hold the mesh's data directory or sandbox
+        root, and not overlap a directory another organization the caller is not a member of holds.
+        Connecting never grants membership: it creates an organization or returns one the caller
+        already belongs to (a retry with the same `request_id`, or the same id and directory).
+
+        Raises InvalidArgument (not an absolute path to a directory, bad id, `ROOT_PROTECTED`),
+        PermissionDenied (`ROOT_NOT_ALLOWED`, `LOCAL_ROOTS_DISABLED`, `ROOT_CONNECTED_ELSEWHERE`,
+        service caller), AlreadyExists (`ORGANIZATION_ID_TAKEN`: the id belongs to another directory or
+        to an organization the caller is not a member of).
         """
         user_id = _caller.user_id()
         require(os.path.isabs(root_path), "root_path", "must be an absolute path", domain=DOMAIN)
-        is_dir = await asyncio.to_thread(os.path.isdir, root_path)
+        root = await asyncio.to_thread(os.path.realpath, root_path)
+        is_dir = await asyncio.to_thread(os.path.isdir, root)
         require(is_dir, "root_path", "is not a directory", domain=DOMAIN)
-        root = os.path.normpath(root_path)  # noqa: ASYNC240 - string-only, no I/O
+        check_local_root(root, allowed=expand_roots(self._allowed_roots, user_id), protected=self._protected)
         base = os.path.basename(root) or "root"
         org_id = check_organization_id(organization_id or f"local-{slugify(base) or 'root'}")
         require(len(request_id) <= 64, "request_id", "must be at most 64 characters", domain=DOMAIN)
         now = now_us()
         try:
             async with self._db.transaction() as session:
-                existing = (
+                by_request = (
                     await a.get_organization_by_request(session, request_id=request_id)
                     if request_id
                     else None
                 )
-                existing = existing or await a.get_organization(session, org_id=org_id)
-                if existing is not None and existing.local_root_path != root:
+                if by_request is not None and not await _is_member(session, by_request.id, user_id):
+                    by_request = None  # another user's request id: never an answer for this caller
+                existing = by_request or await a.get_organization(session, org_id=org_id)
+                if existing is not None and (
+                    existing.local_root_path != root or not await _is_member(session, existing.id, user_id)
+                ):
                     raise AlreadyExists(
-                        f"organization {existing.id!r} is connected to another directory",
+                        f"organization id {existing.id!r} is taken; choose another id",
                         reason="ORGANIZATION_ID_TAKEN",
                         domain=DOMAIN,
                         metadata={"organization": organization_name(existing.id)},
                     )
                 if existing is None:
+                    await self._refuse_foreign_overlap(session, root, user_id)
                     await self._create(session, org_id, display_name or base, root, request_id or None, now)
+                    await self._add_owner(session, org_id, user_id, now)
                 org_id = existing.id if existing is not None else org_id
-                await self._add_owner(session, org_id, user_id, now)
                 row = await a.get_organization(session, org_id=org_id)
                 status = await q.get_sync_status(session, org_id=org_id)
-        except IntegrityError:  # a concurrent connect created it first: answer from its row
+        except IntegrityError:  # a concurrent connect (or another user's request id) got there first
             raise AlreadyExists(
                 f"organization {org_id!r} already exists", reason="ORGANIZATION_ID_TAKEN", domain=DOMAIN
             ) from None
         self._membership.forget(organization_name(org_id))
         return records.organization(row, status)
+
+    async def _refuse_foreign_overlap(self, session: Any, root: str, user_id: str) -> None:
+        """PermissionDenied when `root` is, holds or lies in another organization's directory whose
+        members do not include the caller (connecting it would hand them that organization's code)."""
+        for other in await a.local_organizations(session):
+            if overlaps(root, other.local_root_path) and not await _is_member(session, other.id, user_id):
+                raise PermissionDenied(
+                    f"{root} overlaps the directory of an organization you are not a member of; ask "
+                    "one of its owners to add you",
+                    reason="ROOT_CONNECTED_ELSEWHERE",
+                    domain=DOMAIN,
+                )
 
     async def _create(
         self, session: Any, org_id: str, display_name: str, root: str, request_id: str | None, now: int
@@ -158,20 +203,27 @@ class Organizations:
 
     async def _add_owner(self, session: Any, org_id: str, user_id: str, now: int) -> None:
         member = await a.get_member(session, org_id=org_id, user_id=user_id)
-        if member is not None and member.state == ACTIVE:
-            return
-        user = await a.get_user(session, user_id=user_id)
+        if member is None or member.state != ACTIVE:
+            await self._activate(
+                session, org_id, user_id, member, await a.get_user(session, user_id=user_id), OWNER
+            )
+
+    async def _activate(
+        self, session: Any, org_id: str, user_id: str, existing: Any, user: Any, role: int
+    ) -> None:
+        """Make `user_id` an ACTIVE member with `role` (profile from its user row, if any), publish
+        MemberChanged and put the organization in the user's app shell."""
         await members.put_member(
             self._outbox,
             session,
             org_id=org_id,
             user_id=user_id,
-            existing=member,
+            existing=existing,
             login=user.login if user else user_id,
             display_name=user.display_name if user else user_id,
             email=user.email if user else "",
             avatar_url=user.avatar_url if user else "",
-            role=OWNER,
+            role=role,
             state=ACTIVE,
         )
         await app_feed.organization_joined(session, org_id=org_id, user_id=user_id)
@@ -212,6 +264,56 @@ class Organizations:
         async with self._db.snapshot() as session:
             rows = await a.list_members(session, org_id=org_id, after_login=page_token, limit=limit + 1)
         return [records.member(r) for r in rows[:limit]], rows[limit - 1].login if len(rows) > limit else ""
+
+    async def create_member(self, *, parent: str, user: str, role: int) -> member_pb2.Member:
+        """Add `user` (signed in before) to the local organization `parent` as an ACTIVE member.
+
+        Raises InvalidArgument (names, role), PermissionDenied (caller not an owner or admin; an admin
+        adding an owner), FailedPrecondition `NOT_LOCAL` (GitHub organizations take members from
+        GitHub), NotFound (`USER_NOT_FOUND`), AlreadyExists (`MEMBER_EXISTS`).
+        """
+        org_id = parse_organization(parent, "parent")
+        user_id = parse_user(user, "member.user")
+        role = role or member_pb2.MEMBER_ROLE_MEMBER
+        require(role in member_pb2.MemberRole.values(), "member.role", f"unknown role {role}", domain=DOMAIN)
+        caller_id = _caller.user_id()
+        await self._membership.require(organization_name(org_id))
+        async with self._db.transaction() as session:
+            org = await a.get_organization(session, org_id=org_id)
+            if org is None:
+                raise organization_not_found(org_id)
+            caller = await a.get_member(session, org_id=org_id, user_id=caller_id)
+            caller_role = int(caller.role) if caller is not None and caller.state == ACTIVE else 0
+            if caller_role not in (OWNER, member_pb2.MEMBER_ROLE_ADMIN) or (
+                role == OWNER and caller_role != OWNER
+            ):
+                raise PermissionDenied(
+                    "only owners may add members (and only owners may add an owner)",
+                    reason="NOT_AN_OWNER",
+                    domain=DOMAIN,
+                )
+            if not org.local_root_path:
+                raise FailedPrecondition(
+                    f"{organization_name(org_id)} takes its members from GitHub",
+                    reason="NOT_LOCAL",
+                    domain=DOMAIN,
+                )
+            account = await a.get_user(session, user_id=user_id)
+            if account is None:
+                raise NotFound(
+                    f"users/{user_id} has never signed in here", reason="USER_NOT_FOUND", domain=DOMAIN
+                )
+            existing = await a.get_member(session, org_id=org_id, user_id=user_id)
+            if existing is not None and existing.state == ACTIVE:
+                raise AlreadyExists(
+                    f"users/{user_id} is already a member of {organization_name(org_id)}",
+                    reason="MEMBER_EXISTS",
+                    domain=DOMAIN,
+                )
+            await self._activate(session, org_id, user_id, existing, account, role)
+            row = await a.get_member(session, org_id=org_id, user_id=user_id)
+        self._membership.forget(organization_name(org_id))
+        return records.member(row)
 
     async def get_member(self, name: str) -> member_pb2.Member:
         """One member. Raises NotFound, PermissionDenied."""

@@ -58,6 +58,7 @@ def organization(row: Any, sync_status: bytes | None = None) -> organization_pb2
         github_login=row.github_login,
         github_account_id=row.github_account_id,
         local_root_path=row.local_root_path,
+        sandbox_egress=row.sandbox_egress,
     )
     if sync_status is not None:
         org.sync_status.CopyFrom(sync_status_pb2.SyncStatus.FromString(sync_status))

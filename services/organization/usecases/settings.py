@@ -20,7 +20,14 @@ from services.organization.usecases import _caller, app_feed, records
 from services.platform.db import Database
 from services.platform.errors import InvalidArgument, NotFound, PermissionDenied, require
 
-ORGANIZATION_FIELDS = ("display_name", "slug", "primary_domain", "default_model", "auto_import_repositories")
+ORGANIZATION_FIELDS = (
+    "display_name",
+    "slug",
+    "primary_domain",
+    "default_model",
+    "auto_import_repositories",
+    "sandbox_egress",
+)
 USER_FIELDS = ("display_name", "default_model")
 _ADMINS = (member_pb2.MEMBER_ROLE_OWNER, member_pb2.MEMBER_ROLE_ADMIN)
 
@@ -51,6 +58,13 @@ class SettingsWrites:
         Raises InvalidArgument (mask or values), NotFound, PermissionDenied (`ADMIN_REQUIRED`)."""
         org_id = parse_organization(organization.name)
         values: dict[str, Any] = {p: getattr(organization, p) for p in _mask(paths, ORGANIZATION_FIELDS)}
+        if "sandbox_egress" in values:
+            require(
+                values["sandbox_egress"] in organization_pb2.SandboxEgress.values(),
+                "organization.sandbox_egress",
+                f"unknown policy {values['sandbox_egress']}",
+                domain=DOMAIN,
+            )
         if "slug" in values:
             check_organization_id(values["slug"], "organization.slug")
         if "display_name" in values:

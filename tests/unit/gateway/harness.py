@@ -57,6 +57,7 @@ class Harness:
     root: Path  # organizations' directories live here
     proxy: TcpProxy | None = None
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    owners: dict[str, httpx.AsyncClient] = field(default_factory=dict)  # organization → who connected it
     _watches_before: float = 0.0
 
     @property
@@ -91,9 +92,17 @@ class Harness:
         return path
 
     async def join(self, client: httpx.AsyncClient, organization: str) -> None:
-        """Connect `organization` (`organizations/{id}`) to its directory as the client's user, which
-        makes them an owner, and wait until its first sync reached the summary (so later changes are
-        the test's own)."""
+        """Make the client's user a member of `organization` (`organizations/{id}`): the first to join
+        connects it to its directory (becoming its owner) and waits until its first sync reached the
+        summary (so later changes are the test's own); later ones are added by that owner."""
+        owner = self.owners.get(organization)
+        if owner is not None:
+            me = (await client.get("/v1/users/me")).json()["user"]
+            response = await owner.post(
+                f"/v1/{organization}/members", json={"user": me["name"], "role": "MEMBER_ROLE_MEMBER"}
+            )
+            assert response.status_code == 200, response.text
+            return
         response = await client.post(
             "/v1/organizations:connectLocal",
             json={
@@ -102,6 +111,7 @@ class Harness:
             },
         )
         assert response.status_code == 200, response.text
+        self.owners[organization] = client
         await self.settled(client, organization, repositories=None)
 
     async def request_sync(self, client: httpx.AsyncClient, organization: str) -> None:
@@ -194,8 +204,9 @@ async def ready_task(
     client: httpx.AsyncClient, organization: str, repository: str, prompt: str = "say hello"
 ) -> dict[str, Any]:
     """Create a task on `repository` through the gateway `client` talks to and wait until it is
-    ready: IDLE, provisioned into a sandbox, its first session READY with its agent session.
-    Returns (JSON) `{"task": Task, "session": Session}`."""
+    ready: IDLE, provisioned into a sandbox, its first session IDLE with its agent session (the
+    prompt, the session's first turn, has been answered). Returns (JSON) `{"task": Task, "session":
+    Session}`."""
     created = await client.post(
         f"/v1/{organization}/tasks", json={"task": {"repository": repository, "prompt": prompt}}
     )
@@ -211,7 +222,7 @@ async def ready_task(
         response = await client.get(f"/v1/{task['sessions'][0]['name']}")
         assert response.status_code == 200, response.text
         session: dict[str, Any] = response.json()["session"]
-        assert session["status"] == "SESSION_STATUS_READY" and session.get("sandboxSession"), session
+        assert session["status"] == "SESSION_STATUS_IDLE" and session.get("sandboxSession"), session
         return {"task": task, "session": session}
 
     return await assert_eventually(ready, timeout=60, interval=0.1)

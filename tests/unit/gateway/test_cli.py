@@ -304,13 +304,14 @@ class TestCommands:
                 assert code == 130 and "Traceback" not in err, err
             task_id = name.rsplit("/", 1)[-1]
 
-            # watch task: the snapshot, then changes until the task is idle with a ready session.
+            # watch task: the snapshot, then changes until the task is idle and its session has
+            # answered the prompt (its first turn).
             def ready(event: dict[str, Any]) -> bool:
                 current = resource(event, name)
                 return bool(
                     current
                     and current.get("status") == "TASK_STATUS_IDLE"
-                    and current.get("sessions", [{}])[0].get("status") == "SESSION_STATUS_READY"
+                    and current.get("sessions", [{}])[0].get("status") == "SESSION_STATUS_IDLE"
                 )
 
             async with watching(h, home, "task", task_id, "--org", "acme") as task_watch:

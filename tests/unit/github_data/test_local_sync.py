@@ -241,3 +241,36 @@ async def test_local_organizations_cannot_publish_pull_requests(settings: Settin
             )
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "no pull requests" in (refused.value.details() or "")
+
+
+async def test_a_symlink_out_of_the_organization_root_is_not_a_repository(tmp_path: Path) -> None:
+    """A user who can write in their connected directory must not make another directory on the host
+    (another user's repository, another task's checkout) a repository of their organization."""
+    from load.world import make_git_repos
+    from services.github_data.providers.local import LocalProvider
+
+    root = make_git_repos(tmp_path / "mine", ("own",))
+    elsewhere = make_git_repos(tmp_path / "theirs", ("secret",)) / "secret"
+    (root / "stolen").symlink_to(elsewhere)
+    (root / "inside").symlink_to(root / "own")  # a link that stays inside the root is fine
+    listed = await LocalProvider(str(root)).list_repositories()
+    assert sorted(r.full_name for r in listed) == ["inside", "own"]
+
+
+async def test_a_root_swapped_for_a_symlink_after_connecting_is_refused(tmp_path: Path) -> None:
+    """The organization recorded its resolved directory; replacing that directory by a link to
+    someone else's must not make their repositories the organization's."""
+    import pytest
+
+    from load.world import make_git_repos
+    from services.github_data.domain.ports import ProviderError
+    from services.github_data.providers.local import LocalProvider
+
+    mine = make_git_repos(tmp_path / "mine", ("own",))
+    theirs = make_git_repos(tmp_path / "theirs", ("private",))
+    provider_root = str(mine)
+    assert [r.full_name for r in await LocalProvider(provider_root).list_repositories()] == ["own"]
+    mine.rename(tmp_path / "old")
+    mine.symlink_to(theirs)
+    with pytest.raises(ProviderError, match="symlink"):
+        await LocalProvider(provider_root).list_repositories()

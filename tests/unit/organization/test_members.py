@@ -4,7 +4,6 @@ membership cache (its TTL is 5 s)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -73,7 +72,8 @@ async def test_github_member_events_apply_in_version_order_and_are_announced(
         # An older removal and a repeated change are ignored; a newer removal deletes the row.
         await env.publish(removed(org, "424242", 4, login="newbie"))  # type: ignore[arg-type]
         await env.publish(changed(org, "424242", 5, login="renamed"))  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)
+        # Both handled (not just published) before the row is compared: no sleep decides this.
+        assert await env.mesh.broker.idle(time.monotonic() + 10)  # type: ignore[attr-defined]
         assert (await stub.GetMember(pb.GetMemberRequest(name=member))).member == first
         await env.publish(removed(org, "424242", 6, login="newbie"))  # type: ignore[arg-type]
 
