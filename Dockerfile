@@ -27,7 +27,7 @@ FROM python:3.11-slim
 # git: the sandbox clones and pushes repositories; tini: PID 1 that forwards SIGTERM and reaps the
 # agents' orphaned children.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git tini ca-certificates \
+ && apt-get install -y --no-install-recommends git tini ca-certificates bubblewrap socat util-linux \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 foundry \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/foundry --shell /usr/sbin/nologin foundry \

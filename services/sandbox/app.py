@@ -26,7 +26,7 @@ from services.sandbox.domain.processes import Processes
 from services.sandbox.domain.sandboxes import Sandboxes
 from services.sandbox.domain.sessions import Sessions
 from services.sandbox.domain.turns import TurnRunner, runner_id
-from services.sandbox.providers.local import LocalProvider
+from services.sandbox.providers import build_provider
 from services.sandbox.store.logs import LogRecords
 from services.sandbox.store.sandboxes import Queues, SandboxRecords
 from services.sandbox.workers import refresh_git_state, run_turn
@@ -42,7 +42,7 @@ def wire(rt: Runtime) -> Wiring:
     root.mkdir(parents=True, exist_ok=True)
     env = acp.default_environment()
     env["PATH"] = os.pathsep.join([env.get("PATH", ""), venv_bin()])
-    provider = LocalProvider(root, create_delay_seconds=settings.sandbox.create_delay_seconds, base_env=env)
+    provider = build_provider(settings, env)
     queues = Queues(settings.name_prefix)
     records = SandboxRecords(rt.db, rt.outbox, queues)
     logs = LogRecords(rt.db, rt.outbox)
@@ -87,6 +87,7 @@ def wire(rt: Runtime) -> Wiring:
     async def close() -> None:
         await processes.close()
         await pool.close()
+        await provider.close()
 
     return Wiring(
         servicers=[

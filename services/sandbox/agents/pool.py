@@ -270,7 +270,8 @@ class AgentPool:
         handle = await self.ensure(sandbox, session.agent)
         assert sandbox.checkout is not None
         try:
-            response = await handle.conn.new_session(cwd=sandbox.checkout.path, mcp_servers=[])
+            cwd = self._provider.sandbox_path(sandbox.provider_sandbox_id, WORK)  # as the agent sees it
+            response = await handle.conn.new_session(cwd=cwd, mcp_servers=[])
             acp_id = str(response.session_id)
             handle.policies[acp_id] = session.permission_policy
             recorder = handle.recorders[acp_id] = SessionRecorder(session.key, self._append)

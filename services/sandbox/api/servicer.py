@@ -12,7 +12,7 @@ from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.platform.authz import Membership
+from services.platform.authz import Membership, require_service
 from services.platform.watch import WatchHub
 from services.sandbox.api import convert
 from services.sandbox.domain import names
@@ -73,6 +73,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
             task=request.sandbox.task,
             repository=request.sandbox.repository,
             provider=request.sandbox.provider,
+            egress=request.egress_policy,
         )
         return pb.CreateSandboxResponse(sandbox=convert.sandbox(sandbox), created=created)
 
@@ -107,7 +108,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         self, request: pb.PrepareRepositoryRequest, context: Context
     ) -> pb.PrepareRepositoryResponse:
         key = names.sandbox(request.name)
-        await self._member(request.name)
+        require_service("PrepareRepository")  # its clone URL may name any path on the host
         sandbox = await self.sandboxes.prepare(
             key,
             clone_url=request.clone_url,
@@ -241,7 +242,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
 
     async def PushBranch(self, request: pb.PushBranchRequest, context: Context) -> pb.PushBranchResponse:
         key = names.sandbox(request.name)
-        await self._member(request.name)
+        require_service("PushBranch")  # users push through the task service (PushTask)
         branch, head, remote = await self.checkouts.push(
             key,
             token=request.access_token,

@@ -70,7 +70,12 @@ class Checkouts:
         else:
             if change.type is ChangeType.ADDED:
                 await git.try_run("rm", "--cached", "--quiet", "--force", "--", path)
-            await self.sandboxes.provider.remove(provider_id, f"{gitops.WORK}/{path}")
+            # Deleted from inside the sandbox: the path is the agent's, and may run through its symlinks.
+            removed = await self.sandboxes.provider.exec(
+                provider_id, ["rm", "-rf", "--", path], cwd=gitops.WORK
+            )
+            if not removed.ok:
+                raise gitops.failure(("rm",), removed)
         log.info("file_reverted", sandbox=key.name, path=path)
         return await self.refresh(key)
 
@@ -86,11 +91,9 @@ class Checkouts:
         if commit_message and await gitops.commit_all(git, commit_message):
             log.info("changes_committed", sandbox=key.name)
         branch = await gitops.current_branch(git) or sandbox.checkout.branch
-        args = ["push", "--porcelain", "-u", "origin", branch]
-        if force_with_lease:
-            args.insert(1, "--force-with-lease")
-        await git.run(*args)
-        head = await gitops.head_commit(git)
-        remote = (await git.run("remote", "get-url", "origin")).stdout.strip()
+        remote = sandbox.checkout.clone_url  # recorded at prepare: the checkout's own config is the agent's
+        head = await gitops.push_branch(
+            git, branch=branch, remote_url=remote, force_with_lease=force_with_lease
+        )
         log.info("branch_pushed", sandbox=key.name, branch=branch, head=head)
         return branch, head, remote

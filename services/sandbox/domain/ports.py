@@ -51,8 +51,10 @@ class Provider(Protocol):
 
     name: str
 
-    async def create(self, key: SandboxKey) -> str:
-        """Create (or find) the sandbox of `key`; returns the provider's own id of it."""
+    async def create(self, key: SandboxKey, *, egress: str = "") -> str:
+        """Create (or find) the sandbox of `key`; returns the provider's own id of it. `egress` is the
+        organization's network policy (`none`, `model_apis`, `open`; "" for the provider's default),
+        kept for the sandbox's life (providers that do not confine ignore it)."""
         ...
 
     async def resume(self, provider_id: str) -> None:
@@ -79,9 +81,14 @@ class Provider(Protocol):
         cwd: str = "",
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        confined: bool = True,
     ) -> ExecResult:
         """Run `argv` to completion in the sandbox (cwd relative to the root); never raises on a
-        non-zero exit. Raises Unavailable when the command cannot start or exceeds `timeout` seconds."""
+        non-zero exit. Raises Unavailable when the command cannot start or exceeds `timeout` seconds.
+
+        `confined=False` runs it as the service itself (a confining provider then lets it see the
+        host): only for the service's own steps that never read what an agent wrote — a fresh clone,
+        moving it into place, pushing from the service-owned push repository."""
         ...
 
     async def spawn(
@@ -95,6 +102,11 @@ class Provider(Protocol):
     ) -> asyncio.subprocess.Process:
         """Start a long-running `argv` in its own process group with piped stdout/stderr (and stdin
         when asked). Raises FileNotFoundError when the executable does not exist."""
+        ...
+
+    def sandbox_path(self, provider_id: str, path: str) -> str:
+        """`path` (relative to the sandbox root) as the sandbox's own processes see it (the checkout is
+        `/workspace` in a bubblewrap sandbox, the host path in a local one)."""
         ...
 
     async def read_file(self, provider_id: str, path: str) -> bytes:

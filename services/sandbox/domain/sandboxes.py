@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import PurePosixPath
@@ -30,6 +32,9 @@ def validate_clone_url(url: str) -> None:
         "clone_url",
         f"{url!r} is neither an absolute path nor an https URL",
     )
+
+
+EGRESS_POLICIES = ("", "none", "model_apis", "open")
 
 
 class Sandboxes:
@@ -84,7 +89,7 @@ class Sandboxes:
         return items[:limit], str(offset + limit) if more else ""
 
     async def create(
-        self, key: SandboxKey, *, task: str, repository: str, provider: str
+        self, key: SandboxKey, *, task: str, repository: str, provider: str, egress: str = ""
     ) -> tuple[Sandbox, bool]:
         """Record the sandbox (PENDING) unless it exists, then have the provider create it (RUNNING).
 
@@ -102,6 +107,11 @@ class Sandboxes:
             and repository.startswith(f"organizations/{key.organization}/"),
             "sandbox.repository",
             f"must be organizations/{key.organization}/repositories/{{repository}}",
+        )
+        require(
+            egress in EGRESS_POLICIES,
+            "egress_policy",
+            f"must be one of {', '.join(p for p in EGRESS_POLICIES if p)} (or empty for the default)",
         )
         require(
             provider in ("", self.provider.name),
@@ -128,7 +138,7 @@ class Sandboxes:
         if sandbox.state not in (SandboxState.PENDING, SandboxState.ERROR):
             return sandbox, created
         try:
-            provider_id = await self.provider.create(key)
+            provider_id = await self.provider.create(key, egress=egress)
         except Exception as exc:
             await self.records.update_sandbox(
                 key, state=SandboxState.ERROR, error_message=f"provider failed: {exc}"
@@ -189,22 +199,42 @@ class Sandboxes:
             f"{base_branch!r} is not a valid branch name",
         )
         if clone_url.startswith(("/", "file://")):
-            exists = await self.provider.exec(pid, ["test", "-e", clone_url.removeprefix("file://")])
+            given = os.path.normpath(clone_url.removeprefix("file://"))  # noqa: ASYNC240 - string-only
+            source = await asyncio.to_thread(os.path.realpath, given)
+            require(
+                not PurePosixPath(source).is_relative_to(self.provider.root("")),
+                "clone_url",
+                "must not lie inside the sandbox root (another sandbox's checkout)",
+            )
+            # Repositories are listed with resolved paths: a symlink here was swapped in since.
+            require(source == given, "clone_url", f"{given} is (or passes through) a symlink")
+            exists = await self.provider.exec(
+                pid, ["test", "-e", clone_url.removeprefix("file://")], confined=False
+            )
             require(exists.ok, "clone_url", f"{clone_url} does not exist")
         # A fresh clone has no index yet (--force populates it); an existing checkout keeps local changes.
         fresh = not await gitops.is_repository(git)
         force = ["--force"] if fresh else []
         if not fresh:
-            await git.run("remote", "set-url", "origin", clone_url)
-            await git.run("fetch", "--prune", "origin")
+            # Never git as the service in a checkout an agent wrote (its config can redirect URLs or
+            # run commands): the service fetches into a fresh repository of its own, and git in the
+            # sandbox fetches from there.
+            await gitops.fetch_through_service(git, clone_url)
         else:
             await self.provider.remove(pid, gitops.WORK)
             await self.provider.remove(pid, f"{gitops.WORK}.tmp")
             # Clone next to the final place and rename: a crash never leaves a half clone as `work`.
             await git.run(
-                "clone", "--no-checkout", "--origin", "origin", clone_url, f"{gitops.WORK}.tmp", cwd=""
+                "clone",
+                "--no-checkout",
+                "--origin",
+                "origin",
+                clone_url,
+                f"{gitops.WORK}.tmp",
+                cwd="",
+                confined=False,
             )
-            await self.provider.exec(pid, ["mv", f"{gitops.WORK}.tmp", gitops.WORK])
+            await self.provider.exec(pid, ["mv", f"{gitops.WORK}.tmp", gitops.WORK], confined=False)
         if user_name:
             await git.run("config", "user.name", user_name)
         if user_email:
@@ -225,7 +255,7 @@ class Sandboxes:
             branch=branch,
             base_branch=base,
             branch_existed=existed,
-            path=f"{self.provider.root(pid)}/{gitops.WORK}",
+            path=f"{self.provider.root(pid)}/{gitops.WORK}",  # on the host; agents see sandbox_path
             head_commit=await gitops.head_commit(git),
             prepare_time=now(),
         )

@@ -13,12 +13,22 @@ import contextlib
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.platform.errors import Unavailable
 from services.sandbox.domain.errors import DOMAIN
 from services.sandbox.domain.models import SandboxKey
 from services.sandbox.domain.ports import ExecResult
+
+
+@dataclass(frozen=True)
+class Command:
+    """What to start on the host for a sandbox command: argv, host cwd, environment."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
 
 
 class LocalProvider:
@@ -37,17 +47,27 @@ class LocalProvider:
         self._delay = create_delay_seconds
         self._env = dict(base_env)
 
+    async def close(self) -> None:
+        """Release what the provider holds for its sandboxes (service shutdown)."""
+
     def root(self, provider_id: str) -> str:
         return str(self._root / provider_id)
 
     def _path(self, provider_id: str, path: str) -> Path:
+        """`path` under the sandbox root; ValueError when it leaves it or passes through a symlink
+        (an agent can plant one: the service must never follow it to the host)."""
         root = Path(self.root(provider_id))
-        target = (root / path).resolve() if path else root
-        if not target.is_relative_to(root.resolve()):
-            raise ValueError(f"{path!r} leaves the sandbox")
+        target = root / path if path else root
+        current = root
+        for part in Path(path).parts if path else ():
+            if part in ("..", "/"):
+                raise ValueError(f"{path!r} leaves the sandbox")
+            current = current / part
+            if current.is_symlink():
+                raise ValueError(f"{path!r} passes through a symlink")
         return target
 
-    async def create(self, key: SandboxKey) -> str:
+    async def create(self, key: SandboxKey, *, egress: str = "") -> str:
         if self._delay:
             await asyncio.sleep(self._delay)
         provider_id = f"{key.organization}--{key.sandbox_id}"
@@ -75,6 +95,16 @@ class LocalProvider:
         merged.update(env or {})
         return merged
 
+    def sandbox_path(self, provider_id: str, path: str) -> str:
+        """`path` (relative to the sandbox root) as the sandbox's own processes see it."""
+        return str(self._path(provider_id, path))
+
+    async def _command(
+        self, provider_id: str, argv: Sequence[str], cwd: str, env: Mapping[str, str] | None, confined: bool
+    ) -> Command:
+        """Unconfined: the command runs as a child of the service, in the sandbox's directory."""
+        return Command(list(argv), self._path(provider_id, cwd), self._merged_env(env))
+
     async def exec(
         self,
         provider_id: str,
@@ -83,12 +113,14 @@ class LocalProvider:
         cwd: str = "",
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        confined: bool = True,
     ) -> ExecResult:
+        command = await self._command(provider_id, argv, cwd, env, confined)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=self._path(provider_id, cwd),
-                env=self._merged_env(env),
+                *command.argv,
+                cwd=command.cwd,
+                env=command.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -120,10 +152,11 @@ class LocalProvider:
         env: Mapping[str, str] | None = None,
         stdin: bool = False,
     ) -> asyncio.subprocess.Process:
+        command = await self._command(provider_id, argv, cwd, env, True)
         return await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=self._path(provider_id, cwd),
-            env=self._merged_env(env),
+            *command.argv,
+            cwd=command.cwd,
+            env=command.env,
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
