@@ -10,9 +10,9 @@ import grpc
 from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gd_grpc
 from foundry.github_data.v1 import pull_request_pb2, repository_pb2, sync_status_pb2
+from foundry.organization.v1 import organization_pb2, task_index_pb2
 from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
-from foundry.organization.v1 import task_index_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
 
@@ -33,6 +33,13 @@ async def _call(awaitable: Awaitable[T], what: str) -> T:
         return await awaitable
     except grpc.RpcError as exc:
         raise from_rpc_error(exc, context=what) from exc
+
+
+EGRESS_POLICIES = {
+    organization_pb2.SANDBOX_EGRESS_NONE: "none",
+    organization_pb2.SANDBOX_EGRESS_MODEL_APIS: "model_apis",
+    organization_pb2.SANDBOX_EGRESS_OPEN: "open",
+}
 
 
 class OrganizationClient:
@@ -81,6 +88,15 @@ class OrganizationClient:
             "GetTaskIndexEntry",
         )
         return response.task_index_entry
+
+    async def sandbox_egress(self, *, organization: str) -> str:
+        """The organization's sandbox egress policy as the sandbox service names it (`none`,
+        `model_apis`, `open`), or "" for the sandbox service's default. Errors: NotFound, Unavailable."""
+        response = await _call(
+            self._stub.GetOrganization(org_pb2.GetOrganizationRequest(name=f"organizations/{organization}")),
+            "GetOrganization",
+        )
+        return EGRESS_POLICIES.get(response.organization.sandbox_egress, "")
 
     async def is_member(self, *, organization: str, user: str) -> bool:
         response = await _call(

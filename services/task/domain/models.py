@@ -171,7 +171,8 @@ class QueuedMessage:
     text: str
     attachments: list[dict[str, Any]]
     user: str
-    state: str = "queued"  # queued | delivered | completed | failed
+    # held (a first prompt waiting for its session to be ready) | queued | delivered | completed | failed
+    state: str = "queued"
     request_id: str | None = None
     created_at: dt.datetime = field(default_factory=now)
 

@@ -50,4 +50,8 @@ async def materialize(deps: Deps, name: str, *, agent: str, model: str) -> tuple
         clone_url=repo.clone_url,
         default_branch=repo.default_branch,
         user_id=user_id,
+        # The prompt here is made up from the index entry (a pull request's title, or "Continue
+        # work on branch …"), not an instruction anyone gave: sending it would have the agent
+        # change someone's branch unasked. The user's first SendMessage starts the work instead.
+        send_prompt=False,
     )

@@ -30,6 +30,7 @@ from services.platform.logging import get_logger
 from services.task.domain import names
 from services.task.domain.models import Session, Task, now
 from services.task.domain.rules import Step, next_step
+from services.task.ops import first_turn
 from services.task.ops.changes import Audit, task_changed
 from services.task.ops.deps import Deps
 from services.task.ops.lease import StepFailed, run_leased
@@ -126,12 +127,15 @@ async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) ->
     sb = deps.sandbox
     timeout = deps.step_timeout
     if step.name == "create_sandbox":
+        # The organization's egress policy is read here, in the background step, not on CreateTask.
+        egress = await deps.organization.sandbox_egress(organization=task.organization)
         created = await sb.create_sandbox(
             sb_pb2.CreateSandboxRequest(
                 parent=task.parent,
                 sandbox_id=task.id,
                 sandbox=sandbox_pb2.Sandbox(task=task.name, repository=task.repository),
                 request_id=uuid.uuid4().hex,
+                egress_policy=egress,
             ),
             deadline=timeout,
         )
@@ -225,6 +229,7 @@ async def _complete(deps: Deps, task_id: str, claim: str, step: Step, outcome: o
                 continue
             if s.id == outcome.get("session_id"):
                 s.status, s.sandbox_session, s.error_message = "ready", str(outcome["sandbox_session"]), ""
+                await first_turn.release_held(session, deps, s, at=at)
             elif step.done_stage == "sandbox_allocated" and s.status == "pending_provision":
                 s.status = "pending_session_create"
             elif step.done_stage == "ready" and s.status.startswith("pending"):

@@ -35,6 +35,7 @@ from services.task.domain.models import (
     UserSessionState,
     now,
 )
+from services.task.ops import first_turn
 from services.task.ops.changes import Audit, task_changed
 from services.task.ops.deps import Deps
 from services.task.ops.tasks import caller_user_id
@@ -177,6 +178,8 @@ async def ensure_session(deps: Deps, name: str) -> None:
         for key, value in result.items():
             setattr(row, key, value)
         row.updated_at = now()
+        if row.status == "ready":
+            await first_turn.release_held(session, deps, row, at=row.updated_at)
         await queries.update_session(session, row=row)
         await task_changed(session, deps, task, changed_sessions=[row])
 

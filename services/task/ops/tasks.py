@@ -16,6 +16,7 @@ from services.task.domain import names
 from services.task.domain.errors import DOMAIN, TaskNotFound, require
 from services.task.domain.models import Owner, Session, Task, UserTaskState, now
 from services.task.domain.rules import branch_prefix, resolve_title, validate_branch
+from services.task.ops import first_turn
 from services.task.ops.changes import Audit, task_changed
 from services.task.ops.deps import Deps
 from services.task.store import queries
@@ -84,7 +85,9 @@ def validate_new_task(
 
 
 async def create_task(deps: Deps, req: NewTask) -> tuple[Task, list[Session]]:
-    """Persist a task in INIT_ENQUEUE_PROVISION with its first session and enqueue provisioning.
+    """Persist a task in INIT_ENQUEUE_PROVISION with its first session, the prompt as that
+    session's first message (sent when the session is ready, see `first_turn`) and enqueue
+    provisioning.
 
     Cheap bounded peer calls only: GetRepository (stored row) and ReserveTaskBranch. A retry with
     the same request_id returns the first task. Errors: NotFound (repository), AlreadyExists
@@ -161,7 +164,10 @@ async def _insert(
     clone_url: str,
     default_branch: str,
     user_id: str,
+    send_prompt: bool = True,
 ) -> tuple[Task, list[Session]]:
+    """Insert the task, its first session and (with `send_prompt`) the prompt as that session's
+    held first message, and enqueue provisioning, all in one transaction."""
     at = now()
     task = Task(
         id=task_id,
@@ -197,6 +203,9 @@ async def _insert(
     )
     async with deps.db.transaction() as session:
         await queries.insert_session(session, row=first)
+        if send_prompt:
+            message = first_turn.first_message(task, first, user=f"users/{user_id}" if user_id else "")
+            await queries.insert_message(session, message=message)
         states: list[UserTaskState] = []
         if user_id:
             await queries.put_user_task_state(

@@ -264,8 +264,25 @@ async def find_message_by_request(
     return _message(row) if row else None
 
 
-async def set_message_state(session: AsyncSession, *, message_id: str, state: str) -> None:
-    await session.execute(update(messages).where(messages.c.id == message_id).values(state=state))
+async def set_message_state(
+    session: AsyncSession, *, message_id: str, state: str, expected: str | None = None
+) -> bool:
+    """Set a message's state (only from `expected` when given); True when a row changed."""
+    query = update(messages).where(messages.c.id == message_id)
+    if expected is not None:
+        query = query.where(messages.c.state == expected)
+    result = await session.execute(query.values(state=state))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def held_messages(session: AsyncSession, *, session_id: str) -> list[QueuedMessage]:
+    """Messages of a session held until it is ready (a task's first prompt), oldest first."""
+    query = (
+        select(messages)
+        .where(messages.c.session_id == session_id, messages.c.state == "held")
+        .order_by(messages.c.created_at, messages.c.id)
+    )
+    return [_message(r) for r in (await session.execute(query)).all()]
 
 
 async def open_messages(session: AsyncSession, *, session_id: str) -> list[QueuedMessage]:

@@ -110,7 +110,8 @@ async def task_turn_changes_a_file(world: FlowWorld, root: Path) -> None:
 
 def _ready(task: task_pb2.Task) -> bool:
     assert task.status == task_pb2.TASK_STATUS_IDLE, (task.status, task.status_message)
-    assert task.sessions[0].status == session_pb2.SESSION_STATUS_READY
+    # IDLE, not READY: the task's prompt was the session's first turn, and it has ended.
+    assert task.sessions[0].status == session_pb2.SESSION_STATUS_IDLE
     assert task.sandbox.cwd and task.git_state.branch
     return True
 
@@ -135,12 +136,13 @@ async def _turn(world: FlowWorld, watch: Follower, ready: task_pb2.Task) -> None
         )
         assert sent is not None
         await transcript.wait(
-            lambda c: _turn_completed(transcript.resources(ev.SessionEvent)),
+            lambda c: _turn_completed(transcript.resources(ev.SessionEvent), MESSAGE),
             timeout=30,
             what="the completed turn in the transcript",
         )
         events = sorted(transcript.resources(ev.SessionEvent).values(), key=lambda e: e.seq)
-        [prompt] = [e for e in events if e.kind == ev.SESSION_EVENT_KIND_USER_MESSAGE]
+        first, prompt = [e for e in events if e.kind == ev.SESSION_EVENT_KIND_USER_MESSAGE]
+        assert events[0] == first and first.text == "Add a hello file"  # the task's prompt, first
         assert prompt.text == MESSAGE and prompt.sender == ev.SESSION_EVENT_SENDER_CLIENT
         turn = [e for e in events if e.turn == prompt.turn]
         kinds = [e.kind for e in turn]
@@ -158,8 +160,9 @@ def _session(tab: Follower, name: str) -> session_pb2.Session:
     return tab.resources(session_pb2.Session)[name]
 
 
-def _turn_completed(events: dict[str, ev.SessionEvent]) -> bool:
-    prompts = [e for e in events.values() if e.kind == ev.SESSION_EVENT_KIND_USER_MESSAGE]
+def _turn_completed(events: dict[str, ev.SessionEvent], text: str) -> bool:
+    """Whether the turn of the user message `text` has completed."""
+    prompts = [e for e in events.values() if e.kind == ev.SESSION_EVENT_KIND_USER_MESSAGE and e.text == text]
     return any(
         e.kind == ev.SESSION_EVENT_KIND_TURN_COMPLETED and e.turn == p.turn
         for p in prompts

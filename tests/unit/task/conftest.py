@@ -23,9 +23,9 @@ import pytest
 import sqlalchemy as sa
 from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gd_grpc
+from foundry.organization.v1 import member_pb2, task_index_pb2
 from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
-from foundry.organization.v1 import task_index_pb2
 from foundry.sandbox.v1 import sandbox_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
@@ -75,9 +75,16 @@ class TaskWorld:
         return (await self.stub.GetTask(pb.GetTaskRequest(name=name))).task
 
     async def sign_in(self, login: str) -> Caller:
-        """A signed-in local user (`user/local-<login>`), made a member of the organization by
-        connecting the same directory again."""
-        return await sign_in(self.mesh, login, root=self.root, org_id=self.org_id)
+        """A signed-in local user (`user/local-<login>`), added to the organization by alice (its
+        owner) with CreateMember."""
+        caller = await sign_in(self.mesh, login)
+        as_alice = org_grpc.OrganizationServiceStub(self.mesh.channel("organization", self.alice))
+        await as_alice.CreateMember(
+            org_pb2.CreateMemberRequest(
+                parent=self.organization, member=member_pb2.Member(user=f"users/{caller.user_id}")
+            )
+        )
+        return caller
 
     @property
     def org_id(self) -> str:

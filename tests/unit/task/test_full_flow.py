@@ -1,6 +1,7 @@
 """The whole flow with the real organization, github-data and sandbox services (embedded default):
-a task on a local git repository reaches READY and a message to the offline agent changes a file,
-observed through WatchTask, and found on disk in the sandbox's checkout and in its session log."""
+a task on a local git repository reaches READY, its prompt is the agent's first turn, and a message
+to the offline agent changes a file, observed through WatchTask, and found on disk in the sandbox's
+checkout and in its session log."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ async def test_task_reaches_ready_and_a_message_changes_a_file(
         try:
 
             def ready() -> None:
+                # Provisioned, and the prompt's turn (the first one) has ended.
                 assert watch.task.status == task_pb2.TASK_STATUS_IDLE, watch.task.status_message
-                assert watch.task.sessions[0].status == session_pb2.SESSION_STATUS_READY
+                assert watch.task.sessions[0].status == session_pb2.SESSION_STATUS_IDLE
 
             await assert_eventually(ready, timeout=60)
             assert watch.task.sandbox.cwd
@@ -56,4 +58,4 @@ async def test_task_reaches_ready_and_a_message_changes_a_file(
         user_messages = [
             e.text for e in log.session_events if e.kind == session_event_pb2.SESSION_EVENT_KIND_USER_MESSAGE
         ]
-        assert user_messages == ["write hello.txt: hi"]
+        assert user_messages == ["Add a hello file", "write hello.txt: hi"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from foundry.sandbox.v1 import agent_session_pb2, sandbox_pb2
+from foundry.sandbox.v1 import agent_session_pb2, sandbox_pb2, session_event_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.task.v1 import events_pb2, session_pb2, task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
@@ -19,12 +19,24 @@ from tests.helpers.eventually import assert_eventually
 from tests.unit.task.conftest import TaskWorld, task_world
 
 STAGES = task_pb2.ProvisioningStage
+TURN_COMPLETED = session_event_pb2.SESSION_EVENT_KIND_TURN_COMPLETED
 
 
 async def _ready(world: TaskWorld, name: str) -> task_pb2.Task:
+    """The task once settled: provisioned, the turn of its prompt ended, and the git state the
+    sandbox computed after that turn cached on it (the last change that turn causes)."""
+
     async def ready() -> task_pb2.Task:
         got = await world.get(name)
         assert got.provisioning.stage == STAGES.Value("PROVISIONING_STAGE_READY"), got.status_message
+        assert got.status == task_pb2.TASK_STATUS_IDLE, got.status_message
+        first = (await world.stub.GetSession(pb.GetSessionRequest(name=got.sessions[0].name))).session
+        listed = await world.sandbox_stub().ListSessionEvents(
+            sb_pb2.ListSessionEventsRequest(parent=first.sandbox_session)
+        )
+        ended = [e.create_time.ToDatetime() for e in listed.session_events if e.kind == TURN_COMPLETED]
+        assert ended, "the prompt's turn has not ended"
+        assert got.git_state.compute_time.ToDatetime() >= ended[-1], "no git state after the turn yet"
         return got
 
     return await assert_eventually(ready, timeout=30)
@@ -45,7 +57,8 @@ async def test_provisioning_reaches_ready_through_every_stage(
 
             await assert_eventually(ready, timeout=30)
             final = watch.task
-            assert final.sessions[0].status == session_pb2.SESSION_STATUS_READY
+            # IDLE, not READY: the task's prompt was the session's first turn, and it has ended.
+            assert final.sessions[0].status == session_pb2.SESSION_STATUS_IDLE
             assert final.sandbox.name == f"{world.organization}/sandboxes/{task_id}"
             # Stages only move forward, in order (a late watcher may have missed early ones).
             seen = [t.provisioning.stage for t in watch.history]
@@ -130,3 +143,49 @@ async def test_send_message_on_a_pending_session_fails_precondition(
             err.value.details() or ""
         )
         assert await world.agent_session_rows() == []
+
+
+async def test_the_organization_egress_policy_reaches_its_new_sandboxes(
+    fast_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """An admin turns the organization's sandboxes offline; a task created after that gets a sandbox
+    whose processes have no proxy and no network (the bubblewrap provider records and enforces it)."""
+    from foundry.organization.v1 import organization_pb2
+    from foundry.organization.v1 import organization_service_pb2 as org_pb2
+    from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
+    from foundry.sandbox.v1 import process_pb2
+    from google.protobuf import field_mask_pb2
+
+    async with task_world(fast_settings(), tmp_path) as world:
+        orgs = org_grpc.OrganizationServiceStub(world.mesh.channel("organization", world.alice))
+        updated = await orgs.UpdateOrganization(
+            org_pb2.UpdateOrganizationRequest(
+                organization=organization_pb2.Organization(
+                    name=world.organization, sandbox_egress=organization_pb2.SANDBOX_EGRESS_NONE
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["sandbox_egress"]),
+            )
+        )
+        assert updated.organization.sandbox_egress == organization_pb2.SANDBOX_EGRESS_NONE
+        task = await _ready(world, (await world.create("offline work")).name)
+        from services.sandbox.providers.bubblewrap import available
+
+        if (why := available()) is not None:
+            pytest.skip(f"bubblewrap unavailable: {why}")
+        process = (
+            await world.sandbox_stub().CreateProcess(
+                sb_pb2.CreateProcessRequest(
+                    parent=task.sandbox.name,
+                    process=process_pb2.Process(command="/bin/sh", args=["-c", "env | grep -ci proxy"]),
+                )
+            )
+        ).process
+
+        async def output() -> str:
+            logs = await world.sandbox_stub().GetProcessLogs(sb_pb2.GetProcessLogsRequest(name=process.name))
+            assert logs.complete
+            return b"".join(c.data for c in logs.chunks).decode()
+
+        assert (await assert_eventually(output, timeout=15)).strip() == "0"
+        # The bubblewrap provider keeps the policy beside the checkout, out of the sandbox's reach.
+        assert (Path(task.sandbox.cwd).parent / "egress").read_text() == "none"
