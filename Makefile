@@ -12,7 +12,7 @@ export GRPC_VERBOSITY ?= ERROR
 # Off so uvloop is safe: with it on, forked children (git, agents) sometimes die with SIGSEGV.
 export GRPC_ENABLE_FORK_SUPPORT ?= false
 
-.PHONY: install run run-mesh test test-fast check lint proto buf-lint browser k8s-validate load bench agents clean
+.PHONY: install sandbox-tools run run-mesh test test-fast check lint proto buf-lint browser k8s-validate load bench agents clean
 
 install: $(VENV)/.installed gen/.stamp $(VENV)/.editable
 
@@ -39,12 +39,19 @@ $(BUF):
 buf-lint: $(BUF)
 	$(BUF) lint
 
+## bubblewrap (confines agents) and socat (their egress proxy forwarder), from Debian, when apt works;
+## without them the embedded mode runs agents unconfined with a warning (README "Isolation").
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap socat >/dev/null) \
+	  || echo "warning: could not install bubblewrap/socat; agents will run unconfined (dev only)"; }
+
 ## The whole mesh in one process: SQLite under ./data, in-process messaging, five listeners.
-run: install
+run: install sandbox-tools
 	$(PY) -m services.embedded
 
 ## One process per service on PostgreSQL + RabbitMQ (the shape Kubernetes runs).
-run-mesh: install
+run-mesh: install sandbox-tools
 	$(PY) -m services.mesh
 
 ## Debian's Chromium for the browser test (never a browser download); skipped with a warning when
@@ -55,7 +62,7 @@ browser:
 	  || echo "warning: could not install chromium; the browser test will be skipped"; }
 
 ## Static checks first (seconds), then the whole suite against the real PostgreSQL and RabbitMQ.
-test: check browser
+test: check browser sandbox-tools
 	$(PY) -m pytest -q
 
 test-fast: install

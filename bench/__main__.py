@@ -14,7 +14,10 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import json
+import os
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -27,7 +30,12 @@ ORDER = (
     "read_throughput",
     "sse_fanout",
     "task_throughput",
+    "sandbox_confinement",
 )
+
+# The meshes started here connect organizations in temporary directories (the dev default allows
+# only the home directory); their processes inherit this.
+os.environ.setdefault("FOUNDRY_LOCAL_ROOTS", json.dumps([tempfile.gettempdir()]))
 
 
 def headline(result: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -61,6 +61,17 @@ class InstantSandbox(sb_grpc.SandboxServiceServicer):
         )
         return sb_pb2.StartAgentSessionResponse(agent_session=session)
 
+    async def PromptSession(self, request: Any, context: Any) -> Any:
+        # The task's prompt is its first turn: taken, and left running (no agent here to end it).
+        turn = agent_session_pb2.Turn(
+            name=f"{request.name}/turns/{request.turn_id}", state=agent_session_pb2.TURN_STATE_RUNNING
+        )
+        return sb_pb2.PromptSessionResponse(turn=turn)
+
+    async def CancelTurn(self, request: Any, context: Any) -> Any:
+        turn = agent_session_pb2.Turn(name=request.name, state=agent_session_pb2.TURN_STATE_CANCELLED)
+        return sb_pb2.CancelTurnResponse(turn=turn)
+
     async def CloseAgentSession(self, request: Any, context: Any) -> Any:
         session = self.sessions.get(request.name) or agent_session_pb2.AgentSession(name=request.name)
         session.state = agent_session_pb2.AGENT_SESSION_STATE_CLOSED

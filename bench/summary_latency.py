@@ -366,8 +366,12 @@ class Bench:
                 raise RuntimeError(f"{name}: {s.task(name).status_message}")
             return False
 
+        # Provisioned = the agent took the task's prompt (its first turn): RUNNING, or IDLE once done.
         idle = await self.stream.until(
-            lambda s: failed(s) or s.task(name).status == task_pb2.TASK_STATUS_IDLE, "provisioned"
+            lambda s: (
+                failed(s) or s.task(name).status in (task_pb2.TASK_STATUS_IDLE, task_pb2.TASK_STATUS_RUNNING)
+            ),
+            "provisioned",
         )
         if samples is not None:
             samples.add("provisioning", idle - returned, 0.0)

@@ -1,17 +1,17 @@
 """Benchmark 6: tasks from create to running, per second, on PostgreSQL + RabbitMQ.
 
 The organization, github-data and task services run as their own processes (the mesh shape) on a
-fresh PostgreSQL database and RabbitMQ vhost; the sandbox service is bench/instant_sandbox.py (every
-provisioning call answers at once: an instant provider and a cheap agent). 50 concurrent callers
-create N tasks; the clock stops when the task database shows all N at stage `ready` (status idle,
-first session ready). Target: ≥ 200 tasks/s.
+fresh PostgreSQL database and a RabbitMQ node of its own; the sandbox service is
+bench/instant_sandbox.py (every provisioning call answers at once: an instant provider and a cheap
+agent). 50 concurrent callers create N tasks; the clock stops when the task database shows all N
+at stage `ready` (status idle, first session ready). Target: ≥ 200 tasks/s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,11 +31,12 @@ from bench.profiling import notes, py_spy, summarize
 from load.config import Targets
 from load.mesh import Ports, spawn, stop, wait_ready
 from services.platform.settings import Settings
+from tests.helpers.servers import PrivateRabbit
 
 NAME = "task_throughput"
 CONCURRENCY = 50
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
+# The machine's PostgreSQL by default; the test suite points it at its own server.
+PG_ADMIN = os.environ.get("FOUNDRY_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICES = ("organization", "github_data", "task")
 
 
@@ -45,7 +46,7 @@ async def pg_database(name: str) -> AsyncIterator[str]:
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
     try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        yield PG_ADMIN.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
     finally:
         conn = await asyncpg.connect(PG_ADMIN)
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -53,17 +54,16 @@ async def pg_database(name: str) -> AsyncIterator[str]:
 
 
 @contextlib.contextmanager
-def rabbit_vhost(name: str) -> Iterator[str]:
-    def ctl(*args: str) -> None:
-        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-    ctl("add_vhost", name)
-    ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+def private_rabbit(root: Path) -> Iterator[str]:
+    """A RabbitMQ node of the bench's own (installed server binaries, free port, data in `root`),
+    so the figures never depend on, or disturb, the machine's broker; yields its amqp:// URL."""
+    root.parent.chmod(0o755)  # the node runs as the `rabbitmq` user when we are root
+    node = PrivateRabbit(root)
+    node.start()
     try:
-        yield f"{AMQP_BASE}/{name}"
+        yield node.url
     finally:
-        with contextlib.suppress(Exception):
-            ctl("delete_vhost", name)
+        node.stop()
 
 
 async def ready_count(db_url: str) -> int:
@@ -77,7 +77,7 @@ async def ready_count(db_url: str) -> int:
 async def main(quick: bool) -> dict[str, Any]:
     total = 50 if quick else 1000
     suffix = uuid.uuid4().hex[:8]
-    with scratch("bench-throughput-") as tmp, rabbit_vhost(f"bench_{suffix}") as amqp:
+    with scratch("bench-throughput-") as tmp, private_rabbit(Path(tmp) / "rabbitmq") as amqp:
         async with pg_database(f"bench_{suffix}") as db_url:
             ports = Ports()
             sandbox = await serve(ports.services["sandbox"])
@@ -88,7 +88,7 @@ async def main(quick: bool) -> dict[str, Any]:
                 "FOUNDRY_AMQP_URL": amqp,
                 "FOUNDRY_METRICS_PORT": "0",
                 "FOUNDRY_LOG_FORMAT": "console",
-                "FOUNDRY_DATA_DIR": tmp,
+                "FOUNDRY_DATA_DIR": str(Path(tmp) / "data"),  # beside, not around, the repositories
             }
             procs = {
                 name: spawn(f"services.{name}", env, log_path=Path(tmp) / f"{name}.log") for name in SERVICES

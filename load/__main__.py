@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from load.config import Targets
@@ -24,6 +26,10 @@ from load.mesh import ROOT, EmbeddedMesh
 from load.world import ensure
 
 SERVICES = ("organization", "task", "github_data")
+
+# The meshes started here connect organizations in temporary directories (the dev default allows
+# only the home directory); their processes inherit this.
+os.environ.setdefault("FOUNDRY_LOCAL_ROOTS", json.dumps([tempfile.gettempdir()]))
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -1,22 +1,28 @@
-"""Session-wide fixtures: one PostgreSQL database and one RabbitMQ vhost per test run (both removed at
-the end), plus a settings factory. Tests that need isolation inside the run use `unique_name()`."""
+"""Session-wide fixtures: the run's own PostgreSQL server and RabbitMQ node (tests/helpers/servers.py,
+started on first use, removed at the end), one database on it per run, plus a settings factory.
+Tests that need isolation inside the run use `unique_name()`."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.platform.settings import Settings
-from tests.helpers.infra import make_pg_database, make_rabbit_vhost, unique_name
+from tests.helpers.infra import make_pg_database, unique_name
+from tests.helpers.servers import SERVERS
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 # Tests declare hundreds of short-lived queues: classic queues keep RabbitMQ light (each quorum queue
 # is a Raft cluster). Tests about production behaviour set `messaging.queue_type="quorum"` themselves.
 os.environ.setdefault("FOUNDRY_MESSAGING__QUEUE_TYPE", "classic")
+# Tests connect local organizations in their temporary directories (the dev default is the home).
+os.environ.setdefault("FOUNDRY_LOCAL_ROOTS", json.dumps([tempfile.gettempdir()]))
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +33,13 @@ async def pg_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
-    """URL of a RabbitMQ vhost created for this test run."""
-    with make_rabbit_vhost() as url:
-        yield url
+def amqp_url() -> str:
+    """URL of the run's private RabbitMQ node (its default vhost; tests isolate by name prefix)."""
+    return SERVERS.amqp_url()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    SERVERS.close()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from services.platform.aio import wait_event
 from services.platform.logging import configure, get_logger
 from services.platform.messaging.broker import Broker
 from services.platform.server import metrics
@@ -94,6 +95,7 @@ class Process:
         self.broker = broker
         self.draining = False
         self.ready = False
+        self.waiting_for = ""  # why the process is not ready yet (shown on /readyz)
         self.shutdown = asyncio.Event()
         self.drained = asyncio.Event()
         self.drain_started_at: float | None = None  # time.monotonic() when the drain began
@@ -108,7 +110,8 @@ class Process:
     def snapshot(self) -> dict[str, Any]:
         parts = [c.snapshot() for c in self.components]
         totals = {k: sum(int(p.get(k, 0)) for p in parts) for k in TOTALS}
-        return {"process": self.name, **totals, "components": parts}
+        waiting = {"waiting_for": self.waiting_for} if self.waiting_for else {}
+        return {"process": self.name, **totals, **waiting, "components": parts}
 
     async def request_drain(self) -> None:
         """Begin the drain now (idempotent); the full stop follows on SIGTERM or right after for /drain.
@@ -148,7 +151,8 @@ class Process:
                 name="admin",
             )
             await self.admin.start()
-        await self.broker.connect()
+        if not await self._connect_broker():
+            return  # stopped while waiting for the broker: nothing else was started
         for component in self.components:
             port = await component.start()
             print(f"foundry: {component.name:<12} listening on {self.settings.bind_host}:{port}", flush=True)
@@ -159,6 +163,32 @@ class Process:
                 flush=True,
             )
         self.ready = True
+
+    async def _connect_broker(self) -> bool:
+        """Connect the broker, retrying with backoff (1 s doubling to 30 s) while it is unreachable;
+        /readyz says why meanwhile. False when a stop was requested first (SIGTERM never waits on a
+        broker that does not answer)."""
+        delay = 1.0
+        while True:
+            attempt = asyncio.ensure_future(self.broker.connect())
+            stop = asyncio.ensure_future(self.shutdown.wait())
+            await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+                self.log.info("start_aborted", waiting_for="message broker")
+                return False
+            error = attempt.exception()
+            if error is None:
+                self.waiting_for = ""
+                return True
+            self.waiting_for = f"message broker: {error}"
+            self.log.warning("broker_connect_failed", error=str(error), retry_in_seconds=delay)
+            if await wait_event(self.shutdown, delay):
+                self.log.info("start_aborted", waiting_for="message broker")
+                return False
+            delay = min(delay * 2, 30.0)
 
     async def stop(self) -> None:
         """The drain sequence; safe to call once shutdown was requested (or directly, e.g. in tests)."""
@@ -219,6 +249,11 @@ async def run(settings: Settings, name: str, build: Callable[[Broker], Sequence[
         process.log.exception("start_failed", process=name)
         await process.stop()
         raise
+    if not process.ready:  # stopped before the broker answered: nothing to drain
+        if process.admin:
+            await process.admin.stop()
+        await process.broker.close()
+        return
     _freeze_startup_objects()
     await process.shutdown.wait()
     await process.stop()

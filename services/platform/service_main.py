@@ -15,7 +15,11 @@ from services.platform.settings import ServiceName, Settings
 
 
 async def _migrate(settings: Settings, service: ServiceName) -> None:
-    db = Database(settings.database_url_for(service), schema=settings.schema_for(service))
+    db = Database(
+        settings.database_url_for(service),
+        schema=settings.schema_for(service),
+        connect_timeout=settings.database_connect_timeout_seconds,
+    )
     try:
         await upgrade(db, service)
     finally:

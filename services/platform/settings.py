@@ -30,6 +30,9 @@ class MessagingSettings(BaseModel):
     """RabbitMQ behaviour (also honoured by the in-process broker where it applies)."""
 
     prefetch: int = Field(32, ge=1, description="Unacked deliveries per consumer (basic.qos).")
+    connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="One connection attempt (TCP + AMQP handshake + topology); then retried."
+    )
     confirm_timeout_seconds: float = Field(10.0, gt=0, description="Wait for a publisher confirm.")
     max_attempts: int = Field(5, ge=1, description="Deliveries before a message is dead-lettered.")
     retry_delay_seconds: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
@@ -81,7 +84,24 @@ class SandboxSettings(BaseModel):
     root: Path | None = Field(
         None, description="Directory holding one folder per sandbox (default data_dir/sandboxes)."
     )
-    provider: Literal["local"] = Field("local", description="Sandbox provider.")
+    provider: Literal["auto", "bubblewrap", "local"] = Field(
+        "auto",
+        description="`bubblewrap` confines every agent and process; `local` runs them unconfined (warned at "
+        "start); `auto`: bubblewrap where the kernel allows it, else local in dev and a refusal to start in "
+        "production.",
+    )
+    egress: Literal["none", "model_apis", "open"] = Field(
+        "model_apis",
+        description="Confined sandboxes reach: nothing, egress_allowlist only, or any public host.",
+    )
+    egress_allowlist: list[str] = Field(
+        default_factory=lambda: ["api.anthropic.com", "api.openai.com"],
+        description="host or host:port (443 when absent) a confined sandbox may reach under model_apis.",
+    )
+    max_processes: int = Field(256, ge=0, description="Processes per sandbox (pids cgroup; 0: no limit).")
+    memory_mb: int = Field(4096, ge=0, description="Address space per sandbox process in MiB (0: no limit).")
+    cpu_seconds: int = Field(0, ge=0, description="CPU seconds per sandbox process (0: no limit).")
+    file_size_mb: int = Field(1024, ge=0, description="Largest file a sandbox process may write, MiB.")
     agents: dict[str, str] = Field(
         default_factory=lambda: {
             "fake": "foundry-fake-agent",
@@ -134,6 +154,15 @@ class GatewaySettings(BaseModel):
     )
 
 
+def _resolve_root(root: str) -> str:
+    """`root` resolved like a connected path is (symlinks followed), `{user}` and what follows kept."""
+    head, marker, tail = root.partition("{user}")
+    if not marker:
+        return str(Path(root).expanduser().resolve())
+    base = str(Path(head).expanduser().resolve()) if head.strip("/") else ""
+    return f"{base}/{{user}}{tail}" if head.endswith("/") else f"{base}{{user}}{tail}"
+
+
 class Settings(BaseSettings):
     """Every `FOUNDRY_*` setting. See the README's configuration table."""
 
@@ -148,6 +177,9 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(
         5, ge=1, description="Connections per service engine (PostgreSQL), plus as many overflow connections."
+    )
+    database_connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="One PostgreSQL connection attempt, and the wait for a free pool connection."
     )
     amqp_url: str | None = Field(
         None, description="amqp://… Unset: in-process messaging (embedded mode only)."
@@ -173,8 +205,19 @@ class Settings(BaseSettings):
         SecretStr(_DEV_SECRET),
         description="HMAC key for caller identity passed between gateway and services.",
     )
+    grpc_max_connection_age_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Servers send GOAWAY to older connections so clients rebalance; Watch "
+        "streams on them still end with END rotate.",
+    )
     call_timeout_seconds: float = Field(
         5.0, gt=0, description="Default deadline of service-to-service calls."
+    )
+    local_roots: list[str] | None = Field(
+        None,
+        description="Directories under which users may connect local organizations (JSON list; `{user}` "
+        "is the caller's user id). Unset: the home directory in dev, none in production.",
     )
     migrate_on_start: bool = Field(
         True, description="Run Alembic migrations at start (Kubernetes uses a Job instead)."
@@ -225,3 +268,13 @@ class Settings(BaseSettings):
 
     def sandbox_root(self) -> Path:
         return (self.sandbox.root or self.data_dir / "sandboxes").resolve()
+
+    def allowed_local_roots(self) -> list[str]:
+        """Resolved `local_roots` (`{user}` kept); the documented default when unset."""
+        if self.local_roots is None:
+            return [str(Path.home().resolve())] if self.environment == "dev" else []
+        return [_resolve_root(root) for root in self.local_roots]
+
+    def protected_paths(self) -> list[str]:
+        """Directories no local organization may be, lie in or hold: the data dir and the sandbox root."""
+        return [str(self.data_dir.resolve()), str(self.sandbox_root())]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.servers import SERVERS
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +23,7 @@ FIGURES = {
     "read_throughput": {"get_task_rps", "bare_echo_rps", "ratio"},
     "sse_fanout": {"upstream_streams", "gateway_kb_per_subscriber", "fanout_one_change"},
     "task_throughput": {"tasks_per_second", "tasks_ready", "create_task_latency"},
+    "sandbox_confinement": {"local", "bubblewrap"},
 }
 
 
@@ -31,7 +34,12 @@ def test_quick_bench_writes_every_result_with_figures_and_targets(tmp_path: Path
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "GRPC_VERBOSITY": "ERROR", "FOUNDRY_BENCH_RESULTS": str(tmp_path)},
+        env={
+            **os.environ,
+            "GRPC_VERBOSITY": "ERROR",
+            "FOUNDRY_BENCH_RESULTS": str(tmp_path),
+            "FOUNDRY_BENCH_PG_ADMIN_DSN": SERVERS.postgres_dsn(),  # the run's server, not the machine's
+        },
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for name, figures in FIGURES.items():

@@ -1,7 +1,8 @@
 """The workbench in real headless Chromium (Debian's `chromium`, driven by Playwright through
 `executable_path`; `playwright install` is never used) against the embedded mesh: sign in, connect
-a local organization, create a task, watch it become ready, send `write hello.txt: hi` to the
-offline agent, see the reply stream in and hello.txt in the diff pane.
+a local organization, create a task, watch it become ready and answer its prompt (the agent's first
+turn), send `write hello.txt: hi` to the offline agent, see the reply stream in and hello.txt in
+the diff pane.
 
 Each step is named; a failure reports the step, the page's text and the mesh log's tail.
 """
@@ -73,14 +74,20 @@ async def test_workbench_end_to_end_in_headless_chromium(tmp_path: Path) -> None
                 await page.get_by_test_id("new-task-submit").click()
                 await expect(page.get_by_test_id("task-header")).to_be_visible()
                 await expect(page.get_by_test_id("task-branch")).not_to_have_text("…")
-            with steps.step("watch the task become ready"):
+            with steps.step("watch the task become ready, its prompt the agent's first turn"):
                 await expect(page.get_by_test_id("send")).to_be_enabled(timeout=STEP_TIMEOUT_MS)
+                await expect(page.get_by_test_id("transcript-entry").first).to_have_text(
+                    "say hello", timeout=STEP_TIMEOUT_MS
+                )
+                await expect(page.get_by_test_id("agent-message").first).to_contain_text(
+                    "echo: say hello", timeout=STEP_TIMEOUT_MS
+                )
             with steps.step("send a message to the offline agent"):
                 await page.get_by_test_id("composer").fill("write hello.txt: hi")
                 await page.get_by_test_id("send").click()
             with steps.step("see the reply stream in"):
-                await expect(page.get_by_test_id("agent-message").first).to_be_visible(
-                    timeout=STEP_TIMEOUT_MS
+                await expect(page.get_by_test_id("agent-message").last).to_contain_text(
+                    "wrote hello.txt", timeout=STEP_TIMEOUT_MS
                 )
             with steps.step("see hello.txt in the diff pane"):
                 await expect(page.get_by_test_id("changes")).to_contain_text(

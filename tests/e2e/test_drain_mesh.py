@@ -65,7 +65,9 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Async
     root = tmp_path_factory.mktemp("drain_mesh")
     async with make_pg_database() as db_url:
         cluster = Cluster(
-            root, db_url, amqp_url,
+            root,
+            db_url,
+            amqp_url,
             replicas={"organization": 1, "github_data": 1, "sandbox": 1, "task": 2},
             gateway=True,
             service_env={
@@ -113,9 +115,12 @@ async def _create_step_in_flight_on(mesh: Mesh, label: str) -> str:
         async def holder(name: str = name) -> str:
             task = await _get(mesh, name)
             assert task.status == task_pb2.TASK_STATUS_INIT_CREATE_SANDBOX, task.status
-            running = [r.label for r in cluster.members["task"]
-                       if metric(await r.metrics(), "foundry_message_handlers_active",
-                                 queue=mesh.provision_queue) >= 1]
+            running = [
+                r.label
+                for r in cluster.members["task"]
+                if metric(await r.metrics(), "foundry_message_handlers_active", queue=mesh.provision_queue)
+                >= 1
+            ]
             assert len(running) == 1, running
             return running[0]
 
@@ -130,7 +135,9 @@ async def _assert_provisioned_exactly_once(mesh: Mesh, name: str) -> None:
     listed = await sandboxes.ListSandboxes(sb_pb.ListSandboxesRequest(parent=mesh.world.organization))
     assert [s.task for s in listed.sandboxes].count(name) == 1, listed
     done = Counter(
-        e["stage"] for r in mesh.cluster.members["task"] for e in r.events()
+        e["stage"]
+        for r in mesh.cluster.members["task"]
+        for e in r.events()
         if e.get("event") == "provision_stage_done" and e.get("task") == name
     )
     assert sorted(done) == STAGES and set(done.values()) == {1}, done
@@ -150,10 +157,11 @@ async def test_step_in_flight_finishes_and_acks_before_the_replica_exits(mesh_up
 
     assert await replica.wait_exit(45) == 0, replica.tail()
     events = replica.events(run)
-    after_drain = events[events.index(_one(events, "drain_started")):]
+    after_drain = events[events.index(_one(events, "drain_started")) :]
     assert _one(events, "drain_started")["active_handlers"] >= 1
-    handled = [e for e in after_drain
-               if e.get("event") == "message_handled" and e["queue"] == mesh.provision_queue]
+    handled = [
+        e for e in after_drain if e.get("event") == "message_handled" and e["queue"] == mesh.provision_queue
+    ]
     assert handled, "the step in flight did not ack during the drain"
     done = [(e["task"], e["stage"]) for e in after_drain if e.get("event") == "provision_stage_done"]
     assert done == [(name, "sandbox_allocated")]  # the step in flight, and nothing started after
@@ -187,7 +195,14 @@ async def test_step_past_the_grace_is_requeued_and_finished_by_the_other_replica
 async def _prestop_hook(replica: Replica) -> None:
     """Run the deployment's preStop command against `replica`'s admin port (no extra wait)."""
     hook = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.platform.admin", "drain", "--port", str(replica.admin), "--wait", "0",
+        sys.executable,
+        "-m",
+        "services.platform.admin",
+        "drain",
+        "--port",
+        str(replica.admin),
+        "--wait",
+        "0",
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await hook.communicate()
@@ -232,8 +247,9 @@ async def test_watch_streams_end_draining_and_resume_on_the_other_replica_withou
     draining, survivor = cluster["task-0"], task_stub(cluster, world, "task-1")
     on_draining = task_stub(cluster, world, "task-0")
     streams = [on_draining.WatchTask(task_pb.WatchTaskRequest(name=name)) for _ in range(3)]
-    before = [await _read_until(s, lambda e: e.kind == watch_pb2.WATCH_EVENT_KIND_SNAPSHOT_END)
-              for s in streams]
+    before = [
+        await _read_until(s, lambda e: e.kind == watch_pb2.WATCH_EVENT_KIND_SNAPSHOT_END) for s in streams
+    ]
     await survivor.RenameTask(task_pb.RenameTaskRequest(name=name, title="before drain"))
     for stream, seen in zip(streams, before, strict=True):
         seen += await _read_until(stream, _has_title("before drain"))
@@ -255,10 +271,14 @@ async def test_watch_streams_end_draining_and_resume_on_the_other_replica_withou
     ]
 
     for seen, later in zip(before, resumed, strict=True):
-        assert all(e.kind not in (watch_pb2.WATCH_EVENT_KIND_SNAPSHOT, watch_pb2.WATCH_EVENT_KIND_RESET)
-                   for e in later), later
+        assert all(
+            e.kind not in (watch_pb2.WATCH_EVENT_KIND_SNAPSHOT, watch_pb2.WATCH_EVENT_KIND_RESET)
+            for e in later
+        ), later
         assert [t for t in _titles(later) if t.startswith(("before", "after"))] == [
-            "after drain 1", "after drain 2", "after drain 3"
+            "after drain 1",
+            "after drain 2",
+            "after drain 3",
         ]
         versions = [codec.decode(e.resume_token) for e in seen + later if e.kind in CHANGE_KINDS]
         first = versions[0]
@@ -297,5 +317,9 @@ async def test_gateway_drain_ends_browser_streams_and_reports_not_ready(mesh_up:
     events = gateway.events(run)
     assert _one(events, "drain_started")["open_streams"] == 1
     assert [e["event"] for e in events if e.get("event", "").startswith(("drain_", "cleanup_"))] == [
-        "drain_started", "drain_readiness_delay", "drain_finished", "cleanup_started", "cleanup_finished"
+        "drain_started",
+        "drain_readiness_delay",
+        "drain_finished",
+        "cleanup_started",
+        "cleanup_finished",
     ]

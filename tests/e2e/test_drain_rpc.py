@@ -155,7 +155,10 @@ async def drained(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> As
     root = tmp_path_factory.mktemp("drain_rpc")
     async with make_pg_database() as db_url:
         cluster = Cluster(
-            root, db_url, amqp_url, replicas={"organization": 1},
+            root,
+            db_url,
+            amqp_url,
+            replicas={"organization": 1},
             modules={"organization": "tests.e2e.procs.drain_probe"},
             env={"FOUNDRY_DRAIN__GRACE_SECONDS": str(GRACE)},
         )
@@ -176,8 +179,12 @@ async def _drain_with_work_in_flight(cluster: Cluster, amqp_url: str) -> Drained
     broker = AmqpBroker(amqp_url, prefix=cluster.prefix, settings=MessagingSettings())
     await broker.connect()
     for probe_id, body in QUEUE_PROBES.items():  # in this order: the third waits for a slot
-        await broker.publish(exchange="", routing_key=queue, message_id=probe_id,
-                             body=json.dumps({"id": probe_id, **body}).encode())
+        await broker.publish(
+            exchange="",
+            routing_key=queue,
+            message_id=probe_id,
+            body=json.dumps({"id": probe_id, **body}).encode(),
+        )
     await broker.close()
     # No client-side retries: the test must see exactly what the server answered.
     channel = grpc.aio.insecure_channel(replica.address, options=[("grpc.enable_retries", 0)])
@@ -208,10 +215,18 @@ async def _drain_with_work_in_flight(cluster: Cluster, amqp_url: str) -> Drained
     run.metrics_during = await replica.metrics()
     orgs = org_grpc.OrganizationServiceStub(channel)
     for method, attempt in (
-        ("ListOrganizations", lambda: orgs.ListOrganizations(org_pb.ListOrganizationsRequest(),
-                                                             metadata=sign(ALICE, secret), timeout=5)),
-        ("Slow", lambda: channel.unary_unary(f"/{PROBE_SERVICE}/Slow")(
-            json.dumps({"id": "rpc-late", "seconds": 0}).encode(), metadata=sign(ALICE, secret), timeout=5)),
+        (
+            "ListOrganizations",
+            lambda: orgs.ListOrganizations(
+                org_pb.ListOrganizationsRequest(), metadata=sign(ALICE, secret), timeout=5
+            ),
+        ),
+        (
+            "Slow",
+            lambda: channel.unary_unary(f"/{PROBE_SERVICE}/Slow")(
+                json.dumps({"id": "rpc-late", "seconds": 0}).encode(), metadata=sign(ALICE, secret), timeout=5
+            ),
+        ),
     ):
         try:
             await attempt()
@@ -298,8 +313,14 @@ async def test_delivered_but_unstarted_message_is_requeued_and_consumed_once_aft
 
 async def test_drain_timeline_is_logged_with_active_counts(drained: DrainedRun) -> None:
     names = [e.get("event") for e in drained.replica.events(1)]
-    steps = ["signal", "drain_started", "drain_finished", "cleanup_started", "probe_db_dispose",
-             "cleanup_finished"]
+    steps = [
+        "signal",
+        "drain_started",
+        "drain_finished",
+        "cleanup_started",
+        "probe_db_dispose",
+        "cleanup_finished",
+    ]
     assert all(step in names for step in steps), names
     assert [names.index(step) for step in steps] == sorted(names.index(step) for step in steps)
     (signal,) = drained.events("signal")
@@ -339,6 +360,12 @@ async def test_admin_metrics_export_drain_state_and_active_counts(drained: Drain
     queue = queue_name("", "organization", PROBE_QUEUE)
     assert sample('foundry_draining{process="organization"}') == 1.0
     assert sample('foundry_grpc_server_active_rpcs{service="organization"}') == 2.0
-    assert sum(float(x.rsplit(" ", 1)[1]) for x in lines
-               if x.startswith("foundry_message_handlers_active{") and queue in x) == 2.0
+    assert (
+        sum(
+            float(x.rsplit(" ", 1)[1])
+            for x in lines
+            if x.startswith("foundry_message_handlers_active{") and queue in x
+        )
+        == 2.0
+    )
     assert sample('foundry_drain_duration_seconds_count{process="organization"}') == 0.0  # observed at exit

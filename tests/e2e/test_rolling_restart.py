@@ -115,16 +115,32 @@ class Load:
                 get = task_pb.GetTaskRequest(name=name)
                 await self.call("GetTask", lambda g=get: self.tasks.GetTask(g))
             else:
-                read = random.choice([
-                    ("ListTasks", lambda: self.tasks.ListTasks(
-                        task_pb.ListTasksRequest(parent=world.organization))),
-                    ("GetOrganization", lambda: self.orgs.GetOrganization(
-                        org_pb.GetOrganizationRequest(name=world.organization))),
-                    ("ListRepositories", lambda: self.github.ListRepositories(
-                        gh_pb.ListRepositoriesRequest(parent=world.organization))),
-                    ("ListSandboxes", lambda: self.sandboxes.ListSandboxes(
-                        sb_pb.ListSandboxesRequest(parent=world.organization))),
-                ])
+                read = random.choice(
+                    [
+                        (
+                            "ListTasks",
+                            lambda: self.tasks.ListTasks(task_pb.ListTasksRequest(parent=world.organization)),
+                        ),
+                        (
+                            "GetOrganization",
+                            lambda: self.orgs.GetOrganization(
+                                org_pb.GetOrganizationRequest(name=world.organization)
+                            ),
+                        ),
+                        (
+                            "ListRepositories",
+                            lambda: self.github.ListRepositories(
+                                gh_pb.ListRepositoriesRequest(parent=world.organization)
+                            ),
+                        ),
+                        (
+                            "ListSandboxes",
+                            lambda: self.sandboxes.ListSandboxes(
+                                sb_pb.ListSandboxesRequest(parent=world.organization)
+                            ),
+                        ),
+                    ]
+                )
                 await self.call(*read)
             await asyncio.sleep(PAUSE)
 
@@ -180,7 +196,10 @@ async def _serves_again(replica: Replica) -> None:
 async def test_rolling_restart_under_load_has_no_non_retryable_error(tmp_path: Path, amqp_url: str) -> None:
     async with make_pg_database() as db_url:
         cluster = Cluster(
-            tmp_path, db_url, amqp_url, replicas={name: 2 for name in SERVICE_NAMES},
+            tmp_path,
+            db_url,
+            amqp_url,
+            replicas={name: 2 for name in SERVICE_NAMES},
             # Bounds concurrent handlers, hence pooled connections: 8 processes share max_connections=100.
             env={"FOUNDRY_MESSAGING__PREFETCH": "4"},
         )
@@ -215,8 +234,11 @@ async def test_rolling_restart_under_load_has_no_non_retryable_error(tmp_path: P
             assert set(report.stream_ends) == {"WATCH_END_REASON_DRAINING"}, report.stream_ends
             first = report.versions[0]
             assert report.versions == list(range(first, first + len(report.versions))), report.versions
-            seen = [t for i, t in enumerate(report.titles) if t.startswith("rename") and
-                    (i == 0 or report.titles[i - 1] != t)]
+            seen = [
+                t
+                for i, t in enumerate(report.titles)
+                if t.startswith("rename") and (i == 0 or report.titles[i - 1] != t)
+            ]
             assert seen == report.renamed and len(seen) >= 3, (seen, report.renamed)
             stub = task_stub(cluster, world)
 
@@ -227,9 +249,14 @@ async def test_rolling_restart_under_load_has_no_non_retryable_error(tmp_path: P
 
             await assert_eventually(all_provisioned, timeout=45, interval=0.5)
             for replica in cluster.all():  # every drain logged its timeline
-                events = [e["event"] for e in replica.events(1)
-                          if e.get("event", "").startswith(("drain_", "cleanup_"))]
+                events = [
+                    e["event"]
+                    for e in replica.events(1)
+                    if e.get("event", "").startswith(("drain_", "cleanup_"))
+                ]
                 assert events == ["drain_started", "drain_finished", "cleanup_started", "cleanup_finished"], (
-                    replica.label, events)
+                    replica.label,
+                    events,
+                )
         finally:
             await cluster.close()

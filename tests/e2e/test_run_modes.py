@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.helpers.eventually import assert_eventually
 from tests.helpers.infra import make_pg_database, unique_name
 from tests.helpers.procs import ROOT, MeshPorts, health_status, spawn, stop, wait_healthy
 
@@ -78,6 +80,27 @@ async def test_embedded_mode_serves_all_services_and_drains(tmp_path: Path) -> N
     assert names.index("drain_started") < names.index("drain_finished") < names.index("cleanup_finished")
 
 
+def _children(parent: int, module: str) -> list[int]:
+    """Pids of `parent`'s children started as `python -m <module>`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
+            ):
+                if module in (entry / "cmdline").read_bytes().decode(errors="replace").split("\0"):
+                    found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _restarted(parent: int, old: int) -> None:
+    pids = _children(parent, "services.task")
+    assert pids and old not in pids, pids
+
+
 @pytest.mark.integration
 async def test_mesh_mode_runs_one_process_per_service_on_postgres_and_rabbitmq(
     tmp_path: Path, amqp_url: str
@@ -87,19 +110,32 @@ async def test_mesh_mode_runs_one_process_per_service_on_postgres_and_rabbitmq(
         env = {
             **ports.env(),
             "FOUNDRY_DATABASE_URL": db_url,
-            "FOUNDRY_AMQP_URL": amqp_url,  # the run's vhost; the prefix keeps this mesh's queues apart
+            "FOUNDRY_AMQP_URL": amqp_url,  # the run's own node; the prefix keeps this mesh's queues apart
             "FOUNDRY_NAME_PREFIX": unique_name("mesh"),
             "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
         }
         proc = spawn("services.mesh", env, log_path=tmp_path / "mesh.log")
         try:
             await wait_healthy(ports, proc, timeout=90)
+            # A process manager's job: a SIGKILLed service is restarted, and the log says so.
+            (task_pid,) = _children(proc.pid, "services.task")
+            os.kill(task_pid, signal.SIGKILL)
+            await assert_eventually(lambda: _restarted(proc.pid, task_pid), timeout=30)
+            await wait_healthy(ports, proc, timeout=60)
         finally:
             code = stop(proc)
         log = (tmp_path / "mesh.log").read_text(errors="replace")
         assert code == 0, log[-3000:]
+        assert f"task (pid {task_pid}) killed by SIGKILL" in log and "restarting in 1 s" in log, log[-3000:]
         starts = [e for e in _events(tmp_path / "mesh.log") if e.get("event") == "service_started"]
-        assert sorted(str(e["service"]) for e in starts) == ["github_data", "organization", "sandbox", "task"]
+        # Every service once, and the task service again after its SIGKILL.
+        assert sorted(str(e["service"]) for e in starts) == [
+            "github_data",
+            "organization",
+            "sandbox",
+            "task",
+            "task",
+        ]
         assert all("postgresql" in str(e["database"]) for e in starts)
 
 

@@ -1,4 +1,5 @@
-"""Real infrastructure for tests: a PostgreSQL database and a RabbitMQ vhost of their own, removed after."""
+"""Real infrastructure for tests: a PostgreSQL database of their own on the run's private server
+(tests/helpers/servers.py), removed after; free ports; waiting for a listener."""
 
 from __future__ import annotations
 
@@ -6,15 +7,11 @@ import asyncio
 import contextlib
 import random
 import socket
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -58,37 +55,23 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def make_pg_database(name: str | None = None) -> AsyncIterator[str]:
     """Create a fresh database; yield its `postgresql+asyncpg://` URL; drop it afterwards."""
+    from tests.helpers.servers import SERVERS
+
     name = name or unique_name("foundry_test")
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    admin = await asyncio.to_thread(SERVERS.postgres_dsn)
+    conn = await asyncpg.connect(admin)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
     try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        yield admin.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
     finally:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        conn = await asyncpg.connect(admin)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
-
-
-def _rabbitmqctl(*args: str, timeout: float = 60) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=timeout)
-
-
-@contextlib.contextmanager
-def make_rabbit_vhost(name: str | None = None) -> Iterator[str]:
-    """Create a RabbitMQ vhost for guest; yield its amqp:// URL; delete it (and all it holds) afterwards."""
-    name = name or unique_name("foundry_test")
-    _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    try:
-        yield f"{AMQP_BASE}/{name}"
-    finally:
-        with contextlib.suppress(Exception):
-            _rabbitmqctl("delete_vhost", name, timeout=30)
 
 
 async def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:

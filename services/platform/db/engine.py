@@ -38,9 +38,12 @@ class Database:
     Args:
         url: SQLAlchemy URL, `postgresql+asyncpg://…` or `sqlite+aiosqlite:///path`.
         schema: PostgreSQL schema the service owns (set as search_path); None on SQLite.
+        connect_timeout: seconds for one PostgreSQL connection attempt, and for a free pool slot.
     """
 
-    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, schema: str | None = None, pool_size: int = 10, connect_timeout: float = 10.0
+    ) -> None:
         self.url = url
         self.schema = schema
         self.is_sqlite = url.startswith("sqlite")
@@ -51,8 +54,11 @@ class Database:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = pool_size
             kwargs["pool_pre_ping"] = True
+            # A server that accepts TCP and never answers must not hang a caller for asyncpg's 60 s.
+            kwargs["pool_timeout"] = connect_timeout
+            kwargs["connect_args"] = {"timeout": connect_timeout}
             if schema:
-                kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+                kwargs["connect_args"]["server_settings"] = {"search_path": schema}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _install_sqlite_pragmas(self.engine)

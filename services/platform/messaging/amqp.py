@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -57,6 +57,9 @@ ORIGINAL_ROUTING_KEY = "x-original-routing-key"
 # a quorum-queue message after this many failed deliveries, whatever our own attempt count says.
 POISON_DELIVERY_LIMIT = 20
 _PUBLISH_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError)
+
+
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
 class AmqpBroker:
@@ -98,12 +101,33 @@ class AmqpBroker:
         return f"{self._prefix}.broadcast"
 
     async def connect(self) -> None:
-        """Open the robust connection, the publisher channel (confirms) and declare the exchanges."""
+        """Open the robust connection, the publisher channel (confirms) and declare the exchanges.
+
+        Bounded by `connect_timeout_seconds` (a broker that accepts TCP and never answers must not hang
+        a starting process). Raises Unavailable (`AMQP_UNAVAILABLE`, `AMQP_TIMEOUT`)."""
         if self._connection is not None:
             return
+        timeout = self._settings.connect_timeout_seconds
+        try:  # (aio-pika bounds the handshake; this also bounds declaring the topology)
+            await asyncio.wait_for(self._connect(timeout), timeout + 1.0)
+        except TimeoutError:
+            raise Unavailable(
+                f"RabbitMQ did not complete the AMQP handshake within {timeout:g} s", reason="AMQP_TIMEOUT"
+            ) from None
+
+    async def _connect(self, timeout: float) -> None:
+        made: list[aio_pika.RobustConnection] = []
+
+        def remember(*args: Any, **kwargs: Any) -> aio_pika.RobustConnection:
+            made.append(aio_pika.RobustConnection(*args, **kwargs))
+            return made[-1]
+
         try:
             self._connection = await aio_pika.connect_robust(
-                self._url, client_properties=self._client_properties
+                self._url,
+                client_properties=self._client_properties,
+                timeout=timeout,
+                connection_class=cast(Any, remember),
             )
             self._topology = await self._connection.channel(publisher_confirms=False)
             await self._topology.declare_exchange(
@@ -116,8 +140,23 @@ class AmqpBroker:
                 self.broadcast_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             self._publisher = await self._open_publisher()
-        except (*_PUBLISH_ERRORS, OSError) as exc:
-            raise Unavailable(f"cannot reach RabbitMQ: {exc}", reason="AMQP_UNAVAILABLE") from exc
+        except BaseException as exc:
+            # A robust connection that never opened keeps reconnecting in the background (and holds
+            # the process open): close it, also when the attempt was cancelled by a stop.
+            self._connection = None
+            for connection in made:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_SECONDS)
+            if isinstance(exc, TimeoutError):
+                raise Unavailable(
+                    f"RabbitMQ did not complete the AMQP handshake within {timeout:g} s",
+                    reason="AMQP_TIMEOUT",
+                ) from None
+            if isinstance(exc, (*_PUBLISH_ERRORS, OSError)):
+                raise Unavailable(
+                    f"cannot reach RabbitMQ: {exc or type(exc).__name__}", reason="AMQP_UNAVAILABLE"
+                ) from exc
+            raise
 
     async def declare_queue(self, spec: QueueSpec) -> None:
         """Declare the work queue, its DLQ, its retry queues and its event bindings (idempotent)."""
@@ -213,8 +252,8 @@ class AmqpBroker:
         self._publisher = self._topology = self._broadcast_channel = None
         self._consumer_channels.clear()
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            with contextlib.suppress(Exception):  # a broker that stopped answering must not hold the exit
+                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_SECONDS)
 
     # -- internals ---------------------------------------------------------------------------------
 

@@ -173,12 +173,19 @@ class MemoryBroker:
         what is queued here, so wait until no message is ready, unsettled or waiting for a retry
         (or `deadline`, time.monotonic()), then refuse publishing until the next `connect()`: the
         outbox keeps later rows for the next start. Returns how many messages are left (lost on exit)."""
+        await self.idle(deadline)
+        self._sealed = True
+        return self._pending()
+
+    async def idle(self, deadline: float) -> bool:
+        """Wait until every message published so far to a consumed queue has been handled and settled
+        (or `deadline`, time.monotonic()); True when idle. Tests use it to prove a message had no
+        effect without sleeping."""
         while self._pending(consumed_only=True):
             self._progress.clear()
             if not await wait_event(self._progress, deadline - time.monotonic()):
-                break  # the deadline passed
-        self._sealed = True
-        return self._pending()
+                return False  # the deadline passed
+        return True
 
     def _pending(self, *, consumed_only: bool = False) -> int:
         """Messages ready (in a queue somebody consumes, with `consumed_only`), unsettled or waiting

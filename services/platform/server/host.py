@@ -33,13 +33,23 @@ from services.platform.watch import WatchHub
 log = get_logger("foundry.host")
 # Longest wait in begin_drain() for Watch streams to send their END `draining` (never past the deadline).
 STREAM_END_WAIT_SECONDS = 5.0
-SERVER_OPTIONS = [
-    ("grpc.so_reuseport", 0),  # a port clash must fail loudly, not silently share traffic
-    ("grpc.max_connection_age_ms", 300_000),  # clients rebalance across replicas every ~5 min
-    ("grpc.max_connection_age_grace_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-]
+STREAM_END_MARGIN_SECONDS = 30.0
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC server options. A connection older than `grpc_max_connection_age_seconds` gets GOAWAY, so
+    clients rebalance across replicas; calls already on it then have the grace period to finish. The
+    grace outlasts the longest Watch stream (`watch.max_stream_seconds`, which ends with END `rotate`
+    and its resume token) so a transport limit never cuts a stream with UNAVAILABLE."""
+    age_ms = int(settings.grpc_max_connection_age_seconds * 1000)
+    grace_ms = int((settings.watch.max_stream_seconds + STREAM_END_MARGIN_SECONDS) * 1000)
+    return [
+        ("grpc.so_reuseport", 0),  # a port clash must fail loudly, not silently share traffic
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", grace_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
 
 
 @dataclass
@@ -115,6 +125,7 @@ class ServiceHost:
             s.database_url_for(self.service),
             schema=s.schema_for(self.service),
             pool_size=s.database_pool_size,
+            connect_timeout=s.database_connect_timeout_seconds,
         )
         if db.is_sqlite:
             s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +147,7 @@ class ServiceHost:
                 RequestContext(self.service),
                 CallerIdentity(s.internal_auth_secret.get_secret_value()),
             ],
-            options=SERVER_OPTIONS,
+            options=server_options(self.settings),
         )
         names = [sv.full_name for sv in wiring.servicers]
         for sv in wiring.servicers:

@@ -82,8 +82,13 @@ class Replica:
             f.write(f'{{"event": "e2e_spawn", "start": {self.starts}}}\n'.encode())
         full_env = {**os.environ, "GRPC_VERBOSITY": "ERROR", **self.env}
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=full_env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                cwd=ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def terminate(self) -> None:
         """Send SIGTERM (the drain starts); does not wait."""

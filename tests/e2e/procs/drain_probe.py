@@ -90,8 +90,9 @@ class _Probe:
 
     async def slow(self, request: bytes, _context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         spec = json.loads(request)
-        await self.run(spec["id"], "rpc", float(spec["seconds"]),
-                       lambda errors: self._touch_db(errors, "after sleep"))
+        await self.run(
+            spec["id"], "rpc", float(spec["seconds"]), lambda errors: self._touch_db(errors, "after sleep")
+        )
         return json.dumps({"id": spec["id"]}).encode()
 
     async def handle(self, message: Message, ctx: HandlerContext) -> None:
@@ -103,8 +104,13 @@ class _Probe:
             async with ctx.transaction() as session:  # the inbox row is the handler's effect
                 await session.execute(text("SELECT 1"))
 
-        await self.run(spec["id"], "queue", float(spec["seconds"]), finish,
-                       wait_for_drain=bool(spec.get("wait_for_drain", True)))
+        await self.run(
+            spec["id"],
+            "queue",
+            float(spec["seconds"]),
+            finish,
+            wait_for_drain=bool(spec.get("wait_for_drain", True)),
+        )
 
 
 def _instrument(rt: Runtime) -> None:
@@ -113,8 +119,12 @@ def _instrument(rt: Runtime) -> None:
 
     async def dispose() -> None:
         host = HOSTS[0]
-        emit("probe_db_dispose", active_probes=dict(ACTIVE), active_rpcs=host.guard.active,
-             active_handlers=rt.worker.active)
+        emit(
+            "probe_db_dispose",
+            active_probes=dict(ACTIVE),
+            active_rpcs=host.guard.active,
+            active_handlers=rt.worker.active,
+        )
         await original()
 
     db.dispose = dispose  # type: ignore[method-assign]

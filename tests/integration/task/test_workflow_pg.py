@@ -1,5 +1,6 @@
 """Provisioning on PostgreSQL + RabbitMQ with the real organization, github-data and sandbox
-services: crash resume on a new replica, and two replicas on the same tasks."""
+services: crash resume on a new replica, and two replicas on the same tasks (which send each task's
+prompt to its agent once)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from foundry.sandbox.v1 import sandbox_pb2
+from foundry.sandbox.v1 import sandbox_pb2, session_event_pb2
+from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.task.v1 import events_pb2, task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
 
@@ -22,6 +24,7 @@ from tests.unit.task.conftest import PEERS, TaskWorld, connect, make_repositorie
 pytestmark = pytest.mark.integration
 READY = task_pb2.PROVISIONING_STAGE_READY
 RUNNING = sandbox_pb2.SANDBOX_STATE_RUNNING
+USER_MESSAGE = session_event_pb2.SESSION_EVENT_KIND_USER_MESSAGE
 
 
 @pytest.fixture
@@ -72,6 +75,7 @@ async def test_provisioning_resumes_on_a_new_host_after_a_crash_mid_stage(
             async def ready() -> task_pb2.Task:
                 got = (await second.stub.GetTask(pb.GetTaskRequest(name=task.name))).task
                 assert got.provisioning.stage == READY, got.provisioning
+                assert got.status == task_pb2.TASK_STATUS_IDLE, got.status  # its prompt's turn ended
                 return got
 
             done = await assert_eventually(ready, timeout=40)
@@ -105,8 +109,17 @@ async def test_two_replicas_never_run_one_tasks_steps_concurrently(
                 for task in tasks:
                     got = (await b.stub.GetTask(pb.GetTaskRequest(name=task.name))).task
                     assert got.provisioning.stage == READY, (task.name, got.provisioning)
+                    assert got.status == task_pb2.TASK_STATUS_IDLE, (task.name, got.status)
 
             await assert_eventually(all_ready, timeout=60)
+            # Each task's prompt reached its agent once, whichever replica made the session ready.
+            for task in tasks:
+                session = (await b.stub.GetSession(pb.GetSessionRequest(name=task.sessions[0].name))).session
+                listed = await world.sandbox_stub().ListSessionEvents(
+                    sb_pb2.ListSessionEventsRequest(parent=session.sandbox_session)
+                )
+                prompts = [e.text for e in listed.session_events if e.kind == USER_MESSAGE]
+                assert prompts == ["add x"], (task.name, prompts)
         ids = [t.name.rsplit("/", 1)[-1] for t in tasks]
         # Both replicas ran steps of these tasks, never two steps of one task at once (the
         # in-process counter spans both hosts of this test process).

@@ -246,10 +246,18 @@ async def test_event_subscriptions_get_a_copy_of_matching_events_until_cancelled
     await broker.publish(exchange="events", routing_key="task.summary.updated", body=b"no", message_id="2")
     await assert_eventually(lambda: _assert_equal(seen, [("organization.member.removed", b"m1")]))
     await subscription.cancel()
+    later: list[bytes] = []
+
+    async def marker(key: str, body: bytes) -> None:
+        later.append(body)
+
+    # A subscription made after the cancel sees m2: the cancelled one had the same chance and took none.
+    witness = await broker.subscribe_events("organization.member.*", marker)
     await broker.publish(
         exchange="events", routing_key="organization.member.changed", body=b"m2", message_id="3"
     )
-    await asyncio.sleep(0.05)
+    await assert_eventually(lambda: _assert_equal(later, [b"m2"]))
+    await witness.cancel()
     assert seen == [("organization.member.removed", b"m1")]
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from services.platform.db.engine import Database
 from services.platform.db.write_queue import WriteQueue
+from tests.helpers.eventually import assert_eventually
 
 
 async def _writer(queue: WriteQueue, order: list[str], name: str, *, background: bool = False) -> None:
@@ -86,21 +87,26 @@ async def test_database_background_transactions_commit_after_queued_foreground_o
             await session.execute(text("CREATE TABLE log (id INTEGER PRIMARY KEY, who TEXT)"))
         release = asyncio.Event()
 
+        holding = asyncio.Event()
+
         async def holder() -> None:
             async with db.transaction() as session:
                 await session.execute(text("INSERT INTO log (who) VALUES ('holder')"))
+                holding.set()
                 await release.wait()
 
         async def write(who: str, background: bool) -> None:
             async with db.transaction(background=background) as session:
                 await session.execute(text("INSERT INTO log (who) VALUES (:who)"), {"who": who})
 
+        writers = db._writers  # the queue under test: waiters are counted, not guessed with sleeps
+        assert writers is not None
         first = asyncio.create_task(holder())
-        await asyncio.sleep(0.05)
+        await holding.wait()
         audit = asyncio.create_task(write("audit", True))
-        await asyncio.sleep(0.01)
+        await assert_eventually(lambda: _waiting(writers, 1))
         projection = asyncio.create_task(write("projection", False))
-        await asyncio.sleep(0.01)
+        await assert_eventually(lambda: _waiting(writers, 2))
         release.set()
         await asyncio.gather(first, audit, projection)
         async with db.snapshot() as session:
@@ -108,3 +114,7 @@ async def test_database_background_transactions_commit_after_queued_foreground_o
         assert rows == ["holder", "projection", "audit"]
     finally:
         await db.dispose()
+
+
+def _waiting(writers: object, count: int) -> None:
+    assert writers.waiting == count  # type: ignore[attr-defined]
