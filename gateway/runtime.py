@@ -21,6 +21,7 @@ from gateway.auth.sessions import SESSION_COOKIE, Principal, SessionChecker, Ses
 from gateway.errors import GatewayError
 from services.platform import context as request_context
 from services.platform.channels import Channels
+from services.platform.routing import ReplicaRoutes, first_segments
 from services.platform.settings import ServiceName, Settings
 
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
@@ -85,6 +86,23 @@ class GatewayState:
         return asyncio.current_task() in self._cancelled
 
 
+class _UnaryCalls:
+    """Unary multicallables on one channel, made on first use."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self._calls: dict[str, UnaryCall] = {}
+
+    def unary(self, path: str, response_class: type[Message]) -> UnaryCall:
+        if path not in self._calls:
+            self._calls[path] = self.channel.unary_unary(
+                path,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_class.FromString,
+            )
+        return self._calls[path]
+
+
 class GatewayRuntime:
     """Shared services of the gateway's routes (one per app)."""
 
@@ -98,6 +116,7 @@ class GatewayRuntime:
         gw = settings.gateway
         self.cookies = SessionCodec(gw.session_secret.get_secret_value(), gw.session_ttl_hours * 3600)
         self._calls: dict[str, UnaryCall] = {}
+        self.sandbox_routes = ReplicaRoutes(upstreams, "sandbox", _UnaryCalls, first_segments(4))
         self.github = GithubOAuth(settings)
         self.sessions = SessionChecker(self._get_auth_session)
 
@@ -120,8 +139,20 @@ class GatewayRuntime:
             )
         return self._calls[path]
 
-    def call_for(self, rpc: Rpc) -> UnaryCall:
-        return self.unary(rpc.service, rpc.method, rpc.response_class)
+    async def call(self, rpc: Rpc, message: Message, *, timeout: float) -> Message:
+        """Call `rpc` with `message`; sandbox RPCs go to the replica that owns the sandbox named by the
+        request's `name` or `parent` (services.platform.routing)."""
+        if rpc.service != "sandbox":
+            response: Message = await self.unary(rpc.service, rpc.method, rpc.response_class)(
+                message, timeout=timeout
+            )
+            return response
+        path = f"/{SERVICES[rpc.service].full_name}/{rpc.method}"
+        name = getattr(message, "name", "") or getattr(message, "parent", "")
+        return await self.sandbox_routes.call(
+            name if isinstance(name, str) else "",
+            lambda calls: calls.unary(path, rpc.response_class)(message, timeout=timeout),
+        )
 
     async def principal(self, request: Request) -> Principal | None:
         """The signed-in browser of `request`, or None (no, forged, expired or revoked session)."""

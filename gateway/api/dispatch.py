@@ -44,7 +44,7 @@ async def handle(request: Request) -> Response:
         with request_context.bound(
             request_id=request_context.request_id(), caller=principal.caller if principal else None
         ):
-            response = await runtime.call_for(rpc)(message, timeout=timeout)
+            response = await runtime.call(rpc, message, timeout=timeout)
     except (GatewayError, grpc.RpcError) as exc:
         return error_response(exc)
     except DecodeError as exc:

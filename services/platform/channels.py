@@ -123,6 +123,18 @@ class Channels:
             )
         return self._channels[peer]
 
+    def channel_to(self, address: str) -> grpc.aio.Channel:
+        """The (lazily created) channel to one replica at `address` (`host:port`), e.g. the owner of a
+        sandbox (services.platform.routing)."""
+        key = f"address:{address}"
+        if key not in self._channels:
+            self._channels[key] = grpc.aio.insecure_channel(
+                address,
+                options=CHANNEL_OPTIONS,
+                interceptors=_interceptors(self.settings, self.caller, self.settings.call_timeout_seconds),
+            )
+        return self._channels[key]
+
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()

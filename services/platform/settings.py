@@ -111,6 +111,13 @@ class SandboxSettings(BaseModel):
         description="Agent name -> command that speaks ACP on stdio.",
     )
     default_agent: str = Field("fake", description="Agent used when a task names none.")
+    replica_address: str = Field(
+        "",
+        description="host:port at which peers reach this replica itself (StatefulSet: "
+        "`$(POD_NAME).sandbox.<namespace>.svc.cluster.local:50054`). Set it whenever more than one "
+        "replica runs: each sandbox is owned by the replica that created it, calls for it are "
+        "redirected there and its turns use that replica's queues. Empty: one replica owns them all.",
+    )
     step_timeout_seconds: float = Field(300.0, gt=0, description="Timeout of one provisioning step.")
     create_delay_seconds: float = Field(0.0, ge=0, description="Artificial provider latency (benchmarks).")
 

@@ -1,10 +1,12 @@
 """Wiring of the sandbox service: `wire(runtime)` builds the provider, stores, agent pool, use cases,
 servicer and queue handlers from the host's Runtime.
 
-Work queues: `<prefix>.sandbox.turn` (RunTurn) and `<prefix>.sandbox.git_state` (RefreshGitStateWork).
+Work queues: `<prefix>.sandbox.turn` (RunTurn) and `<prefix>.sandbox.git_state` (RefreshGitStateWork),
+suffixed with the replica's address when `sandbox.replica_address` is set (api/placement.py: each
+sandbox belongs to the replica that created it).
 On start, turns left running by a crashed process are failed with a readable message and sessions
-with queued turns are kicked; processes found running are adopted. Every 30 s the same check runs
-again, so turns of a replica that died are cleaned up by the survivors.
+with queued turns are kicked; processes found running are adopted; each replica does this for the
+sandboxes it owns. Every 30 s the same check runs again (a turn whose runner stopped heartbeating).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from services.platform.logging import get_logger
 from services.platform.messaging.broker import QueueSpec
 from services.platform.server.host import Runtime, Servicer, Wiring
 from services.sandbox.agents.pool import AgentPool, venv_bin
+from services.sandbox.api.placement import OwnerGuard
 from services.sandbox.api.servicer import SandboxServicer
 from services.sandbox.domain.checkout import Checkouts
 from services.sandbox.domain.processes import Processes
@@ -43,11 +46,12 @@ def wire(rt: Runtime) -> Wiring:
     env = acp.default_environment()
     env["PATH"] = os.pathsep.join([env.get("PATH", ""), venv_bin()])
     provider = build_provider(settings, env)
-    queues = Queues(settings.name_prefix)
+    replica = settings.sandbox.replica_address
+    queues = Queues(settings.name_prefix, replica)
     records = SandboxRecords(rt.db, rt.outbox, queues)
     logs = LogRecords(rt.db, rt.outbox)
     pool = AgentPool(provider, settings.sandbox.agents, append=logs.append_events, extra_path=[venv_bin()])
-    sandboxes = Sandboxes(records, provider, pool)
+    sandboxes = Sandboxes(records, provider, pool, replica=replica)
     sessions = Sessions(
         sandboxes,
         records,
@@ -103,4 +107,5 @@ def wire(rt: Runtime) -> Wiring:
         on_started=[recover, membership.listener(rt.broker)],
         background=[recover_periodically],
         on_close=[close, membership.stop_listening],
+        interceptors=[OwnerGuard(records, replica)] if replica else [],
     )

@@ -4,7 +4,7 @@ FoundryError subclasses (`from_rpc_error`), keeping the peer's reason."""
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
@@ -18,8 +18,10 @@ from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
 
 from services.platform.channels import Channels
 from services.platform.errors import from_rpc_error
+from services.platform.routing import ReplicaRoutes, first_segments
 
 T = TypeVar("T")
+SANDBOX_OF = first_segments(4)  # organizations/{o}/sandboxes/{s}/... → the sandbox
 
 MODES = {
     "exact": task_index_pb2.BRANCH_RESERVATION_MODE_EXACT,
@@ -165,59 +167,58 @@ class GithubDataClient:
 
 
 class SandboxClient:
-    """The sandbox service's idempotent commands (keyed by task id, session id and turn id)."""
+    """The sandbox service's idempotent commands (keyed by task id, session id and turn id), each sent
+    to the replica that owns the sandbox (services.platform.routing)."""
 
     def __init__(self, peers: Channels) -> None:
-        self.stub = sb_grpc.SandboxServiceStub(peers.channel("sandbox"))
+        self.routes = ReplicaRoutes(peers, "sandbox", sb_grpc.SandboxServiceStub, SANDBOX_OF)
 
-    async def call(self, method: str, request: object, *, deadline: float | None = None) -> object:
-        """Call `method` with `request`; `deadline` in seconds overrides the default deadline."""
-        rpc = getattr(self.stub, method)
-        return await _call(rpc(request, timeout=deadline) if deadline else rpc(request), method)
+    async def _on(self, name: str, method: str, request: object, deadline: float | None = None) -> Any:
+        def invoke(stub: sb_grpc.SandboxServiceStub) -> Any:
+            rpc = getattr(stub, method)
+            return rpc(request, timeout=deadline) if deadline else rpc(request)
+
+        return await _call(self.routes.call(name, invoke), method)
 
     async def create_sandbox(
         self, request: sb_pb2.CreateSandboxRequest, *, deadline: float
     ) -> sb_pb2.CreateSandboxResponse:
-        return await _call(self.stub.CreateSandbox(request, timeout=deadline), "CreateSandbox")
+        name = f"{request.parent}/sandboxes/{request.sandbox_id}"
+        response: sb_pb2.CreateSandboxResponse = await self._on(name, "CreateSandbox", request, deadline)
+        self.routes.remember(name, response.sandbox.replica)
+        return response
 
     async def prepare_repository(
         self, request: sb_pb2.PrepareRepositoryRequest, *, deadline: float
     ) -> sb_pb2.PrepareRepositoryResponse:
-        return await _call(self.stub.PrepareRepository(request, timeout=deadline), "PrepareRepository")
+        return await self._on(request.name, "PrepareRepository", request, deadline)  # type: ignore[no-any-return]
 
     async def start_agent(
         self, request: sb_pb2.StartAgentRequest, *, deadline: float
     ) -> sb_pb2.StartAgentResponse:
-        return await _call(self.stub.StartAgent(request, timeout=deadline), "StartAgent")
+        return await self._on(request.parent, "StartAgent", request, deadline)  # type: ignore[no-any-return]
 
     async def start_agent_session(
         self, request: sb_pb2.StartAgentSessionRequest, *, deadline: float
     ) -> sb_pb2.StartAgentSessionResponse:
-        return await _call(self.stub.StartAgentSession(request, timeout=deadline), "StartAgentSession")
+        return await self._on(request.parent, "StartAgentSession", request, deadline)  # type: ignore[no-any-return]
 
     async def prompt(self, request: sb_pb2.PromptSessionRequest) -> sb_pb2.PromptSessionResponse:
-        return await _call(self.stub.PromptSession(request), "PromptSession")
+        return await self._on(request.name, "PromptSession", request)  # type: ignore[no-any-return]
 
     async def cancel_turn(self, name: str) -> None:
-        await _call(self.stub.CancelTurn(sb_pb2.CancelTurnRequest(name=name)), "CancelTurn")
+        await self._on(name, "CancelTurn", sb_pb2.CancelTurnRequest(name=name))
 
     async def close_session(self, name: str) -> None:
-        await _call(
-            self.stub.CloseAgentSession(sb_pb2.CloseAgentSessionRequest(name=name)), "CloseAgentSession"
-        )
+        await self._on(name, "CloseAgentSession", sb_pb2.CloseAgentSessionRequest(name=name))
 
     async def set_model(self, name: str, model: str) -> None:
-        await _call(
-            self.stub.SetAgentSessionModel(sb_pb2.SetAgentSessionModelRequest(name=name, model=model)),
-            "SetAgentSessionModel",
-        )
+        request = sb_pb2.SetAgentSessionModelRequest(name=name, model=model)
+        await self._on(name, "SetAgentSessionModel", request)
 
     async def destroy(self, name: str, reason: str, *, deadline: float) -> None:
-        await _call(
-            self.stub.DestroySandbox(
-                sb_pb2.DestroySandboxRequest(name=name, reason=reason), timeout=deadline
-            ),
-            "DestroySandbox",
+        await self._on(
+            name, "DestroySandbox", sb_pb2.DestroySandboxRequest(name=name, reason=reason), deadline
         )
 
     async def push(
@@ -228,10 +229,8 @@ class SandboxClient:
         request = sb_pb2.PushBranchRequest(
             name=name, access_token=access_token, commit_message=commit_message
         )
-        return await _call(
-            self.stub.PushBranch(request, timeout=deadline),
-            "PushBranch",
-        )
+        return await self._on(name, "PushBranch", request, deadline)  # type: ignore[no-any-return]
 
     async def revert_file(self, name: str, path: str) -> sb_pb2.RevertFileResponse:
-        return await _call(self.stub.RevertFile(sb_pb2.RevertFileRequest(name=name, path=path)), "RevertFile")
+        request = sb_pb2.RevertFileRequest(name=name, path=path)
+        return await self._on(name, "RevertFile", request)  # type: ignore[no-any-return]

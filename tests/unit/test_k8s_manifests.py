@@ -63,13 +63,20 @@ def _secret_values() -> dict[str, str]:
 # --- helpers over rendered objects -------------------------------------------------------------------
 
 
+SERVERS = ("Deployment", "StatefulSet")  # long-running workloads (the sandbox service is a StatefulSet)
+
+
 def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def servers(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if d["kind"] in SERVERS]
+
+
 def pod_templates(docs: list[Doc]) -> list[tuple[Doc, Doc]]:
-    """(workload, pod template) for every Deployment and Job."""
-    return [(d, d["spec"]["template"]) for d in docs if d["kind"] in ("Deployment", "Job")]
+    """(workload, pod template) for every Deployment, StatefulSet and Job."""
+    return [(d, d["spec"]["template"]) for d in docs if d["kind"] in (*SERVERS, "Job")]
 
 
 def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -89,10 +96,13 @@ def container_env(docs: list[Doc], container: Doc, secrets: dict[str, str]) -> d
             env.update(config_map(docs, source["configMapRef"]["name"]))
     for var in container.get("env", []):
         ref = var.get("valueFrom", {}).get("secretKeyRef")
-        if "value" in var:
-            env[var["name"]] = var["value"]
+        field_ref = var.get("valueFrom", {}).get("fieldRef")
+        if "value" in var:  # $(NAME) expands a variable defined before it, as the kubelet does
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"])
         elif ref and ref["key"] in secrets:
             env[var["name"]] = secrets[ref["key"]]
+        elif field_ref:
+            env[var["name"]] = f"{{{field_ref['fieldPath']}}}"  # the pod's own value, e.g. {metadata.name}
     return env
 
 
@@ -144,10 +154,20 @@ def prestop_args(container: Doc) -> dict[str, str]:
 
 def selector_problems(docs: list[Doc]) -> list[str]:
     problems = []
-    deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
+    deployments = {d["metadata"]["name"]: d for d in servers(docs)}
     for name, d in deployments.items():
         if not matches(d["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"]):
-            problems.append(f"Deployment/{name}: selector does not match its pod template labels")
+            problems.append(f"{d['kind']}/{name}: selector does not match its pod template labels")
+        if d["kind"] == "StatefulSet":
+            governing = [
+                svc
+                for svc in of_kind(docs, "Service")
+                if svc["metadata"]["name"] == d["spec"]["serviceName"]
+                and svc["spec"].get("clusterIP") == "None"
+                and matches(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+            ]
+            if not governing:
+                problems.append(f"StatefulSet/{name}: serviceName is no headless Service selecting its pods")
     for kind, get in (
         ("Service", lambda o: o["spec"]["selector"]),
         ("PodDisruptionBudget", lambda o: o["spec"]["selector"]["matchLabels"]),
@@ -165,7 +185,7 @@ def selector_problems(docs: list[Doc]) -> list[str]:
             ]
             if selected != [obj["metadata"]["name"]] or jobs:
                 problems.append(
-                    f"{kind}/{obj['metadata']['name']} selects Deployments {selected} and Jobs {jobs}"
+                    f"{kind}/{obj['metadata']['name']} selects workloads {selected} and Jobs {jobs}"
                 )
     for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
         target = deployments.get(hpa["spec"]["scaleTargetRef"]["name"])
@@ -178,9 +198,9 @@ def selector_problems(docs: list[Doc]) -> list[str]:
 
 def probe_problems(docs: list[Doc]) -> list[str]:
     problems = []
-    for d in of_kind(docs, "Deployment"):
+    for d in servers(docs):
         for c in d["spec"]["template"]["spec"]["containers"]:
-            where = f"Deployment/{d['metadata']['name']} container {c['name']}"
+            where = f"{d['kind']}/{d['metadata']['name']} container {c['name']}"
             ports = {p["containerPort"] for p in c.get("ports", [])}
             names = {p["name"] for p in c.get("ports", []) if "name" in p}
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -210,10 +230,10 @@ def drain_problems(docs: list[Doc], secrets: dict[str, str]) -> list[str]:
     problems = []
     drain_defaults = DrainSettings()  # class defaults, not this machine's FOUNDRY_* environment
     default_metrics_port = Settings.model_fields["metrics_port"].default
-    for d in of_kind(docs, "Deployment"):
+    for d in servers(docs):
         spec = d["spec"]["template"]["spec"]
         for c in spec["containers"]:
-            where = f"Deployment/{d['metadata']['name']} container {c['name']}"
+            where = f"{d['kind']}/{d['metadata']['name']} container {c['name']}"
             hook = prestop_args(c)
             if "--wait" not in hook:
                 problems.append(f"{where}: preStop must run `services.platform.admin drain --wait N`")
@@ -406,7 +426,7 @@ def test_every_container_environment_builds_production_settings_that_match_the_o
             assert not settings.migrate_on_start
             if c["args"][2].startswith("services."):  # the gateway reaches services by gRPC only
                 assert settings.database_url, f"{workload['metadata']['name']} needs PostgreSQL"
-            if workload["kind"] != "Deployment":
+            if workload["kind"] == "Job":
                 continue  # a migration Job needs only the database
             if c["args"][2].startswith("services."):
                 assert not settings.embedded, f"{workload['metadata']['name']} needs RabbitMQ"
@@ -423,6 +443,33 @@ def test_every_container_environment_builds_production_settings_that_match_the_o
                 assert settings.target_of(peer) == (
                     f"dns:///{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:{port['port']}"
                 )
+
+
+def test_each_sandbox_replica_records_its_own_stable_address(
+    rendered: dict[str, list[Doc]], secret_values: dict[str, str]
+) -> None:
+    """A sandbox belongs to the replica that created it: each pod advertises its StatefulSet DNS name
+    under the governing headless Service, keeps its checkouts on a volume of its own, and the peers
+    still reach new sandboxes through the Service."""
+    for target in ("base", "overlays/example"):
+        docs = rendered[target]
+        (sandbox,) = [d for d in servers(docs) if d["metadata"]["name"] == "sandbox"]
+        assert sandbox["kind"] == "StatefulSet" and sandbox["spec"]["replicas"] >= 2, target
+        (container,) = sandbox["spec"]["template"]["spec"]["containers"]
+        env = container_env(docs, container, secret_values)
+        (svc,) = [
+            s for s in of_kind(docs, "Service") if s["metadata"]["name"] == sandbox["spec"]["serviceName"]
+        ]
+        (port,) = svc["spec"]["ports"]
+        assert env["FOUNDRY_SANDBOX__REPLICA_ADDRESS"] == (
+            f"{{metadata.name}}.{svc['metadata']['name']}.{{metadata.namespace}}.svc.cluster.local:{port['port']}"
+        ), target
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        claims = [c["metadata"]["name"] for c in sandbox["spec"]["volumeClaimTemplates"]]
+        assert claims == ["data"] and env["FOUNDRY_SANDBOX__ROOT"].startswith(mounts["data"] + "/"), target
+        assert not of_kind(docs, "PersistentVolumeClaim"), (
+            "one shared claim would put every replica on one volume"
+        )
 
 
 def test_every_process_the_manifests_start_is_a_module(rendered: dict[str, list[Doc]]) -> None:
@@ -478,7 +525,7 @@ def _container(obj: Doc) -> Doc:
             "task",
             lambda o: o["spec"]["selector"].update({"app.kubernetes.io/component": "migration"}),
             "selector",
-            "selects Deployments []",
+            "selects workloads []",
         ),
         (
             "Deployment",
@@ -488,7 +535,7 @@ def _container(obj: Doc) -> Doc:
             "not 'readiness'",
         ),
         (
-            "Deployment",
+            "StatefulSet",
             "sandbox",
             lambda o: _container(o)["livenessProbe"]["grpc"].update({"port": 9999}),
             "probe",

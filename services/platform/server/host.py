@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_reflection.v1alpha import reflection
 
 from services.platform.aio import wait_event
@@ -84,6 +85,8 @@ class Wiring:
     on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Innermost server interceptors of the service's own (after the host's; they see the verified caller).
+    interceptors: list[AsyncServerInterceptor] = field(default_factory=list)
 
 
 Wire = Callable[[Runtime], "Wiring | Awaitable[Wiring]"]
@@ -146,6 +149,7 @@ class ServiceHost:
                 self.guard,
                 RequestContext(self.service),
                 CallerIdentity(s.internal_auth_secret.get_secret_value()),
+                *wiring.interceptors,
             ],
             options=server_options(self.settings),
         )

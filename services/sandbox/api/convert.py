@@ -43,6 +43,7 @@ def sandbox(s: m.Sandbox) -> sandbox_pb2.Sandbox:
         create_time=ts(s.create_time),
         update_time=ts(s.update_time),
         destroy_time=ts(s.destroy_time),
+        replica=s.replica,
     )
     if s.checkout is not None:
         c = s.checkout

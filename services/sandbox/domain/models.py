@@ -134,6 +134,7 @@ class Sandbox:
     update_time: dt.datetime
     destroy_time: dt.datetime | None
     version: int
+    replica: str = ""  # address of the owning replica; "" when one replica owns every sandbox
 
 
 @dataclass

@@ -236,7 +236,7 @@ class Processes:
 
     async def recover(self) -> None:
         """After a restart: processes still alive are polled until they exit; the others are EXITED."""
-        for process in await self.logs.running_processes():
+        for process in await self.logs.running_processes(self.sandboxes.replica):
             if pid_alive(process.pid):
                 running = self._running[(process.sandbox, process.process_id)] = _Running(
                     None, process.pid, Path()

@@ -44,9 +44,14 @@ class Sandboxes:
         records: the sandbox table.
         provider: where sandboxes live.
         agents: agent processes (stopped before a sandbox is destroyed).
+        replica: this replica's address, recorded as the owner of the sandboxes it creates
+            ("" when one replica owns every sandbox; services/sandbox/api/placement.py).
     """
 
-    def __init__(self, records: SandboxRecords, provider: Provider, agents: Agents) -> None:
+    def __init__(
+        self, records: SandboxRecords, provider: Provider, agents: Agents, *, replica: str = ""
+    ) -> None:
+        self.replica = replica
         self.records = records
         self.provider = provider
         self.agents = agents
@@ -133,6 +138,7 @@ class Sandboxes:
                 update_time=t,
                 destroy_time=None,
                 version=1,
+                replica=self.replica,
             )
         )
         if sandbox.state not in (SandboxState.PENDING, SandboxState.ERROR):

@@ -213,7 +213,9 @@ class TurnRunner:
         """Fail orphaned RUNNING turns with a readable message (session back to IDLE: the next turn
         starts a new agent) and kick sessions that have queued turns. Returns the turns failed."""
         failed = 0
-        for turn in await self.records.turns_in([TurnState.RUNNING]):
+        # Only this replica's sandboxes: another's turns run (and are recovered) where their agents are.
+        mine = self.sandboxes.replica
+        for turn in await self.records.turns_in([TurnState.RUNNING], replica=mine):
             if not self.orphaned(turn):
                 continue
             log.warning("turn_orphaned", turn=turn.name, runner=turn.runner, agent_pid=turn.agent_pid)
@@ -222,7 +224,7 @@ class TurnRunner:
             )
             failed += 1
         kicked: set[SessionKey] = set()
-        for turn in await self.records.turns_in([TurnState.QUEUED]):
+        for turn in await self.records.turns_in([TurnState.QUEUED], replica=mine):
             if turn.session not in kicked:
                 kicked.add(turn.session)
                 await self.records.kick(turn.session)

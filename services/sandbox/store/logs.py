@@ -23,7 +23,7 @@ from services.platform.watch import record_change
 from services.sandbox.api import convert
 from services.sandbox.domain import models as m
 from services.sandbox.store import rows
-from services.sandbox.store.queries import append_events, events_scope, sandbox_where
+from services.sandbox.store.queries import append_events, events_scope, owned_by, sandbox_where
 from services.sandbox.store.tables import git_states, processes, sandboxes, session_events
 
 GIT_STATE_UPDATED = "sandbox.git_state.updated"
@@ -162,10 +162,13 @@ class LogRecords:
         offset: int = 0,
         limit: int | None = None,
         states: Sequence[m.ProcessState] | None = None,
+        replica: str | None = None,
     ) -> list[m.Process]:
         query = select(processes)
         if key is not None:
             query = query.where(_process_where(key))
+        if replica is not None:
+            query = query.where(owned_by(processes, replica))
         if states:
             query = query.where(processes.c.state.in_([st.value for st in states]))
         query = query.order_by(processes.c.create_time.desc(), processes.c.process_id.desc()).offset(offset)
@@ -173,10 +176,13 @@ class LogRecords:
             query = query.limit(limit)
         return [rows.process(r) for r in (await s.execute(query)).all()]
 
-    async def running_processes(self) -> list[m.Process]:
-        """Processes of every sandbox that are not EXITED (for recovery after a restart)."""
+    async def running_processes(self, replica: str) -> list[m.Process]:
+        """Processes not EXITED of the sandboxes `replica` owns (for recovery after a restart: another
+        replica's process ids mean nothing here)."""
         async with self.db.snapshot() as s:
-            return await self._processes(s, None, states=[m.ProcessState.RUNNING, m.ProcessState.STOPPING])
+            return await self._processes(
+                s, None, states=[m.ProcessState.RUNNING, m.ProcessState.STOPPING], replica=replica
+            )
 
     async def process_items(self, s: AsyncSession, key: m.SandboxKey) -> list[tuple[str, Message]]:
         return [(p.name, convert.process(p)) for p in await self._processes(s, key)]

@@ -32,6 +32,19 @@ def sandbox_where(key: m.SandboxKey) -> Any:
     return and_(sandboxes.c.organization == key.organization, sandboxes.c.sandbox_id == key.sandbox_id)
 
 
+def owned_by(table: Any, replica: str) -> Any:
+    """Rows of `table` (keyed by organization + sandbox_id) whose sandbox the replica `replica` owns."""
+    return (
+        select(sandboxes.c.sandbox_id)
+        .where(
+            sandboxes.c.organization == table.c.organization,
+            sandboxes.c.sandbox_id == table.c.sandbox_id,
+            sandboxes.c.replica == replica,
+        )
+        .exists()
+    )
+
+
 def session_where(key: m.SessionKey) -> Any:
     return and_(
         agent_sessions.c.organization == key.sandbox.organization,

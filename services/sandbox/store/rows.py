@@ -63,6 +63,7 @@ def sandbox(r: Any) -> m.Sandbox:
         update_time=utc(r.update_time),
         destroy_time=_utc(r.destroy_time),
         version=int(r.version),
+        replica=r.replica,
     )
 
 
@@ -81,6 +82,7 @@ def sandbox_values(s: m.Sandbox) -> dict[str, Any]:
         "update_time": s.update_time,
         "destroy_time": s.destroy_time,
         "version": s.version,
+        "replica": s.replica,
     }
 
 

@@ -8,6 +8,7 @@ Work queues: `<prefix>.sandbox.turn` (RunTurn), `<prefix>.sandbox.git_state` (Re
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,14 @@ from services.platform.outbox import Outbox
 from services.sandbox.api import convert
 from services.sandbox.domain import models as m
 from services.sandbox.store import rows
-from services.sandbox.store.queries import append_events, insert_for, sandbox_where, session_where, turn_where
+from services.sandbox.store.queries import (
+    append_events,
+    insert_for,
+    owned_by,
+    sandbox_where,
+    session_where,
+    turn_where,
+)
 from services.sandbox.store.tables import agent_sessions, sandboxes, turns
 
 SANDBOX_CHANGED = "sandbox.sandbox.changed"
@@ -29,11 +37,14 @@ TURN_COMPLETED = "sandbox.session.turn_completed"
 
 
 class Queues:
-    """Full names of the service's work queues."""
+    """Full names of the service's work queues. With several replicas each has its own pair
+    (suffix: its address), since a sandbox's turns and git state can only be worked where its files
+    and agents are; every enqueue happens on the owning replica, so it names its own queues."""
 
-    def __init__(self, prefix: str) -> None:
-        self.turn = f"{prefix}.sandbox.turn"
-        self.git_state = f"{prefix}.sandbox.git_state"
+    def __init__(self, prefix: str, replica: str = "") -> None:
+        suffix = "." + re.sub(r"[^A-Za-z0-9_.-]", "_", replica) if replica else ""
+        self.turn = f"{prefix}.sandbox.turn{suffix}"
+        self.git_state = f"{prefix}.sandbox.git_state{suffix}"
 
 
 class SandboxRecords:
@@ -313,11 +324,15 @@ class SandboxRecords:
                 await self.enqueue_git_refresh(s, key.sandbox)
         return ended
 
-    async def turns_in(self, states: Sequence[m.TurnState], key: m.SessionKey | None = None) -> list[m.Turn]:
-        """Turns in `states` (of one session, or all), in queue order."""
+    async def turns_in(
+        self, states: Sequence[m.TurnState], key: m.SessionKey | None = None, *, replica: str | None = None
+    ) -> list[m.Turn]:
+        """Turns in `states` (of one session, or all; of the sandboxes `replica` owns), in queue order."""
         query = select(turns).where(turns.c.state.in_([st.value for st in states]))
         if key is not None:
             query = query.where(turn_where(key))
+        if replica is not None:
+            query = query.where(owned_by(turns, replica))
         async with self.db.snapshot() as s:
             return [rows.turn(r) for r in (await s.execute(query.order_by(turns.c.position))).all()]
 

@@ -43,6 +43,8 @@ sandboxes = Table(
     Column("destroy_time", DateTime(timezone=True), nullable=True),
     Column("version", BigInteger, nullable=False, server_default="1"),
     Column("processes_version", BigInteger, nullable=False, server_default="0"),
+    # The owning replica's address (settings.sandbox.replica_address; "" = the only replica).
+    Column("replica", String(256), nullable=False, server_default=""),
 )
 
 agent_sessions = Table(

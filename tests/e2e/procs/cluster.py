@@ -214,11 +214,22 @@ class Cluster:
             "FOUNDRY_GATEWAY__PUBLIC_URL": f"http://127.0.0.1:{replica.port}",
             **{f"FOUNDRY_{s.upper()}_TARGET": self.target(s) for s in SERVICE_NAMES if self.members.get(s)},
             f"FOUNDRY_{replica.service.upper()}_PORT": str(replica.port),
+            **self._placement(replica),
             **self.env,
             **self.service_env.get(replica.service, {}),
             **self.service_env.get(replica.label, {}),
         }
         return env
+
+    def _placement(self, replica: Replica) -> dict[str, str]:
+        """Sandbox replicas, when several run, as a StatefulSet runs them: each owns the sandboxes it
+        creates, at its own address, with its files on a volume of its own."""
+        if replica.service != "sandbox" or len(self.members["sandbox"]) < 2:
+            return {}
+        return {
+            "FOUNDRY_SANDBOX__REPLICA_ADDRESS": replica.address,
+            "FOUNDRY_SANDBOX__ROOT": str(self.root / "data" / f"sandboxes-{replica.index}"),
+        }
 
     def target(self, service: str) -> str:
         """The round-robin gRPC target of every replica of `service`."""
