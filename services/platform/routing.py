@@ -43,7 +43,10 @@ def owner_of(error: grpc.RpcError) -> str | None:
     """The owner's address when `error` is an ON_OTHER_REPLICA answer, else None."""
     if not isinstance(error, grpc.aio.AioRpcError) or error.code() != grpc.StatusCode.FAILED_PRECONDITION:
         return None
-    status = rpc_status.from_call(error)  # AioRpcError carries the trailers
+    try:
+        status = rpc_status.from_call(error)  # AioRpcError carries the trailers
+    except ValueError:  # a status detail that contradicts the call's code: not our answer
+        return None
     for detail in status.details if status else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info) and info.reason == ON_OTHER_REPLICA:

@@ -3,8 +3,9 @@
 With `sandbox.replica_address` set, `OwnerGuard` answers every call for a sandbox another replica
 owns with FAILED_PRECONDITION `ON_OTHER_REPLICA` (metadata `replica`: the owner's address) before any
 service code runs; callers route there (services.platform.routing). Reads served from the database
-alone (the sandbox row, sessions, events, processes, cached git state, and the Watch streams, which
-follow the shared change log) are answered by any replica.
+alone (the sandbox row, sessions, events, cached git state, and the Watch streams, which follow the
+shared change log) are answered by any replica; GetProcess and ListProcesses are not (a running
+process's output size is the owner's live count).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ ANY_REPLICA = frozenset(
         "ListSessionEvents",
         "WatchSessionEvents",
         "GetGitState",
-        "GetProcess",
-        "ListProcesses",
         "WatchProcesses",
     }
 )
@@ -67,8 +66,8 @@ class OwnerGuard(AsyncServerInterceptor):
         """The owning replica's address; None when the sandbox does not exist (yet)."""
         if key not in self._owners:
             sandbox = await self.records.get_sandbox(key)
-            if sandbox is None:
-                return None
+            if sandbox is None or not sandbox.replica:
+                return None  # not cached: a row without an owner may be given one later
             self._owners[key] = sandbox.replica
         return self._owners[key]
 

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 
 from services.platform.logging import get_logger
 from services.platform.paging import offset_page
+from services.platform.routing import on_other_replica
 from services.sandbox.domain import git as gitops
 from services.sandbox.domain.errors import DOMAIN, not_found, precondition, require
 from services.sandbox.domain.models import Checkout, Sandbox, SandboxKey, SandboxState, now
@@ -141,6 +142,9 @@ class Sandboxes:
                 replica=self.replica,
             )
         )
+        if sandbox.replica and sandbox.replica != self.replica:
+            # Two creates raced onto two replicas: the row's owner creates it, never this one.
+            raise on_other_replica(key.name, sandbox.replica)
         if sandbox.state not in (SandboxState.PENDING, SandboxState.ERROR):
             return sandbox, created
         try:
