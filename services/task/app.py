@@ -17,7 +17,7 @@ from services.task.ops.deps import Deps
 from services.task.workers import handlers
 
 log = get_logger(__name__)
-STALL_SWEEP_SECONDS = 5.0
+STALL_SWEEP_SECONDS = 2.0  # one indexed query per replica; with the 6 s lease, takeover within ~8 s
 
 
 def build_deps(rt: Runtime) -> Deps:

@@ -119,7 +119,8 @@ async def _claim(deps: Deps, task_id: str, claim: str) -> tuple[Task, Step, Sess
         else:
             await queries.set_lease(session, task_id=task_id, owner=task.lease_owner, until=task.lease_until)
         first = next((s for s in sessions if not s.closed), None)
-        return task, step, first
+    log.info("provision_step_claimed", task=task.name, step=step.name)
+    return task, step, first
 
 
 async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) -> dict[str, object]:
