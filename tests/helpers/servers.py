@@ -65,10 +65,15 @@ def _wait_tcp(port: int, proc: subprocess.Popen[bytes] | None, timeout: float, w
 
 @dataclass
 class PrivatePostgres:
-    """A PostgreSQL cluster (initdb + pg_ctl) in `root`, listening on 127.0.0.1:`port`, trust auth."""
+    """A PostgreSQL cluster (initdb + pg_ctl) in `root`, listening on 127.0.0.1:`port`, trust auth.
+
+    `durable=False` (the suite's shared server) trades crash safety for speed (fsync and synchronous
+    commit off); crash tests need `durable=True`, PostgreSQL's defaults, where a commit answered is
+    a commit kept."""
 
     root: Path
     port: int = field(default_factory=_free_port)
+    durable: bool = False
 
     @property
     def admin_dsn(self) -> str:
@@ -90,10 +95,9 @@ class PrivatePostgres:
             initdb = [self._bin("initdb"), "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres"]
             cmd = [*_as_user("postgres"), *initdb, "--no-sync"]
             subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=500 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=500"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._pg_ctl("-o", options, "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
 
     def stop(self, mode: str = "fast") -> None:

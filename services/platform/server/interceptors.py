@@ -149,7 +149,36 @@ def _transient_infrastructure(exc: BaseException) -> FoundryError | None:
         return Unavailable("database unavailable; retry", reason="DATABASE_UNAVAILABLE")
     if type(exc).__name__ == "TooManyConnectionsError":
         return Unavailable("database has too many clients; retry", reason="DATABASE_BUSY")
+    if any(_lost_database(e) for e in _chain(exc)):
+        return Unavailable("database unavailable; retry", reason="DATABASE_UNAVAILABLE")
     return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc`, the driver error SQLAlchemy wraps (`orig`) and their causes, each once."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen) or len(seen) > 10:
+            continue
+        seen.append(e)
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return seen
+
+
+def _lost_database(exc: BaseException) -> bool:
+    """A server that is down, restarting or shutting down, or a connection it dropped: SQLSTATE
+    class 08 (connection exception) or 57P (57P01 admin shutdown, 57P02 crash shutdown, 57P03
+    cannot connect now: "the database system is starting up"), asyncpg's lost connection, or a
+    refused TCP connect."""
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and (state.startswith("08") or state.startswith("57P")):
+        return True
+    return isinstance(exc, ConnectionRefusedError) or type(exc).__name__ in (
+        "ConnectionDoesNotExistError",
+        "CannotConnectNowError",
+    )
 
 
 class DrainGuard(AsyncServerInterceptor):
