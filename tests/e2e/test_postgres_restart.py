@@ -100,7 +100,8 @@ async def _scenario(cluster: Cluster, pg: PrivatePostgres) -> None:
         stop.set()
         await load
     print(
-        f"first OK write {recovered_after:.1f} s after PostgreSQL accepted connections again; failures: {set(codes)}"
+        f"first OK write {recovered_after:.1f} s after PostgreSQL accepted connections again;",
+        f"failures: {set(codes)}",
     )
 
     assert cluster["organization-0"].running, "the service died with its database"
