@@ -13,15 +13,17 @@ import base64
 import uuid
 from pathlib import Path
 
+import aio_pika
 import grpc
 import pytest
+from foundry.sandbox.v1 import events_pb2, session_event_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb
 from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
-from foundry.sandbox.v1 import session_event_pb2
 from foundry.task.v1 import session_pb2, task_pb2
 from foundry.task.v1 import task_service_pb2 as task_pb
 
 from services.platform.routing import owner_of
+from services.sandbox.store.sandboxes import Queues
 from tests.e2e.procs.cluster import Cluster
 from tests.e2e.procs.world import create_request, make_world, task_stub
 from tests.e2e.test_gateway_mesh import BrowserClient
@@ -46,7 +48,7 @@ async def test_tasks_run_on_both_sandbox_replicas_and_every_call_reaches_the_own
         )
         try:
             await cluster.start()
-            await _scenario(cluster, tmp_path)
+            await _scenario(cluster, tmp_path, amqp_url)
         except BaseException:
             print(cluster.dump_logs())
             raise
@@ -54,7 +56,7 @@ async def test_tasks_run_on_both_sandbox_replicas_and_every_call_reaches_the_own
             await cluster.close()
 
 
-async def _scenario(cluster: Cluster, root: Path) -> None:
+async def _scenario(cluster: Cluster, root: Path, amqp_url: str) -> None:
     world = await make_world(cluster, root)
     tasks = task_stub(cluster, world)
     sandboxes = sb_grpc.SandboxServiceStub(cluster.channel("sandbox", world.user))
@@ -107,8 +109,29 @@ async def _scenario(cluster: Cluster, root: Path) -> None:
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert owner_of(refused.value) == owner, refused.value.details()
     assert owner in (refused.value.details() or ""), refused.value.details()
-    listed = await sandboxes.ListProcesses(sb_pb.ListProcessesRequest(parent=some_sandbox))
+    holder = next(r for r in cluster.members["sandbox"] if r.address == owner)
+    at_owner = sb_grpc.SandboxServiceStub(cluster.direct(holder.label, world.user))
+    listed = await at_owner.ListProcesses(sb_pb.ListProcessesRequest(parent=some_sandbox))
     assert not listed.processes, listed
+
+    # Work for that sandbox put on the other replica's turn queue is refused there, not claimed.
+    session = (await tasks.GetSession(task_pb.GetSessionRequest(name=settled[0].sessions[0].name))).session
+    foreign = next(r for r in cluster.members["sandbox"] if r.address != owners[settled[0].sandbox.name])
+    queue = Queues(cluster.prefix, foreign.address).turn
+    turn = f"{session.sandbox_session}/turns/m-misrouted"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        body = events_pb2.RunTurn(name=turn).SerializeToString()
+        await channel.default_exchange.publish(
+            aio_pika.Message(body, message_id=uuid.uuid4().hex), routing_key=queue
+        )
+
+    def refused() -> None:
+        events = [e for e in foreign.events() if e.get("event") == "turn_for_other_replica"]
+        assert [e["session"] for e in events] == [session.sandbox_session], events
+
+    await assert_eventually(refused, timeout=15, interval=0.2)
 
     # Through the gateway (its one balanced channel): processes on sandboxes of both replicas.
     browser = await BrowserClient(f"http://{cluster['gateway-0'].address}").sign_in(world.user.login)

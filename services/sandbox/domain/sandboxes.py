@@ -66,9 +66,17 @@ class Sandboxes:
             raise not_found("sandbox", key.name)
         return sandbox
 
+    def owns(self, sandbox: Sandbox) -> bool:
+        """Whether this replica holds the sandbox's files and agents."""
+        return not sandbox.replica or not self.replica or sandbox.replica == self.replica
+
     async def running(self, key: SandboxKey) -> Sandbox:
-        """The sandbox, required to be RUNNING (FailedPrecondition `SANDBOX_NOT_RUNNING` otherwise)."""
+        """The sandbox, required to be RUNNING (FailedPrecondition `SANDBOX_NOT_RUNNING` otherwise)
+        and to live on this replica (FailedPrecondition `ON_OTHER_REPLICA`: a second line behind
+        api/placement.py, for work that arrives by queue)."""
         sandbox = await self.get(key)
+        if not self.owns(sandbox):
+            raise on_other_replica(key.name, sandbox.replica)
         if sandbox.state is not SandboxState.RUNNING:
             raise precondition(
                 f"sandbox {key.name} is {sandbox.state.value}, not running", "SANDBOX_NOT_RUNNING"

@@ -103,6 +103,11 @@ class TurnRunner:
     async def run_session(self, key: SessionKey) -> int:
         """Run the session's queued turns one after the other while this runner holds the claim.
         Returns the number of turns run (0 when another runner holds the claim or none is queued)."""
+        sandbox = await self.records.get_sandbox(key.sandbox)
+        if sandbox is not None and not self.sandboxes.owns(sandbox):
+            # Never claim (and so never fail) another replica's turn; its own queue carries the work.
+            log.warning("turn_for_other_replica", session=key.name, owner=sandbox.replica)
+            return 0
         count = 0
         while (turn := await self.records.claim_next_turn(key, self.runner)) is not None:
             await self._run(turn)
