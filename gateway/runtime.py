@@ -115,7 +115,7 @@ class GatewayRuntime:
         self.routes = routes
         gw = settings.gateway
         self.cookies = SessionCodec(gw.session_secret.get_secret_value(), gw.session_ttl_hours * 3600)
-        self._calls: dict[str, UnaryCall] = {}
+        self._peers: dict[str, _UnaryCalls] = {}
         self.sandbox_routes = ReplicaRoutes(upstreams, "sandbox", _UnaryCalls, first_segments(4))
         self.github = GithubOAuth(settings)
         self.sessions = SessionChecker(self._get_auth_session)
@@ -130,14 +130,9 @@ class GatewayRuntime:
 
     def unary(self, service: ServiceName, method: str, response_class: type[Message]) -> UnaryCall:
         """A cached unary multicallable `/<service>/<method>` on the peer's channel."""
-        path = f"/{SERVICES[service].full_name}/{method}"
-        if path not in self._calls:
-            self._calls[path] = self.upstreams.channel(service).unary_unary(
-                path,
-                request_serializer=lambda m: m.SerializeToString(),
-                response_deserializer=response_class.FromString,
-            )
-        return self._calls[path]
+        if service not in self._peers:
+            self._peers[service] = _UnaryCalls(self.upstreams.channel(service))
+        return self._peers[service].unary(f"/{SERVICES[service].full_name}/{method}", response_class)
 
     async def call(self, rpc: Rpc, message: Message, *, timeout: float) -> Message:
         """Call `rpc` with `message`; sandbox RPCs go to the replica that owns the sandbox named by the

@@ -115,24 +115,16 @@ class Channels:
 
     def channel(self, peer: ServiceName) -> grpc.aio.Channel:
         """The (lazily created) channel to `peer`."""
-        if peer not in self._channels:
-            self._channels[peer] = grpc.aio.insecure_channel(
-                self.settings.target_of(peer),
-                options=CHANNEL_OPTIONS,
-                interceptors=_interceptors(self.settings, self.caller, self.settings.call_timeout_seconds),
-            )
-        return self._channels[peer]
+        return self._cached(peer, self.settings.target_of(peer))
 
     def channel_to(self, address: str) -> grpc.aio.Channel:
         """The (lazily created) channel to one replica at `address` (`host:port`), e.g. the owner of a
         sandbox (services.platform.routing)."""
-        key = f"address:{address}"
+        return self._cached(f"address:{address}", address)
+
+    def _cached(self, key: str, target: str) -> grpc.aio.Channel:
         if key not in self._channels:
-            self._channels[key] = grpc.aio.insecure_channel(
-                address,
-                options=CHANNEL_OPTIONS,
-                interceptors=_interceptors(self.settings, self.caller, self.settings.call_timeout_seconds),
-            )
+            self._channels[key] = open_channel(target, self.settings, self.caller)
         return self._channels[key]
 
     async def close(self) -> None:
