@@ -31,8 +31,8 @@ from foundry.task.v1 import session_pb2, task_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.organization.app import wire
-from services.organization.projection import apply_event
 from services.organization.store import accounts
+from services.organization.usecases.projection import apply_event
 from services.platform.channels import Channels, open_channel
 from services.platform.identity import Caller
 from services.platform.process import make_broker

@@ -7,10 +7,10 @@ from foundry.github_data.v1 import github_data_service_pb2_grpc as pb_grpc
 
 from services.github_data.api.servicer import GithubDataServicer
 from services.github_data.clients import OrganizationTokens
-from services.github_data.events import Events
-from services.github_data.flows.connections import resume_jobs
-from services.github_data.flows.deps import Deps
 from services.github_data.providers import RetryPolicy
+from services.github_data.usecases.connections import resume_jobs
+from services.github_data.usecases.deps import Deps
+from services.github_data.usecases.events import Events
 from services.github_data.workers import run_sync, webhook
 from services.platform.authz import Membership
 from services.platform.messaging import QueueSpec

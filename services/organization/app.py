@@ -20,12 +20,12 @@ from __future__ import annotations
 from foundry.organization.v1 import organization_service_pb2_grpc as pb_grpc
 
 from services.organization.api.servicer import OrganizationServicer
-from services.organization.projection import ROUTING_KEYS
 from services.organization.usecases.accounts import Accounts
 from services.organization.usecases.audit import AuditLog
 from services.organization.usecases.github_discovery import GithubDiscovery
 from services.organization.usecases.members import GITHUB_MEMBER_KEYS, GithubMembers
 from services.organization.usecases.organizations import Organizations, member_check
+from services.organization.usecases.projection import ROUTING_KEYS
 from services.organization.usecases.settings import SettingsWrites
 from services.organization.usecases.summary import Summaries
 from services.organization.usecases.task_index import TaskIndex

@@ -21,17 +21,17 @@ from services.platform.authz import Membership
 from services.platform.logging import get_logger
 from services.platform.messaging.broker import QueueSpec
 from services.platform.server.host import Runtime, Servicer, Wiring
-from services.sandbox.agents.pool import AgentPool, venv_bin
 from services.sandbox.api.placement import OwnerGuard
 from services.sandbox.api.servicer import SandboxServicer
-from services.sandbox.domain.checkout import Checkouts
-from services.sandbox.domain.processes import Processes
-from services.sandbox.domain.sandboxes import Sandboxes
-from services.sandbox.domain.sessions import Sessions
-from services.sandbox.domain.turns import TurnRunner, runner_id
 from services.sandbox.providers import build_provider
+from services.sandbox.providers.agents.pool import AgentPool, venv_bin
 from services.sandbox.store.logs import LogRecords
 from services.sandbox.store.sandboxes import Queues, SandboxRecords
+from services.sandbox.usecases.checkout import Checkouts
+from services.sandbox.usecases.processes import Processes
+from services.sandbox.usecases.sandboxes import Sandboxes
+from services.sandbox.usecases.sessions import Sessions
+from services.sandbox.usecases.turns import TurnRunner, runner_id
 from services.sandbox.workers import refresh_git_state, run_turn
 
 log = get_logger(__name__)

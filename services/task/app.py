@@ -12,8 +12,8 @@ from services.platform.messaging.broker import QueueSpec
 from services.platform.server.host import Runtime, Servicer, Wiring
 from services.task.api.servicer import TaskServicer
 from services.task.clients import GithubDataClient, OrganizationClient, SandboxClient
-from services.task.ops import commands, provisioning, publish
-from services.task.ops.deps import Deps
+from services.task.usecases import commands, provisioning, publish
+from services.task.usecases.deps import Deps
 from services.task.workers import handlers
 
 log = get_logger(__name__)

@@ -1,5 +1,5 @@
 """Drain of real service processes in a mesh on PostgreSQL + RabbitMQ: provisioning steps survive a
-replica's SIGTERM, Watch streams survive its preStop drain (`python -m services.platform.admin
+replica's SIGTERM, Watch streams survive its preStop drain (`python -m services.platform.prestop
 drain`), and the gateway's SIGTERM ends browser streams with `draining`.
 
 One mesh for the module: organization, github_data, sandbox (CreateSandbox takes CREATE_DELAY s),
@@ -32,7 +32,7 @@ from foundry.task.v1 import task_service_pb2 as task_pb
 from services.platform.messaging.broker import queue_name
 from services.platform.watch.tokens import TokenCodec
 from services.task.domain.rules import STEPS
-from services.task.ops.changes import task_scope
+from services.task.usecases.changes import task_scope
 from tests.e2e.procs.cluster import Cluster, Replica, metric
 from tests.e2e.procs.world import World, create_request, make_world, task_stub
 from tests.e2e.test_gateway_mesh import BrowserClient
@@ -230,7 +230,7 @@ async def _prestop_hook(replica: Replica) -> None:
     hook = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.platform.admin",
+        "services.platform.prestop",
         "drain",
         "--port",
         str(replica.admin),

@@ -34,7 +34,7 @@ from foundry.task.v1 import task_service_pb2 as task_pb
 
 from services.platform.settings import SERVICE_NAMES
 from services.platform.watch.tokens import TokenCodec
-from services.task.ops.changes import task_scope
+from services.task.usecases.changes import task_scope
 from tests.e2e.procs.cluster import Cluster, Replica, metric
 from tests.e2e.procs.world import World, create_request, make_world, task_stub
 from tests.helpers import assert_eventually, make_pg_database

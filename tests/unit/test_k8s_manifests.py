@@ -142,9 +142,9 @@ def referenced_env_names(docs: list[Doc]) -> dict[str, str]:
 
 
 def prestop_args(container: Doc) -> dict[str, str]:
-    """`--flag value` pairs of the preStop `services.platform.admin drain` command ({} if not that hook)."""
+    """`--flag value` pairs of the preStop `services.platform.prestop drain` command ({} if not that hook)."""
     command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-    if command[:4] != ["python", "-m", "services.platform.admin", "drain"]:
+    if command[:4] != ["python", "-m", "services.platform.prestop", "drain"]:
         return {}
     return dict(zip(command[4::2], command[5::2], strict=False))
 
@@ -236,7 +236,7 @@ def drain_problems(docs: list[Doc], secrets: dict[str, str]) -> list[str]:
             where = f"{d['kind']}/{d['metadata']['name']} container {c['name']}"
             hook = prestop_args(c)
             if "--wait" not in hook:
-                problems.append(f"{where}: preStop must run `services.platform.admin drain --wait N`")
+                problems.append(f"{where}: preStop must run `services.platform.prestop drain --wait N`")
                 continue
             env = container_env(docs, c, secrets)
             grace = float(env.get("FOUNDRY_DRAIN__GRACE_SECONDS", drain_defaults.grace_seconds))

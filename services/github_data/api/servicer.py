@@ -9,10 +9,10 @@ import grpc
 from foundry.github_data.v1 import github_data_service_pb2 as pb
 from foundry.github_data.v1 import github_data_service_pb2_grpc as pb_grpc
 
-from services.github_data.api import convert
+from services.github_data import convert
 from services.github_data.domain import names
-from services.github_data.flows import connections, publish, reads, tokens, webhooks
-from services.github_data.flows.deps import Deps
+from services.github_data.usecases import connections, publish, reads, tokens, webhooks
+from services.github_data.usecases.deps import Deps
 from services.platform import context as request_context
 from services.platform.authz import Membership
 from services.platform.errors import PermissionDenied, require

@@ -22,7 +22,7 @@ from services.github_data.domain.models import (
     SyncStatus,
     WebhookDelivery,
 )
-from services.github_data.store.rows import (
+from services.github_data.store.mirror import (
     delete_member,
     delete_members,
     delete_pull_request,

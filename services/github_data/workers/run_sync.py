@@ -5,8 +5,8 @@ from __future__ import annotations
 from foundry.github_data.v1 import events_pb2
 
 from services.github_data.domain.names import parse_suffixed
-from services.github_data.flows.deps import Deps
-from services.github_data.flows.sync import run_sync
+from services.github_data.usecases.deps import Deps
+from services.github_data.usecases.sync import run_sync
 from services.platform.messaging import Handler, HandlerContext, Message
 
 

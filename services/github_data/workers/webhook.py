@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from foundry.github_data.v1 import events_pb2
 
-from services.github_data.flows.deps import Deps
-from services.github_data.flows.webhooks import handle_delivery
+from services.github_data.usecases.deps import Deps
+from services.github_data.usecases.webhooks import handle_delivery
 from services.platform.errors import InvalidArgument
 from services.platform.messaging import Handler, HandlerContext, Message
 

@@ -11,7 +11,7 @@ from typing import Any
 from foundry.organization.v1 import organization_service_pb2 as pb
 from foundry.organization.v1 import organization_service_pb2_grpc as pb_grpc
 
-from services.organization.projection._time import from_us, to_us
+from services.organization.convert import from_us, to_us
 from services.organization.usecases.accounts import Accounts
 from services.organization.usecases.audit import AuditLog
 from services.organization.usecases.organizations import Organizations

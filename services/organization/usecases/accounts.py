@@ -11,6 +11,7 @@ from foundry.organization.v1 import app_snapshot_pb2, user_pb2
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.organization import convert
 from services.organization.domain.errors import DOMAIN, not_a_member, precondition, session_invalid
 from services.organization.domain.names import (
     app_scope,
@@ -27,7 +28,7 @@ from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.store._sql import now_us
-from services.organization.usecases import _caller, app_feed, records
+from services.organization.usecases import _caller, app_feed
 from services.platform.db import Database
 from services.platform.errors import NotFound, PermissionDenied, Unauthenticated, require
 from services.platform.settings import Settings
@@ -198,8 +199,8 @@ class Accounts:
             await app_feed.user_changed(session, user_id=user_id)
             await app_feed.auth_session_changed(session, row=row)
             user_row = await a.get_user(session, user_id=user_id)
-            user = records.user(user_row, await a.eligible_organization_ids(session, user_id=user_id))
-        return user, records.auth_session(row)
+            user = convert.user(user_row, await a.eligible_organization_ids(session, user_id=user_id))
+        return user, convert.auth_session(row)
 
     # -- auth sessions ----------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class Accounts:
             eligible = await a.eligible_organization_ids(session, user_id=row.user_id)
         if user_row is None:
             raise _user_not_found(row.user_id)
-        return records.auth_session(row), records.user(user_row, eligible)
+        return convert.auth_session(row), convert.user(user_row, eligible)
 
     async def sign_out(self, name: str) -> user_pb2.AuthSession:
         """Revoke the auth session; revoking a revoked session succeeds. Raises NotFound."""
@@ -239,7 +240,7 @@ class Accounts:
                 await a.update_auth_session(session, session_id=session_id, revoke_us=now_us())
                 row = await a.get_auth_session(session, session_id=session_id)
                 await app_feed.auth_session_changed(session, row=row)
-        return records.auth_session(row)
+        return convert.auth_session(row)
 
     # -- users ------------------------------------------------------------------------------------
 
@@ -252,7 +253,7 @@ class Accounts:
             eligible = await a.eligible_organization_ids(session, user_id=user_id)
         if row is None:
             raise _user_not_found(user_id)
-        return records.user(row, eligible)
+        return convert.user(row, eligible)
 
     # -- app shell --------------------------------------------------------------------------------
 
@@ -261,7 +262,7 @@ class Accounts:
         eligible = await a.eligible_organization_ids(session, user_id=row.user_id)
         statuses = await q.get_sync_statuses(session, org_ids=eligible)
         orgs = [
-            records.organization(o, statuses.get(o.id))
+            convert.organization(o, statuses.get(o.id))
             for o in await a.get_organizations(session, org_ids=eligible)
         ]
         names = [o.name for o in orgs]
@@ -273,15 +274,15 @@ class Accounts:
         snap = app_snapshot_pb2.AppSnapshot(
             name=app_snapshot_name(row.user_id),
             auth_status=SIGNED_IN,
-            auth_session=records.auth_session(row),
+            auth_session=convert.auth_session(row),
             organizations=orgs,
             active_organization=active,
         )
         if user_row is not None:
-            snap.user.CopyFrom(records.user(user_row, eligible))
+            snap.user.CopyFrom(convert.user(user_row, eligible))
         discovery = await g.get_discovery(session, user_id=row.user_id)
         if discovery is not None:
-            snap.github_discovery.CopyFrom(records.github_discovery(discovery))
+            snap.github_discovery.CopyFrom(convert.github_discovery(discovery))
         return snap
 
     async def get_app_snapshot(

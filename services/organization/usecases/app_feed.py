@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.organization import convert
 from services.organization.domain.names import app_scope
 from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
-from services.organization.usecases import records
 from services.platform.watch import record_change
 
 
@@ -21,7 +21,7 @@ async def organization_changed(session: AsyncSession, *, org_id: str) -> None:
     row = await a.get_organization(session, org_id=org_id)
     if row is None:
         return
-    org = records.organization(row, await q.get_sync_status(session, org_id=org_id))
+    org = convert.organization(row, await q.get_sync_status(session, org_id=org_id))
     for user_id in sorted(await a.active_member_ids(session, org_id=org_id)):
         await record_change(session, scope=app_scope(user_id), name=org.name, resource=org)
 
@@ -30,7 +30,7 @@ async def organization_joined(session: AsyncSession, *, org_id: str, user_id: st
     """The user became eligible for the organization: new Organization item and the updated User."""
     row = await a.get_organization(session, org_id=org_id)
     if row is not None:
-        org = records.organization(row, await q.get_sync_status(session, org_id=org_id))
+        org = convert.organization(row, await q.get_sync_status(session, org_id=org_id))
         await record_change(session, scope=app_scope(user_id), name=org.name, resource=org)
     await user_changed(session, user_id=user_id)
 
@@ -39,12 +39,12 @@ async def user_changed(session: AsyncSession, *, user_id: str) -> None:
     row = await a.get_user(session, user_id=user_id)
     if row is None:
         return
-    user = records.user(row, await a.eligible_organization_ids(session, user_id=user_id))
+    user = convert.user(row, await a.eligible_organization_ids(session, user_id=user_id))
     await record_change(session, scope=app_scope(user_id), name=user.name, resource=user)
 
 
 async def auth_session_changed(session: AsyncSession, *, row: Any) -> None:
-    auth = records.auth_session(row)
+    auth = convert.auth_session(row)
     await record_change(session, scope=app_scope(row.user_id), name=auth.name, resource=auth)
 
 
@@ -52,5 +52,5 @@ async def discovery_changed(session: AsyncSession, *, user_id: str) -> None:
     """The user's GitHub discovery record changed (state, message): its GithubDiscovery item."""
     row = await g.get_discovery(session, user_id=user_id)
     if row is not None:
-        discovery = records.github_discovery(row)
+        discovery = convert.github_discovery(row)
         await record_change(session, scope=app_scope(user_id), name=discovery.name, resource=discovery)

@@ -7,12 +7,12 @@ from foundry.organization.v1 import events_pb2 as org_events
 from google.protobuf import json_format
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.organization import convert
+from services.organization.convert import to_us
 from services.organization.domain.errors import DOMAIN
 from services.organization.domain.names import organization_name, parse_child, parse_organization
-from services.organization.projection._time import to_us
 from services.organization.store import audit as store
 from services.organization.store._sql import now_us
-from services.organization.usecases import records
 from services.platform.authz import Membership
 from services.platform.db import Database
 from services.platform.errors import require
@@ -79,4 +79,4 @@ class AuditLog:
                 limit=limit + 1,
             )
         token = f"{rows[limit - 1].create_us}.{rows[limit - 1].id}" if len(rows) > limit else ""
-        return [records.audit_event(r) for r in rows[:limit]], token
+        return [convert.audit_event(r) for r in rows[:limit]], token

@@ -23,16 +23,17 @@ from foundry.github_data.v1 import github_data_service_pb2 as gh_pb2
 from foundry.organization.v1 import events_pb2, member_pb2, organization_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.organization import convert
+from services.organization.convert import from_us
 from services.organization.domain.errors import DOMAIN
 from services.organization.domain.github_accounts import Discovered, GithubAccount, personal_id, plan
 from services.organization.domain.names import app_scope, organization_name, summary_scope, sync_status_name
-from services.organization.projection._time import from_us
 from services.organization.providers.github import GithubAccounts
 from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.store._sql import now_us
-from services.organization.usecases import app_feed, members, records
+from services.organization.usecases import app_feed, members
 from services.platform.authz import Membership
 from services.platform.db import Database
 from services.platform.errors import FailedPrecondition
@@ -329,7 +330,7 @@ class GithubDiscovery:
 
     async def _show(self, session: AsyncSession, org_id: str, user_id: str) -> None:
         row = await a.get_organization(session, org_id=org_id)
-        org = records.organization(row, await q.get_sync_status(session, org_id=org_id))
+        org = convert.organization(row, await q.get_sync_status(session, org_id=org_id))
         await record_change(session, scope=app_scope(user_id), name=org.name, resource=org)
 
     # -- persistent failure ---------------------------------------------------------------------------

@@ -31,13 +31,14 @@ from foundry.organization.v1 import events_pb2, member_pb2
 from google.protobuf.message import DecodeError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.organization import convert
 from services.organization.domain.errors import DOMAIN
 from services.organization.domain.names import app_scope, organization_name, parse_child
 from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.store._sql import now_us
-from services.organization.usecases import app_feed, records
+from services.organization.usecases import app_feed
 from services.platform.errors import InvalidArgument
 from services.platform.logging import get_logger
 from services.platform.outbox import Outbox
@@ -74,7 +75,7 @@ async def put_member(
         session, org_id=org_id, user_id=user_id, create_us=version, update_us=version, **values
     )
     row = await a.get_member(session, org_id=org_id, user_id=user_id)
-    member = records.member(row)
+    member = convert.member(row)
     await outbox.publish(
         session,
         routing_key=MEMBER_CHANGED,

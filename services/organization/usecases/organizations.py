@@ -13,6 +13,8 @@ from foundry.github_data.v1 import github_data_service_pb2 as gh_pb2
 from foundry.organization.v1 import member_pb2, organization_pb2
 from sqlalchemy.exc import IntegrityError
 
+from services.organization import convert
+from services.organization.convert import from_us
 from services.organization.domain.errors import DOMAIN, organization_not_found
 from services.organization.domain.local_roots import check_local_root, expand_roots, overlaps
 from services.organization.domain.names import (
@@ -25,11 +27,10 @@ from services.organization.domain.names import (
     summary_scope,
     sync_status_name,
 )
-from services.organization.projection._time import from_us
 from services.organization.store import accounts as a
 from services.organization.store import projection as q
 from services.organization.store._sql import now_us
-from services.organization.usecases import _caller, app_feed, members, records
+from services.organization.usecases import _caller, app_feed, members
 from services.platform.authz import Membership
 from services.platform.db import Database
 from services.platform.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, require
@@ -143,7 +144,7 @@ class Organizations:
                 f"organization {org_id!r} already exists", reason="ORGANIZATION_ID_TAKEN", domain=DOMAIN
             ) from None
         self._membership.forget(organization_name(org_id))
-        return records.organization(row, status)
+        return convert.organization(row, status)
 
     async def _refuse_foreign_overlap(self, session: Any, root: str, user_id: str) -> None:
         """PermissionDenied when `root` is, holds or lies in another organization's directory whose
@@ -237,7 +238,7 @@ class Organizations:
             status = await q.get_sync_status(session, org_id=org_id)
         if row is None:
             raise organization_not_found(org_id)
-        return records.organization(row, status)
+        return convert.organization(row, status)
 
     async def list_organizations(
         self, *, page_size: int, page_token: str
@@ -251,7 +252,7 @@ class Organizations:
             statuses = await q.get_sync_statuses(session, org_ids=ids)
         page = rows[offset : offset + limit]
         token = str(offset + limit) if offset + limit < len(rows) else ""
-        return [records.organization(r, statuses.get(r.id)) for r in page], token
+        return [convert.organization(r, statuses.get(r.id)) for r in page], token
 
     async def list_members(
         self, *, parent: str, page_size: int, page_token: str
@@ -263,7 +264,7 @@ class Organizations:
         limit = min(page_size or 100, 1000)
         async with self._db.snapshot() as session:
             rows = await a.list_members(session, org_id=org_id, after_login=page_token, limit=limit + 1)
-        return [records.member(r) for r in rows[:limit]], rows[limit - 1].login if len(rows) > limit else ""
+        return [convert.member(r) for r in rows[:limit]], rows[limit - 1].login if len(rows) > limit else ""
 
     async def create_member(self, *, parent: str, user: str, role: int) -> member_pb2.Member:
         """Add `user` (signed in before) to the local organization `parent` as an ACTIVE member.
@@ -313,7 +314,7 @@ class Organizations:
             await self._activate(session, org_id, user_id, existing, account, role)
             row = await a.get_member(session, org_id=org_id, user_id=user_id)
         self._membership.forget(organization_name(org_id))
-        return records.member(row)
+        return convert.member(row)
 
     async def get_member(self, name: str) -> member_pb2.Member:
         """One member. Raises NotFound, PermissionDenied."""
@@ -323,7 +324,7 @@ class Organizations:
             row = await a.get_member(session, org_id=org_id, user_id=user_id)
         if row is None:
             raise NotFound(f"member {name} not found", reason="MEMBER_NOT_FOUND", domain=DOMAIN)
-        return records.member(row)
+        return convert.member(row)
 
     async def check_membership(self, *, organization: str, user: str) -> tuple[bool, int]:
         """(active member?, role). `user` empty = the caller; users may only ask about themselves,

@@ -6,6 +6,7 @@ from typing import Any
 
 from foundry.organization.v1 import member_pb2, organization_pb2, user_pb2
 
+from services.organization import convert
 from services.organization.domain.errors import DOMAIN, organization_not_found
 from services.organization.domain.names import (
     check_organization_id,
@@ -16,7 +17,7 @@ from services.organization.domain.names import (
 from services.organization.store import accounts as a
 from services.organization.store import projection as q
 from services.organization.store._sql import now_us
-from services.organization.usecases import _caller, app_feed, records
+from services.organization.usecases import _caller, app_feed
 from services.platform.db import Database
 from services.platform.errors import InvalidArgument, NotFound, PermissionDenied, require
 
@@ -95,7 +96,7 @@ class SettingsWrites:
             await app_feed.organization_changed(session, org_id=org_id)
             row = await a.get_organization(session, org_id=org_id)
             status = await q.get_sync_status(session, org_id=org_id)
-        return records.organization(row, status)
+        return convert.organization(row, status)
 
     async def update_user(self, user: user_pb2.User, paths: list[str]) -> user_pb2.User:
         """Write the caller's own `display_name` / `default_model`. Raises InvalidArgument, NotFound,
@@ -110,7 +111,7 @@ class SettingsWrites:
             await app_feed.user_changed(session, user_id=user_id)
             row = await a.get_user(session, user_id=user_id)
             eligible = await a.eligible_organization_ids(session, user_id=user_id)
-        return records.user(row, eligible)
+        return convert.user(row, eligible)
 
     async def resolve_github_token(
         self, *, organization: str, user: str, require_repo_scope: bool

@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.organization.domain.names import organization_name, parse_summary, summary_scope
-from services.organization.projection import read_summary, summary_items
+from services.organization.usecases.projection import read_summary, summary_items
 from services.platform.authz import Membership
 from services.platform.db import Database
 from services.platform.watch import TokenCodec, WatchHub, read_scope

@@ -7,6 +7,7 @@ from typing import Any
 from foundry.organization.v1 import task_index_pb2
 from sqlalchemy.exc import IntegrityError
 
+from services.organization import convert
 from services.organization.domain.branches import generated_branch
 from services.organization.domain.errors import DOMAIN, branch_taken, precondition
 from services.organization.domain.names import (
@@ -16,11 +17,10 @@ from services.organization.domain.names import (
     parse_organization,
     summary_scope,
 )
-from services.organization.projection.apply import recount_repository
 from services.organization.store import projection as q
 from services.organization.store import task_index as ix
 from services.organization.store._sql import now_us
-from services.organization.usecases import records
+from services.organization.usecases.projection.apply import recount_repository
 from services.platform.authz import Membership
 from services.platform.db import Database
 from services.platform.errors import NotFound, require
@@ -113,7 +113,7 @@ class TaskIndex:
                         update_us=now_us(),
                     )
                     mine = await ix.get_entry(session, org_id=org_id, task_id=task_id)
-                return records.task_index_entry(mine)
+                return convert.task_index_entry(mine)
             owner = await ix.get_entry_by_branch(session, org_id=org_id, repository=repository, branch=branch)
             now = now_us()
             if owner is not None:
@@ -135,7 +135,7 @@ class TaskIndex:
                     now_us=now,
                 )
             entry = await ix.get_entry(session, org_id=org_id, task_id=task_id)
-            return records.task_index_entry(entry)
+            return convert.task_index_entry(entry)
 
     async def _hand_over(
         self, session: Any, org_id: str, owner: Any, task_id: str, title: str, now: int
@@ -178,7 +178,7 @@ class TaskIndex:
             entry = await ix.get_entry(session, org_id=org_id, task_id=task_id)
         if entry is None:
             raise _not_found(name)
-        return records.task_index_entry(entry)
+        return convert.task_index_entry(entry)
 
     async def list_entries(
         self, *, parent: str, repository: str, branch: str, page_size: int, page_token: str
@@ -200,5 +200,5 @@ class TaskIndex:
                 after_task_id=page_token,
                 limit=limit + 1,
             )
-        entries = [records.task_index_entry(r) for r in rows[:limit]]
+        entries = [convert.task_index_entry(r) for r in rows[:limit]]
         return entries, rows[limit - 1].task_id if len(rows) > limit else ""

@@ -3,7 +3,7 @@ organization summary projection, once (inbox) and only if newer than the applied
 
 from __future__ import annotations
 
-from services.organization.projection import apply_event
+from services.organization.usecases.projection import apply_event
 from services.platform.messaging.broker import Message
 from services.platform.messaging.consumer import HandlerContext
 

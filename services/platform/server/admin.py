@@ -3,7 +3,7 @@
 GET  /metrics   Prometheus exposition
 GET  /livez     200 while the process runs (also while draining)
 GET  /readyz    200 when ready, 503 before start and from the moment the drain begins
-POST /drain     begin the drain (the preStop hook: `python -m services.platform.admin drain`)
+POST /drain     begin the drain (the preStop hook: `python -m services.platform.prestop drain`)
 """
 
 from __future__ import annotations

@@ -14,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform.authz import Membership, require_service
 from services.platform.watch import WatchHub
-from services.sandbox.api import convert
+from services.sandbox import convert
 from services.sandbox.domain import names
-from services.sandbox.domain.checkout import Checkouts
-from services.sandbox.domain.processes import Processes
-from services.sandbox.domain.sandboxes import Sandboxes
-from services.sandbox.domain.sessions import Sessions
 from services.sandbox.store.logs import LogRecords, events_scope, processes_scope
+from services.sandbox.usecases.checkout import Checkouts
+from services.sandbox.usecases.processes import Processes
+from services.sandbox.usecases.sandboxes import Sandboxes
+from services.sandbox.usecases.sessions import Sessions
 
 Context = Any  # grpc.aio.ServicerContext
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+WORK = "work"  # the checkout directory inside every sandbox (agents and processes run there)
+
 
 class SandboxState(StrEnum):
     PENDING = "pending"

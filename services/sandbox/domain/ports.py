@@ -159,7 +159,7 @@ class LiveSession(Protocol):
 
 
 class Agents(Protocol):
-    """Agent processes and their ACP sessions (see `services.sandbox.agents.pool.AgentPool`)."""
+    """Agent processes and their ACP sessions (see `services.sandbox.providers.agents.pool.AgentPool`)."""
 
     def resolve_command(self, agent: str) -> list[str] | None: ...
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform.outbox import Outbox
 from services.platform.watch import record_change
-from services.sandbox.api import convert
+from services.sandbox import convert
 from services.sandbox.domain import models as m
 from services.sandbox.store.tables import agent_sessions, sandboxes, session_events, turns
 

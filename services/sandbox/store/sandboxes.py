@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform.db import Database
 from services.platform.outbox import Outbox
-from services.sandbox.api import convert
+from services.sandbox import convert
 from services.sandbox.domain import models as m
 from services.sandbox.store import rows
 from services.sandbox.store.queries import (

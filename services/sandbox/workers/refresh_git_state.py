@@ -11,7 +11,7 @@ from services.platform.logging import get_logger
 from services.platform.messaging.broker import Message
 from services.platform.messaging.consumer import Handler, HandlerContext
 from services.sandbox.domain import names
-from services.sandbox.domain.checkout import Checkouts
+from services.sandbox.usecases.checkout import Checkouts
 
 log = get_logger(__name__)
 

@@ -11,7 +11,7 @@ from foundry.sandbox.v1 import events_pb2
 from services.platform.messaging.broker import Message
 from services.platform.messaging.consumer import Handler, HandlerContext
 from services.sandbox.domain import names
-from services.sandbox.domain.turns import TurnRunner
+from services.sandbox.usecases.turns import TurnRunner
 
 
 def handler(runner: TurnRunner) -> Handler:

@@ -11,15 +11,15 @@ from foundry.task.v1 import task_service_pb2 as pb
 from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
 
 from services.platform.watch import WatchHub
-from services.task.api import convert
+from services.task import convert
 from services.task.api.watch import watch_session, watch_task
 from services.task.domain import names
 from services.task.domain.errors import NoSandbox, invalid
 from services.task.domain.models import Session, Task
-from services.task.ops import commands, materialize, publish, user_state
-from services.task.ops import sessions as session_ops
-from services.task.ops import tasks as task_ops
-from services.task.ops.deps import Deps
+from services.task.usecases import commands, materialize, publish, user_state
+from services.task.usecases import sessions as session_ops
+from services.task.usecases import tasks as task_ops
+from services.task.usecases.deps import Deps
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 

@@ -13,13 +13,13 @@ from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform.watch import WatchHub
-from services.task.api import convert
+from services.task import convert
 from services.task.domain import names
 from services.task.domain.errors import SessionNotFound, TaskNotFound
-from services.task.ops.changes import session_scope, task_scope
-from services.task.ops.deps import Deps
-from services.task.ops.tasks import caller_user_id
 from services.task.store import queries
+from services.task.usecases.changes import session_scope, task_scope
+from services.task.usecases.deps import Deps
+from services.task.usecases.tasks import caller_user_id
 
 M = TypeVar("M", bound=Message)
 

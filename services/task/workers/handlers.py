@@ -12,8 +12,8 @@ from foundry.task.v1 import events_pb2
 
 from services.platform.messaging.broker import Message
 from services.platform.messaging.consumer import HandlerContext
-from services.task.ops import commands, provisioning, publish, sandbox_events, sessions
-from services.task.ops.deps import Deps
+from services.task.usecases import commands, provisioning, publish, sandbox_events, sessions
+from services.task.usecases.deps import Deps
 
 Handler = Callable[[Message, HandlerContext], Awaitable[None]]
 

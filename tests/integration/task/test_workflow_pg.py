@@ -15,7 +15,7 @@ from foundry.task.v1 import task_service_pb2 as pb
 
 from services.platform.messaging.broker import queue_name
 from services.platform.settings import Settings
-from services.task.ops.provisioning import STEP_CONCURRENCY
+from services.task.usecases.provisioning import STEP_CONCURRENCY
 from tests.helpers.eventually import assert_eventually
 from tests.helpers.infra import make_pg_database
 from tests.helpers.mesh import running

@@ -32,8 +32,8 @@ from sqlalchemy import update
 
 from services.platform.errors import from_rpc_error
 from services.platform.watch.testing import WatchClient
-from services.task.ops.deps import Deps
 from services.task.store.tables import tasks
+from services.task.usecases.deps import Deps
 from tests.helpers.mesh import ALICE
 from tests.unit.flows.support import following, git_repo, resources_of, the_task
 from tests.unit.flows.world import FlowWorld

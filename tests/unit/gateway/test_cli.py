@@ -58,7 +58,7 @@ async def foundryctl(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "cli",
         *args,
         cwd=ROOT,
         env=_env(h, home, token),
@@ -129,7 +129,7 @@ async def watching(h: Harness, home: Path, *args: str) -> AsyncIterator[Watch]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "cli",
         "-o",
         "json",
         "watch",

@@ -2,7 +2,7 @@
 
 `Process` is driven with a recording component (the `Component` protocol, nothing else faked) whose
 `begin_drain` takes a while, as a service's does while its Watch streams send their END: that time must
-come out of the grace, not be added to it. The preStop hook (`python -m services.platform.admin drain`)
+come out of the grace, not be added to it. The preStop hook (`python -m services.platform.prestop drain`)
 runs against a real admin port whose /drain answers late.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from services.platform import admin
+from services.platform import prestop
 from services.platform.messaging.memory import MemoryBroker
 from services.platform.process import Process
 from services.platform.server.admin import admin_app
@@ -102,7 +102,7 @@ async def test_prestop_hook_keeps_its_wait_when_the_drain_response_is_slow() -> 
     try:
         started = time.monotonic()
         code = await asyncio.to_thread(
-            admin.main, ["drain", "--port", str(server.port), "--wait", "0.8", "--timeout", "0.2"]
+            prestop.main, ["drain", "--port", str(server.port), "--wait", "0.8", "--timeout", "0.2"]
         )
         elapsed = time.monotonic() - started
     finally:
@@ -114,5 +114,5 @@ async def test_prestop_hook_keeps_its_wait_when_the_drain_response_is_slow() -> 
 
 async def test_prestop_hook_returns_at_once_when_no_process_listens() -> None:
     started = time.monotonic()
-    code = await asyncio.to_thread(admin.main, ["drain", "--port", str(free_port()), "--wait", "5"])
+    code = await asyncio.to_thread(prestop.main, ["drain", "--port", str(free_port()), "--wait", "5"])
     assert code == 0 and time.monotonic() - started < 3

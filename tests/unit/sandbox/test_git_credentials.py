@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from services.sandbox.domain import git as gitops
 from services.sandbox.domain.errors import RemoteUnusable
 from services.sandbox.domain.models import SandboxKey
 from services.sandbox.providers.local import LocalProvider
+from services.sandbox.usecases import git as gitops
 from tests.helpers.github_server import GithubServer, GithubState
 from tests.unit.sandbox.gitrepo import git, make_origin
 

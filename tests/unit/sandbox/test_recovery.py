@@ -14,7 +14,7 @@ from foundry.sandbox.v1 import sandbox_service_pb2 as pb
 from foundry.sandbox.v1 import session_event_pb2 as K
 
 from services.platform.settings import Settings
-from services.sandbox.domain.turns import RESTARTED
+from services.sandbox.usecases.turns import RESTARTED
 from tests.helpers.eventually import assert_eventually
 from tests.helpers.mesh import running
 from tests.unit.sandbox.conftest import prepared_sandbox, sandbox_stub

@@ -20,9 +20,9 @@ from services.platform.server.host import ServiceHost
 from services.platform.settings import Settings
 from services.sandbox.store.tables import turns
 from services.task.app import build_deps
-from services.task.ops import first_turn, provisioning, sessions
-from services.task.ops.deps import Deps
 from services.task.store.tables import messages
+from services.task.usecases import first_turn, provisioning, sessions
+from services.task.usecases.deps import Deps
 from tests.helpers.eventually import assert_eventually
 from tests.unit.task.conftest import TaskWorld, task_world
 

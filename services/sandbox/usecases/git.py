@@ -1,0 +1,238 @@
+"""Git operations on a sandbox's checkout, run through the provider's `exec` (real git, no library).
+
+Every failure becomes a readable error carrying git's own message: `RemoteUnusable`
+(FAILED_PRECONDITION: missing remote, not a repository, access denied) or `GitError` (UNAVAILABLE,
+retryable: network trouble, locks). A token for HTTPS access is handed to git through a one-shot
+credential helper reading an environment variable; it never lands in a file, URL or log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.sandbox.domain.errors import GitError, RemoteUnusable
+from services.sandbox.domain.models import WORK
+from services.sandbox.domain.ports import ExecResult, Provider
+
+_TOKEN_ENV = "FOUNDRY_GIT_TOKEN"
+_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; echo username=x-access-token; echo "password=$'
+    + _TOKEN_ENV
+    + '"; }; f'
+)
+_UNUSABLE = re.compile(
+    r"does not appear to be a git repository|not a git repository|repository .* not found"
+    r"|Repository not found|Authentication failed|could not read Username|Permission denied"
+    r"|does not exist|No such file or directory|invalid|not found",
+    re.IGNORECASE,
+)
+GIT_TIMEOUT_SECONDS = 600.0
+# Git run as the service near a repository an agent could have written: nothing in it may run code.
+_SERVICE_SIDE = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.askPass=/bin/false",
+    "credential.helper=",  # drops helpers a repository's config names (ours is added after, if any)
+    "protocol.allow=never",
+    "protocol.https.allow=always",
+    "protocol.http.allow=always",
+    "protocol.file.allow=always",
+)
+PUSH_REPO = "push.git"
+FETCH_REPO = "fetch.git"
+
+
+@dataclass
+class Git:
+    """Runs git in one sandbox. `token`, when set, authenticates HTTPS remotes for this object's calls."""
+
+    provider: Provider
+    provider_id: str
+    token: str = ""
+
+    def _env(self) -> dict[str, str]:
+        # No optional locks: the service's `git status` must never hold index.lock under an agent's git.
+        env = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"}
+        if self.token:
+            env[_TOKEN_ENV] = self.token
+        return env
+
+    def _argv(self, args: Sequence[str], confined: bool = True) -> list[str]:
+        argv = ["git", "-c", "core.quotepath=off", "-c", "advice.detachedHead=false"]
+        if not confined:
+            argv += [arg for setting in _SERVICE_SIDE for arg in ("-c", setting)]
+        if self.token:
+            argv += ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}"]
+        return argv + list(args)
+
+    async def run(
+        self,
+        *args: str,
+        cwd: str = WORK,
+        ok_codes: tuple[int, ...] = (0,),
+        env: Mapping[str, str] | None = None,
+        confined: bool = True,
+    ) -> ExecResult:
+        """Run `git <args>` in `cwd` (relative to the sandbox root); raise a readable error unless the
+        exit code is in `ok_codes`. `confined=False`: as the service (see `Provider.exec`), with
+        repository hooks, fsmonitor and the `ext::` transport off."""
+        result = await self.provider.exec(
+            self.provider_id,
+            self._argv(args, confined),
+            cwd=cwd,
+            env={**self._env(), **(env or {})},
+            timeout=GIT_TIMEOUT_SECONDS,
+            confined=confined,
+        )
+        if result.returncode not in ok_codes:
+            raise failure(args, result, self.token)
+        return result
+
+    async def try_run(self, *args: str, cwd: str = WORK, confined: bool = True) -> ExecResult:
+        """Run `git <args>` and return the result whatever the exit code."""
+        return await self.provider.exec(
+            self.provider_id,
+            self._argv(args, confined),
+            cwd=cwd,
+            env=self._env(),
+            timeout=GIT_TIMEOUT_SECONDS,
+            confined=confined,
+        )
+
+
+def failure(args: Sequence[str], result: ExecResult, token: str = "") -> GitError | RemoteUnusable:
+    """The error for a failed git command: git's message, with any token masked."""
+    detail = result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}"
+    if token:
+        detail = detail.replace(token, "***")
+    lines = [
+        line.removeprefix("fatal: ").removeprefix("error: ") for line in detail.splitlines() if line.strip()
+    ]
+    message = f"git {args[0]} failed: {'; '.join(lines[-3:])}"
+    if _UNUSABLE.search(detail) and "Could not resolve host" not in detail:
+        return RemoteUnusable(message)
+    return GitError(message)
+
+
+async def fetch_through_service(git: Git, clone_url: str) -> None:
+    """Update the checkout's `origin/*` from `clone_url` without the service running git in it: the
+    service clones a fresh bare repository (`fetch.git`, with the token), git in the sandbox fetches
+    from that (bound read-only), and the service removes it."""
+    provider, pid = git.provider, git.provider_id
+    await provider.remove(pid, FETCH_REPO)
+    await git.run("clone", "--quiet", "--bare", clone_url, FETCH_REPO, cwd="", confined=False)
+    inside = provider.sandbox_path(pid, FETCH_REPO)
+    sandboxed = Git(provider, pid)
+    try:
+        await sandboxed.run("fetch", "--quiet", "--prune", inside, "+refs/heads/*:refs/remotes/origin/*")
+        await sandboxed.run("remote", "set-url", "origin", clone_url)
+    finally:
+        await provider.remove(pid, FETCH_REPO)
+
+
+async def is_repository(git: Git) -> bool:
+    """True when the checkout folder holds a git repository."""
+    return (await git.provider.exec(git.provider_id, ["test", "-d", f"{WORK}/.git"], confined=False)).ok
+
+
+async def remote_branch_exists(git: Git, branch: str) -> bool:
+    return (await git.try_run("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{branch}")).ok
+
+
+async def default_branch(git: Git) -> str:
+    """The remote's default branch (from `origin/HEAD`), falling back to `main` / `master`."""
+    result = await git.try_run("symbolic-ref", "--short", "refs/remotes/origin/HEAD")
+    if result.ok and result.stdout.strip().startswith("origin/"):
+        return result.stdout.strip().removeprefix("origin/")
+    for candidate in ("main", "master"):
+        if await remote_branch_exists(git, candidate):
+            return candidate
+    raise RemoteUnusable("the repository has no default branch (is it empty?)")
+
+
+# Used only when the checkout has no identity of its own (an agent or the user may have set one).
+COMMITTER = {
+    "GIT_AUTHOR_NAME": "Foundry",
+    "GIT_AUTHOR_EMAIL": "foundry@localhost",
+    "GIT_COMMITTER_NAME": "Foundry",
+    "GIT_COMMITTER_EMAIL": "foundry@localhost",
+}
+
+
+async def commit_all(git: Git, message: str) -> bool:
+    """Commit every uncommitted change (`git add -A`) with `message`; False when there was nothing."""
+    if not (await git.run("status", "--porcelain")).stdout.strip():
+        return False
+    await git.run("add", "-A")
+    has_identity = (await git.try_run("config", "user.email")).returncode == 0
+    await git.run("commit", "--quiet", "--no-verify", "-m", message, env=None if has_identity else COMMITTER)
+    return True
+
+
+async def head_commit(git: Git) -> str:
+    return (await git.run("rev-parse", "HEAD")).stdout.strip()
+
+
+async def current_branch(git: Git) -> str:
+    result = await git.try_run("symbolic-ref", "--short", "HEAD")
+    return result.stdout.strip() if result.ok else ""
+
+
+async def valid_branch_name(git: Git, branch: str) -> bool:
+    return (await git.try_run("check-ref-format", "--branch", branch, cwd="", confined=False)).ok
+
+
+async def push_branch(git: Git, *, branch: str, remote_url: str, force_with_lease: bool) -> str:
+    """Push `branch` of the checkout to `remote_url` without the service ever running git inside the
+    agent-written checkout: git *in the sandbox* pushes the branch into the service-owned bare
+    repository `push.git` (whose config and hooks the sandbox cannot change), then the service pushes
+    from there with the token. Returns the pushed commit. Raises RemoteUnusable / GitError."""
+    provider, pid = git.provider, git.provider_id
+    await provider.remove(pid, PUSH_REPO)
+    await git.run("init", "--quiet", "--bare", PUSH_REPO, cwd="", confined=False)
+    inside = provider.sandbox_path(pid, PUSH_REPO)
+    await Git(provider, pid).run("push", "--quiet", "--no-verify", inside, f"+HEAD:refs/heads/{branch}")
+    # The sandbox could write objects/ and refs/: links out of them (alternates, symlinks) would have
+    # the service's git read another sandbox's objects. Refuse anything but plain files and folders.
+    planted = await provider.exec(
+        pid,
+        [
+            "find",
+            f"{PUSH_REPO}/objects",
+            f"{PUSH_REPO}/refs",
+            "(",
+            "-type",
+            "l",
+            "-o",
+            "-path",
+            "*/info/*alternates",
+            ")",
+        ],
+        confined=False,
+    )
+    if not planted.ok or planted.stdout.strip():
+        await provider.remove(pid, PUSH_REPO)
+        raise RemoteUnusable(
+            "the pushed branch links outside the sandbox (symlinks or alternates); nothing was pushed"
+        )
+    head = (await git.run("rev-parse", f"refs/heads/{branch}", cwd=PUSH_REPO, confined=False)).stdout.strip()
+    lease: list[str] = []
+    if force_with_lease:
+        known = await git.try_run("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{branch}")
+        lease = [f"--force-with-lease=refs/heads/{branch}:{known.stdout.strip() if known.ok else ''}"]
+    await git.run(
+        "push",
+        "--porcelain",
+        *lease,
+        remote_url,
+        f"refs/heads/{branch}:refs/heads/{branch}",
+        cwd=PUSH_REPO,
+        confined=False,
+    )
+    # The checkout learns what the remote now has (diffs against origin, later leases).
+    await Git(provider, pid).run("update-ref", f"refs/remotes/origin/{branch}", head)
+    await Git(provider, pid).try_run("branch", f"--set-upstream-to=origin/{branch}", branch)
+    await provider.remove(pid, PUSH_REPO)
+    return head

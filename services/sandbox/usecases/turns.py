@@ -1,0 +1,236 @@
+"""Running turns: one at a time per session (a claim on the session row), in queue order, with every
+ACP update recorded; and recovery of turns left behind by a crashed process.
+
+The claim (`agent_sessions.current_turn`) is taken and released in the database, so several
+workers (or replicas) may receive RunTurn messages for one session: the one holding the claim runs
+the queued turns one after the other; the others find the claim taken and stop. A runner re-checks
+the queue after each release, so a turn queued while the claim was held is never stranded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Callable
+
+from services.platform.errors import FoundryError
+from services.platform.logging import get_logger
+from services.sandbox.domain.models import (
+    EventKind,
+    EventSender,
+    NewEvent,
+    SessionKey,
+    SessionState,
+    Turn,
+    TurnState,
+    now,
+)
+from services.sandbox.domain.ports import Agents, LiveSession, LogRecords, SandboxRecords
+from services.sandbox.usecases.sandboxes import Sandboxes
+
+log = get_logger(__name__)
+HEARTBEAT_SECONDS = 5.0
+STALE_AFTER = dt.timedelta(seconds=60)
+RESTARTED = "the sandbox service stopped while this turn was running; the agent process is gone"
+
+
+def runner_id() -> str:
+    """`host:pid:instance` of this service process (recorded on the turns it runs)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def prompt_blocks(turn: Turn) -> list[str]:
+    """The prompt's text blocks: the text, then one `@ <file>:<line>` block per attachment."""
+    blocks = [turn.text] if turn.text else []
+    blocks += [f"@ {a.file_path}:{a.line_number}\n{a.line_content}" for a in turn.attachments]
+    return blocks
+
+
+def failure_events(message: str) -> list[NewEvent]:
+    """The log entries that end a failed turn: an ERROR with the message, then TURN_COMPLETED."""
+    return [
+        NewEvent(EventKind.ERROR, EventSender.SERVICE, message, {"message": message}),
+        NewEvent(EventKind.TURN_COMPLETED, EventSender.SERVICE, "", {"state": "failed", "error": message}),
+    ]
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TurnRunner:
+    """Runs the queued turns of sessions (the `sandbox.turn` worker) and recovers orphaned ones.
+
+    Args:
+        sandboxes: sandbox lookups.
+        records: sessions and turns.
+        logs: the event logs (for turns that end without a live recorder).
+        agents: agent processes of this service process.
+        runner: this process's runner id (`runner_id()`).
+        is_alive: whether a process id is alive on this host (tests may replace it).
+    """
+
+    def __init__(
+        self,
+        sandboxes: Sandboxes,
+        records: SandboxRecords,
+        logs: LogRecords,
+        agents: Agents,
+        *,
+        runner: str,
+        is_alive: Callable[[int], bool] = pid_alive,
+    ) -> None:
+        self.sandboxes = sandboxes
+        self.records = records
+        self.logs = logs
+        self.agents = agents
+        self.runner = runner
+        self.host = runner.split(":", 1)[0]
+        self.is_alive = is_alive
+
+    async def run_session(self, key: SessionKey) -> int:
+        """Run the session's queued turns one after the other while this runner holds the claim.
+        Returns the number of turns run (0 when another runner holds the claim or none is queued)."""
+        sandbox = await self.records.get_sandbox(key.sandbox)
+        if sandbox is not None and not self.sandboxes.owns(sandbox):
+            # Never claim (and so never fail) another replica's turn; its own queue carries the work.
+            log.warning("turn_for_other_replica", session=key.name, owner=sandbox.replica)
+            return 0
+        count = 0
+        while (turn := await self.records.claim_next_turn(key, self.runner)) is not None:
+            await self._run(turn)
+            count += 1
+        return count
+
+    async def _run(self, turn: Turn) -> None:
+        key = turn.session
+        log_ = log.bind(turn=turn.name)
+        try:
+            sandbox = await self.sandboxes.with_checkout(key.sandbox)
+            session = await self.records.get_session(key)
+            assert session is not None
+            live, created = await self.agents.open(sandbox, session)
+            if created:
+                await self.records.update_session(key, acp_session_id=live.acp_session_id)
+        except FoundryError as exc:
+            log_.warning("turn_not_started", error=exc.message)
+            await self._fail_before_start(turn, exc.message)
+            return
+        await self.records.update_turn(key, turn.turn_id, agent_pid=live.pid)
+        recorder = live.recorder
+        recorder.turn_id = turn.turn_id
+        recorder.put(
+            NewEvent(
+                EventKind.USER_MESSAGE,
+                EventSender.CLIENT,
+                turn.text,
+                {"prompt": [{"type": "text", "text": b} for b in prompt_blocks(turn)], "user": turn.user},
+            )
+        )
+        heartbeat = asyncio.create_task(self._heartbeat(turn, live), name=f"heartbeat-{turn.turn_id}")
+        try:
+            stop_reason = await live.prompt(prompt_blocks(turn))
+        except Exception as exc:  # the agent failed or died: the turn fails with its message
+            message = await live.failure(exc)
+            dead = not live.alive
+            log_.warning("turn_failed", error=message, agent_alive=not dead)
+            await recorder.flush()
+            await self.records.finish_turn(
+                turn,
+                state=TurnState.FAILED,
+                error=message,
+                session_state=SessionState.ERROR if dead else SessionState.IDLE,
+                session_error=message if dead else "",
+                events=failure_events(message),
+            )
+            if dead:
+                await self.agents.close_session(key)
+                await self._fail_queued(key, f"the agent of this session failed: {message}")
+            return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            recorder.turn_id = ""
+        await recorder.flush()
+        state = TurnState.CANCELLED if stop_reason == "cancelled" else TurnState.COMPLETED
+        await self.records.finish_turn(
+            turn,
+            state=state,
+            stop_reason=stop_reason,
+            events=[NewEvent(EventKind.TURN_COMPLETED, EventSender.SERVICE, "", {"stopReason": stop_reason})],
+        )
+        log_.info("turn_completed", stop_reason=stop_reason)
+
+    async def _heartbeat(self, turn: Turn, live: LiveSession) -> None:
+        """Prove the turn is alive, and forward a cancel requested through another replica."""
+        cancel_sent = False
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await self.records.update_turn(turn.session, turn.turn_id, heartbeat_time=now())
+            current = await self.records.get_turn(turn.session, turn.turn_id)
+            if current is not None and current.cancel_requested and not cancel_sent:
+                cancel_sent = True
+                with contextlib.suppress(Exception):
+                    await live.cancel()
+
+    async def _fail_before_start(self, turn: Turn, message: str) -> None:
+        await self.records.finish_turn(
+            turn,
+            state=TurnState.FAILED,
+            error=message,
+            session_state=SessionState.ERROR,
+            session_error=message,
+            events=failure_events(message),
+        )
+        await self._fail_queued(turn.session, message)
+
+    async def _fail_queued(self, key: SessionKey, message: str) -> None:
+        for queued in await self.records.turns_in([TurnState.QUEUED], key):
+            await self.records.finish_turn(queued, state=TurnState.FAILED, error=message)
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def orphaned(self, turn: Turn) -> bool:
+        """True when nobody runs `turn` any more: its runner is this host and its agent process is
+        gone (or the runner is an earlier incarnation of this process), or its heartbeat is stale."""
+        if turn.runner == self.runner:
+            return False
+        host = turn.runner.split(":", 1)[0]
+        if host == self.host and not self.is_alive(turn.agent_pid):
+            return True
+        last = turn.heartbeat_time or turn.start_time or turn.create_time
+        return now() - last > STALE_AFTER if turn.runner else True
+
+    async def recover(self) -> int:
+        """Fail orphaned RUNNING turns with a readable message (session back to IDLE: the next turn
+        starts a new agent) and kick sessions that have queued turns. Returns the turns failed."""
+        failed = 0
+        # Only this replica's sandboxes: another's turns run (and are recovered) where their agents are.
+        mine = self.sandboxes.replica
+        for turn in await self.records.turns_in([TurnState.RUNNING], replica=mine):
+            if not self.orphaned(turn):
+                continue
+            log.warning("turn_orphaned", turn=turn.name, runner=turn.runner, agent_pid=turn.agent_pid)
+            await self.records.finish_turn(
+                turn, state=TurnState.FAILED, error=RESTARTED, events=failure_events(RESTARTED)
+            )
+            failed += 1
+        kicked: set[SessionKey] = set()
+        for turn in await self.records.turns_in([TurnState.QUEUED], replica=mine):
+            if turn.session not in kicked:
+                kicked.add(turn.session)
+                await self.records.kick(turn.session)
+        return failed

@@ -1,0 +1,286 @@
+"""The durable provisioning workflow: one step per `ProvisionTask` message.
+
+The task row is the state machine (`stage` = last completed stage). A step:
+1. claims the task: under the row lock (SELECT … FOR UPDATE on PostgreSQL; SQLite serializes
+   writers) it checks that no other replica holds a live lease, takes the lease and records the
+   status (and the "started" stage) of the step;
+2. runs one idempotent sandbox command (keyed by task id / session id) with the step timeout,
+   renewing the lease meanwhile, so the row lock is never held across a peer call;
+3. under the row lock again, if it still holds the lease, records the completed stage (or ERROR
+   with a readable message), releases the lease and enqueues the next step — all in one
+   transaction with the watch change, the summary event and the audit entries.
+
+A redelivered or duplicated message re-reads the stage and runs what is next (or nothing), so
+stages never run twice concurrently and never create a second sandbox or session. A replica that
+dies holding a lease is taken over once the lease lapses (`resume_stalled`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from foundry.sandbox.v1 import sandbox_pb2
+from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
+from foundry.task.v1 import events_pb2
+
+from services.platform.logging import get_logger
+from services.task.domain import names
+from services.task.domain.models import Session, Task, now
+from services.task.domain.rules import Step, next_step
+from services.task.store import queries
+from services.task.usecases import first_turn
+from services.task.usecases.changes import Audit, task_changed
+from services.task.usecases.deps import Deps
+from services.task.usecases.lease import StepFailed, run_leased
+
+log = get_logger(__name__)
+
+
+@dataclass
+class StepConcurrency:
+    """Diagnostic: provisioning steps running now per task in this process, and the peak seen."""
+
+    active: Counter[str] = field(default_factory=Counter)
+    peak: Counter[str] = field(default_factory=Counter)
+    runs: Counter[str] = field(default_factory=Counter)
+    replicas: dict[str, set[str]] = field(default_factory=dict)
+
+    def enter(self, task_id: str, replica: str) -> None:
+        self.replicas.setdefault(task_id, set()).add(replica)
+        self.active[task_id] += 1
+        self.runs[task_id] += 1
+        self.peak[task_id] = max(self.peak[task_id], self.active[task_id])
+
+    def exit(self, task_id: str) -> None:
+        self.active[task_id] -= 1
+
+
+STEP_CONCURRENCY = StepConcurrency()
+
+
+async def run_next_step(deps: Deps, name: str, *, last_attempt: bool = True) -> None:
+    """Run the next unfinished provisioning step of task `name` (no-op when provisioning is over or
+    another replica holds the task's lease). Raises a retryable FoundryError to ask for a delayed
+    retry, unless `last_attempt`, in which case the failure is recorded as ERROR."""
+    _, task_id = names.task(name)
+    claim = f"{deps.replica}:{uuid.uuid4().hex[:12]}"  # one lease per step run, even within a replica
+    claimed = await _claim(deps, task_id, claim)
+    if claimed is None:
+        return
+    task, step, first = claimed
+    STEP_CONCURRENCY.enter(task_id, deps.replica)
+    try:
+        outcome = await run_leased(
+            deps,
+            task_id,
+            claim,
+            lambda: _execute(deps, task, step, first),
+            timeout=deps.step_timeout,
+            doing=lambda: step.name.replace("_", " "),
+            last_attempt=last_attempt,
+        )
+    finally:
+        STEP_CONCURRENCY.exit(task_id)
+    await _complete(deps, task_id, claim, step, outcome)
+
+
+async def _claim(deps: Deps, task_id: str, claim: str) -> tuple[Task, Step, Session | None] | None:
+    async with deps.db.transaction() as session:
+        task = await queries.get_task(session, task_id=task_id, lock=True)
+        if task is None or not task.provisioning or task.stage in ("ready", "error"):
+            return None
+        step = next_step(task.stage)
+        if step is None:
+            return None
+        at = now()
+        if task.lease_owner and task.lease_until and task.lease_until > at:
+            log.info("provision_step_busy", task=task.name, holder=task.lease_owner)
+            return None
+        task.lease_owner = claim
+        task.lease_until = at + dt.timedelta(seconds=deps.lease_seconds)
+        sessions = await queries.list_sessions(session, task_id=task_id)
+        previous = task.status
+        changed = task.status != step.status
+        task.status = step.status
+        if step.started_stage and task.stage != step.started_stage:
+            task.stage, task.stage_updated_at, changed = step.started_stage, at, True
+        if changed:
+            await task_changed(
+                session,
+                deps,
+                task,
+                sessions=sessions,
+                previous_status=previous,
+                audits=[Audit("task.provision.step", step=step.name, stage=task.stage)],
+            )
+        else:
+            await queries.set_lease(session, task_id=task_id, owner=task.lease_owner, until=task.lease_until)
+        first = next((s for s in sessions if not s.closed), None)
+    log.info("provision_step_claimed", task=task.name, step=step.name)
+    return task, step, first
+
+
+async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) -> dict[str, object]:
+    """Run the step's sandbox command; returns what to record on the task."""
+    sb = deps.sandbox
+    timeout = deps.step_timeout
+    if step.name == "create_sandbox":
+        # The organization's egress policy is read here, in the background step, not on CreateTask.
+        egress = await deps.organization.sandbox_egress(organization=task.organization)
+        created = await sb.create_sandbox(
+            sb_pb2.CreateSandboxRequest(
+                parent=task.parent,
+                sandbox_id=task.id,
+                sandbox=sandbox_pb2.Sandbox(task=task.name, repository=task.repository),
+                request_id=uuid.uuid4().hex,
+                egress_policy=egress,
+            ),
+            deadline=timeout,
+        )
+        return {"sandbox": created.sandbox}
+    if step.name == "prepare_repository":
+        owner = task.owner
+        token = ""
+        if task.clone_url.startswith(("https://", "http://")):
+            # Minted per attempt (about an hour long); handed to git in the sandbox, never stored.
+            token = await deps.github_data.access_token(task.repository, deadline=timeout)
+        prepared = await sb.prepare_repository(
+            sb_pb2.PrepareRepositoryRequest(
+                name=task.sandbox_name,
+                clone_url=task.clone_url,
+                access_token=token,
+                branch=task.branch,
+                base_branch=task.default_branch,
+                git_user_name=owner.login if owner else "",
+                git_user_email=owner.email if owner else "",
+            ),
+            deadline=timeout,
+        )
+        return {"sandbox": prepared.sandbox}
+    if step.name == "start_agent":
+        await sb.start_agent(
+            sb_pb2.StartAgentRequest(
+                parent=task.sandbox_name, agent=f"agents/{task.agent}" if task.agent else ""
+            ),
+            deadline=timeout,
+        )
+        return {}
+    if first is None:  # every session was closed meanwhile: nothing to create
+        return {}
+    started = await sb.start_agent_session(
+        sb_pb2.StartAgentSessionRequest(
+            parent=task.sandbox_name,
+            session_id=first.id,
+            agent=f"agents/{first.agent}" if first.agent else "",
+            model=first.model,
+        ),
+        deadline=timeout,
+    )
+    return {"session_id": first.id, "sandbox_session": started.agent_session.name}
+
+
+async def _complete(deps: Deps, task_id: str, claim: str, step: Step, outcome: object) -> None:
+    async with deps.db.transaction() as session:
+        task = await queries.get_task(session, task_id=task_id, lock=True)
+        if task is None:
+            return
+        if task.lease_owner != claim:
+            log.warning("provision_lease_lost", task=task.name, step=step.name)
+            return  # another replica took over; it re-runs this idempotent step
+        task.lease_owner, task.lease_until = None, None
+        if not task.provisioning:  # killed or archived meanwhile
+            await queries.update_task(session, task=task)
+            return
+        sessions = await queries.list_sessions(session, task_id=task_id)
+        at = now()
+        previous = task.status
+        changed: list[Session] = []
+        if isinstance(outcome, StepFailed):
+            task.failed_stage, task.stage, task.stage_error = step.done_stage, "error", outcome.message
+            task.status, task.status_message, task.stage_updated_at = "error", outcome.message, at
+            for s in sessions:
+                if not s.closed and s.status.startswith("pending"):
+                    s.status, s.error_message, s.updated_at = "error", outcome.message, at
+                    await queries.update_session(session, row=s)
+                    changed.append(s)
+            await task_changed(
+                session,
+                deps,
+                task,
+                sessions=sessions,
+                changed_sessions=changed,
+                previous_status=previous,
+                audits=[Audit("task.error", stage=step.done_stage, message=outcome.message)],
+            )
+            log.warning("provision_failed", task=task.name, step=step.name, error=outcome.message)
+            return
+        assert isinstance(outcome, dict)
+        sandbox = outcome.get("sandbox")
+        if isinstance(sandbox, sandbox_pb2.Sandbox):
+            task.sandbox_state, task.sandbox_provider = sandbox.state, sandbox.provider
+            task.sandbox_cwd, task.sandbox_error = sandbox.checkout.path, sandbox.error_message
+        task.stage, task.stage_updated_at = step.done_stage, at
+        audits = [Audit("task.provision.stage", stage=step.done_stage)]
+        ensure: list[Session] = []
+        for s in sessions:
+            if s.closed:
+                continue
+            if s.id == outcome.get("session_id"):
+                s.status, s.sandbox_session, s.error_message = "ready", str(outcome["sandbox_session"]), ""
+                await first_turn.release_held(session, deps, s, at=at)
+            elif step.done_stage == "sandbox_allocated" and s.status == "pending_provision":
+                s.status = "pending_session_create"
+            elif step.done_stage == "ready" and s.status.startswith("pending"):
+                s.status = "pending_session_create"
+                ensure.append(s)
+            else:
+                continue
+            s.updated_at = at
+            await queries.update_session(session, row=s)
+            changed.append(s)
+        if step.done_stage == "ready":
+            task.status = "init_complete"  # task_changed moves it on to idle/running at once
+            audits.append(Audit("task.initialized"))
+        await task_changed(
+            session,
+            deps,
+            task,
+            sessions=sessions,
+            changed_sessions=changed,
+            previous_status=previous,
+            audits=audits,
+        )
+        if step.done_stage != "ready":
+            await deps.outbox.enqueue(
+                session, queue=deps.queue("provision"), message=events_pb2.ProvisionTask(name=task.name)
+            )
+        for s in ensure:
+            await deps.outbox.enqueue(
+                session, queue=deps.queue("ensure_session"), message=events_pb2.EnsureSession(name=s.name)
+            )
+    log.info("provision_stage_done", task=task.name, stage=step.done_stage)
+
+
+async def resume_all(deps: Deps, *, only_stalled: bool = False) -> int:
+    """Enqueue the next step of every task whose provisioning is unfinished and not leased by a live
+    replica (all of them at start-up; with `only_stalled`, only those whose lease lapsed).
+    Returns how many were enqueued."""
+    at = now()
+    async with deps.db.transaction() as session:
+        rows = await queries.unfinished_provisioning(session, lease_expired_before=at)
+        if only_stalled:
+            rows = [t for t in rows if t.lease_owner is not None]
+        for task in rows:
+            if task.lease_owner is not None:
+                await queries.set_lease(
+                    session, task_id=task.id, owner=None, until=None, expected_owner=task.lease_owner
+                )
+            await deps.outbox.enqueue(
+                session, queue=deps.queue("provision"), message=events_pb2.ProvisionTask(name=task.name)
+            )
+    if rows:
+        log.info("provision_resumed", tasks=len(rows), stalled_only=only_stalled)
+    return len(rows)

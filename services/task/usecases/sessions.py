@@ -1,0 +1,450 @@
+"""Session use cases: create, send a message, stop, close, rename, change model, and the
+background steps that make a session ready and deliver its messages."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
+from foundry.task.v1 import events_pb2
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.platform import context
+from services.platform.errors import FoundryError
+from services.platform.logging import get_logger
+from services.platform.paging import offset_page
+from services.task import convert
+from services.task.domain import names
+from services.task.domain.errors import (
+    DOMAIN,
+    LastOpenSession,
+    SessionNotFound,
+    SessionNotReady,
+    TaskEnded,
+    TaskNotFound,
+    require,
+)
+from services.task.domain.models import (
+    MESSAGE_ACCEPTING,
+    Owner,
+    QueuedMessage,
+    Session,
+    Task,
+    UserSessionState,
+    now,
+)
+from services.task.store import queries
+from services.task.usecases import first_turn
+from services.task.usecases.changes import Audit, task_changed
+from services.task.usecases.deps import Deps
+from services.task.usecases.tasks import caller_user_id
+
+log = get_logger(__name__)
+
+
+async def _task_locked(session: AsyncSession, org: str, task_id: str) -> Task:
+    task = await queries.get_task(session, task_id=task_id, organization=org, lock=True)
+    if task is None:
+        raise TaskNotFound(f"organizations/{org}/tasks/{task_id}")
+    return task
+
+
+async def _session_of(session: AsyncSession, name: str, task_id: str, session_id: str) -> Session:
+    row = await queries.get_session(session, task_id=task_id, session_id=session_id)
+    if row is None:
+        raise SessionNotFound(name)
+    return row
+
+
+def _not_ended(task: Task) -> None:
+    if task.ended or task.status.startswith(("archive_", "kill_")):
+        raise TaskEnded(task.name, task.status)
+
+
+async def create_session(
+    deps: Deps, *, parent: str, display_name: str, agent: str, model: str, request_id: str
+) -> Session:
+    """A new session, PENDING_PROVISION (no sandbox yet) or PENDING_SESSION_CREATE; it becomes the
+    caller's active tab. Errors: NotFound, FailedPrecondition (`TASK_ENDED`), InvalidArgument."""
+    org, task_id = names.task(parent, "parent")
+    agent_id = names.agent(agent, "session.agent")
+    require(len(display_name) <= 200, "session.display_name", "must be at most 200 characters")
+    await deps.membership.require(f"organizations/{org}")
+    user_id = caller_user_id()
+    async with deps.db.transaction() as session:
+        task = await _task_locked(session, org, task_id)
+        if request_id:
+            existing = await queries.find_session_by_request(session, task_id=task_id, request_id=request_id)
+            if existing is not None:
+                return existing
+        _not_ended(task)
+        position = await queries.next_session_position(session, task_id=task_id)
+        at = now()
+        ready_task = task.stage == "ready"
+        row = Session(
+            id=f"session-{uuid.uuid4()}",
+            task_id=task_id,
+            organization=org,
+            position=position,
+            display_name=display_name.strip() or f"Session {position}",
+            agent=agent_id or task.agent,
+            model=model,
+            status="pending_session_create" if task.sandbox_state else "pending_provision",
+            request_id=request_id or None,
+            created_at=at,
+            updated_at=at,
+        )
+        await queries.insert_session(session, row=row)
+        states = []
+        if user_id:
+            await queries.put_user_task_state(
+                session, task_id=task_id, user_id=user_id, active_session=row.id, at=at
+            )
+            states.append(await queries.get_user_task_state(session, task_id=task_id, user_id=user_id))
+        await task_changed(session, deps, task, changed_sessions=[row], user_states=states)
+        if ready_task:
+            await deps.outbox.enqueue(
+                session, queue=deps.queue("ensure_session"), message=events_pb2.EnsureSession(name=row.name)
+            )
+    return row
+
+
+async def get_session(deps: Deps, name: str) -> tuple[Session, bool]:
+    """The session and the caller's unread flag. Errors: NotFound."""
+    org, task_id, session_id = names.session(name)
+    await deps.membership.require(f"organizations/{org}")
+    user_id = caller_user_id()
+    async with deps.db.snapshot() as session:
+        row = await _session_of(session, name, task_id, session_id)
+        state = await queries.get_user_task_state(session, task_id=task_id, user_id=user_id)
+    return row, any(s.session_id == session_id and s.unread for s in state.sessions)
+
+
+async def list_sessions(
+    deps: Deps, *, parent: str, show_closed: bool, page_size: int, page_token: str
+) -> tuple[list[Session], str]:
+    org, task_id = names.task(parent, "parent")
+    offset, size = offset_page(page_size, page_token, default=50, maximum=500, domain=DOMAIN)
+    await deps.membership.require(f"organizations/{org}")
+    async with deps.db.snapshot() as session:
+        if await queries.get_task(session, task_id=task_id, organization=org) is None:
+            raise TaskNotFound(parent)
+        rows = await queries.list_sessions(session, task_id=task_id, include_closed=show_closed)
+    page = rows[offset : offset + size]
+    return page, str(offset + size) if offset + size < len(rows) else ""
+
+
+async def ensure_session(deps: Deps, name: str) -> None:
+    """Background: create the agent session of a pending session (READY), or record ERROR.
+    Waits for provisioning (which enqueues this again when it is ready)."""
+    org, task_id, session_id = names.session(name)
+    async with deps.db.snapshot() as session:
+        task = await queries.get_task(session, task_id=task_id)
+        row = await queries.get_session(session, task_id=task_id, session_id=session_id)
+    if (
+        task is None
+        or row is None
+        or row.closed
+        or not row.status.startswith("pending")
+        or task.stage != "ready"
+    ):
+        return
+    try:
+        started = await deps.sandbox.start_agent_session(
+            sb_pb2.StartAgentSessionRequest(
+                parent=task.sandbox_name,
+                session_id=row.id,
+                agent=f"agents/{row.agent}" if row.agent else "",
+                model=row.model,
+            ),
+            deadline=deps.step_timeout,
+        )
+        result: dict[str, Any] = {
+            "status": "ready",
+            "sandbox_session": started.agent_session.name,
+            "error_message": "",
+        }
+    except FoundryError as exc:
+        if exc.retryable:
+            raise
+        result = {"status": "error", "error_message": f"creating the agent session failed: {exc.message}"}
+    async with deps.db.transaction() as session:
+        task = await _task_locked(session, org, task_id)
+        row = await _session_of(session, name, task_id, session_id)
+        if row.closed or not row.status.startswith("pending"):
+            return
+        for key, value in result.items():
+            setattr(row, key, value)
+        row.updated_at = now()
+        if row.status == "ready":
+            await first_turn.release_held(session, deps, row, at=row.updated_at)
+        await queries.update_session(session, row=row)
+        await task_changed(session, deps, task, changed_sessions=[row])
+
+
+async def send_message(
+    deps: Deps, *, name: str, text: str, attachments: list[dict[str, Any]], request_id: str
+) -> tuple[Session, QueuedMessage]:
+    """Queue a message (durably) and return; the session is RUNNING until its turn ends. The sender
+    becomes the owner and the session their active tab; their draft is cleared.
+    Errors: FailedPrecondition (`SESSION_NOT_READY`, `TASK_ENDED`), NotFound, InvalidArgument."""
+    org, task_id, session_id = names.session(name)
+    require(bool(text.strip()) or bool(attachments), "text", "must not be empty")
+    require(len(text) <= 200_000, "text", "must be at most 200000 characters")
+    await deps.membership.require(f"organizations/{org}")
+    user_id = caller_user_id()
+    async with deps.db.transaction() as session:
+        task = await _task_locked(session, org, task_id)
+        row = await _session_of(session, name, task_id, session_id)
+        if request_id:
+            done = await queries.find_message_by_request(
+                session, session_id=session_id, request_id=request_id
+            )
+            if done is not None:
+                return row, done
+        _not_ended(task)
+        status = "closed" if row.closed else row.status
+        if status not in MESSAGE_ACCEPTING or not row.sandbox_session:
+            raise SessionNotReady(name, status)
+        at = now()
+        message = QueuedMessage(
+            id=f"m-{uuid.uuid4().hex}",
+            session_id=session_id,
+            task_id=task_id,
+            text=text,
+            attachments=attachments,
+            user=f"users/{user_id}" if user_id else "",
+            request_id=request_id or None,
+            created_at=at,
+        )
+        await queries.insert_message(session, message=message)
+        if row.status != "running":
+            row.status, row.thinking_since, row.current_turn = "running", at, message.id
+        row.used, row.updated_at = True, at
+        await queries.update_session(session, row=row)
+        states = []
+        audits = [Audit("task.message", session=row.name)]
+        if user_id:
+            who = context.caller()
+            if task.owner is None or task.owner.user != f"users/{user_id}":
+                task.owner = Owner(
+                    user=f"users/{user_id}",
+                    login=who.login if who else "",
+                    avatar_url=who.avatar_url if who else "",
+                    updated_at=at,
+                )
+                audits.append(Audit("task.owner", user=task.owner.user))
+            await queries.put_user_task_state(
+                session, task_id=task_id, user_id=user_id, active_session=session_id, at=at
+            )
+            mine = await queries.get_user_task_state(session, task_id=task_id, user_id=user_id)
+            own = next((s for s in mine.sessions if s.session_id == session_id), None) or UserSessionState(
+                session_id, user_id
+            )
+            own.unread, own.draft_text, own.draft_attachments, own.draft_updated_at, own.updated_at = (
+                False,
+                "",
+                [],
+                at,
+                at,
+            )
+            await queries.put_user_session_state(session, task_id=task_id, state=own)
+            states.append(await queries.get_user_task_state(session, task_id=task_id, user_id=user_id))
+        await task_changed(session, deps, task, changed_sessions=[row], user_states=states, audits=audits)
+        await deps.outbox.enqueue(
+            session,
+            queue=deps.queue("deliver_message"),
+            message=events_pb2.DeliverMessage(name=f"{row.name}/messages/{message.id}"),
+        )
+    return row, message
+
+
+async def deliver_message(deps: Deps, name: str) -> None:
+    """Background: hand a queued message to the sandbox as a turn (PromptSession is idempotent on
+    the message id). A non-retryable refusal marks the session ERROR."""
+    org, task_id, session_id, message_id = names.message(name)
+    async with deps.db.snapshot() as session:
+        task = await queries.get_task(session, task_id=task_id)
+        row = await queries.get_session(session, task_id=task_id, session_id=session_id)
+        message = await queries.get_message(session, message_id=message_id)
+    if task is None or row is None or message is None or message.state != "queued":
+        return
+    try:
+        await deps.sandbox.prompt(
+            sb_pb2.PromptSessionRequest(
+                name=row.sandbox_session,
+                turn_id=message.id,
+                text=message.text,
+                attachments=convert.attachments_to_pb(message.attachments),
+                user=message.user,
+            )
+        )
+    except FoundryError as exc:
+        if exc.retryable:
+            raise
+        await turn_ended(
+            deps,
+            org=org,
+            task_id=task_id,
+            session_id=session_id,
+            turn_id=message_id,
+            failed=f"sending the message failed: {exc.message}",
+        )
+        return
+    async with deps.db.transaction() as session:
+        current = await queries.get_message(session, message_id=message_id)
+        if current is not None and current.state == "queued":
+            await queries.set_message_state(session, message_id=message_id, state="delivered")
+
+
+async def turn_ended(
+    deps: Deps, *, org: str, task_id: str, session_id: str, turn_id: str, failed: str = ""
+) -> None:
+    """A turn ended (sandbox `turn_completed`, or a refused prompt): the session moves on to its
+    next queued message, else IDLE (ERROR with `failed`), and becomes unread for the other viewers."""
+    async with deps.db.transaction() as session:
+        task = await queries.get_task(session, task_id=task_id, organization=org, lock=True)
+        row = await queries.get_session(session, task_id=task_id, session_id=session_id)
+        message = await queries.get_message(session, message_id=turn_id)
+        if task is None or row is None or (message is not None and message.state in ("completed", "failed")):
+            return
+        if message is not None:
+            await queries.set_message_state(
+                session, message_id=turn_id, state="failed" if failed else "completed"
+            )
+        remaining = [
+            m for m in await queries.open_messages(session, session_id=session_id) if m.id != turn_id
+        ]
+        at = now()
+        if row.closed:
+            return
+        if remaining:
+            row.current_turn, row.thinking_since = remaining[0].id, at
+            row.status = "running"
+        else:
+            row.status = "error" if failed else "idle"
+            row.error_message = failed
+            row.current_turn, row.thinking_since = "", None
+        row.updated_at = at
+        await queries.update_session(session, row=row)
+        states = []
+        sender = message.user.removeprefix("users/") if message else ""
+        if not remaining:
+            for user_id in await queries.users_with_state(session, task_id=task_id):
+                if user_id == sender:
+                    continue
+                mine = await queries.get_user_task_state(session, task_id=task_id, user_id=user_id)
+                own = next(
+                    (s for s in mine.sessions if s.session_id == session_id), None
+                ) or UserSessionState(session_id, user_id)
+                if not own.unread:
+                    own.unread, own.updated_at = True, at
+                    await queries.put_user_session_state(session, task_id=task_id, state=own)
+                    states.append(
+                        await queries.get_user_task_state(session, task_id=task_id, user_id=user_id)
+                    )
+        await task_changed(session, deps, task, changed_sessions=[row], user_states=states)
+
+
+async def _change_session(deps: Deps, name: str, mutate: Any, *, audit: Audit | None = None) -> Session:
+    org, task_id, session_id = names.session(name)
+    await deps.membership.require(f"organizations/{org}")
+    async with deps.db.transaction() as session:
+        task = await _task_locked(session, org, task_id)
+        row = await _session_of(session, name, task_id, session_id)
+        sessions = await queries.list_sessions(session, task_id=task_id)
+        row = next(s for s in sessions if s.id == session_id)
+        if await mutate(session, task, row, sessions) is False:
+            return row
+        row.updated_at = now()
+        await queries.update_session(session, row=row)
+        await task_changed(
+            session, deps, task, sessions=sessions, changed_sessions=[row], audits=[audit] if audit else []
+        )
+    return row
+
+
+async def rename_session(deps: Deps, name: str, display_name: str) -> Session:
+    """Change a tab title. Errors: InvalidArgument (empty), NotFound."""
+    require(bool(display_name.strip()), "display_name", "must not be empty")
+    require(len(display_name) <= 200, "display_name", "must be at most 200 characters")
+
+    async def mutate(_s: AsyncSession, _t: Task, row: Session, _all: Sequence[Session]) -> bool:
+        if row.display_name == display_name.strip():
+            return False
+        row.display_name = display_name.strip()
+        return True
+
+    return await _change_session(deps, name, mutate)
+
+
+async def change_model(deps: Deps, name: str, model: str) -> Session:
+    """Change a session's model: live (SetAgentSessionModel) for a provisioned session, else the
+    model the pending session will be created with. Errors: InvalidArgument, NotFound."""
+    require(bool(model.strip()) and len(model) <= 100, "model", "must be 1 to 100 characters")
+    org, task_id, session_id = names.session(name)
+    await deps.membership.require(f"organizations/{org}")
+    async with deps.db.snapshot() as session:
+        row = await _session_of(session, name, task_id, session_id)
+    if row.sandbox_session and not row.closed:
+        await deps.sandbox.set_model(row.sandbox_session, model)
+
+    async def mutate(_s: AsyncSession, _t: Task, row: Session, _all: Sequence[Session]) -> bool:
+        row.model = model
+        return True
+
+    return await _change_session(deps, name, mutate, audit=Audit("session.model", model=model))
+
+
+async def stop_session(deps: Deps, name: str) -> Session:
+    """Cancel the running turn (the sandbox ends it and reports `turn_completed`); idle: no-op."""
+    org, task_id, session_id = names.session(name)
+    await deps.membership.require(f"organizations/{org}")
+    async with deps.db.snapshot() as session:
+        row = await _session_of(session, name, task_id, session_id)
+        pending = await queries.open_messages(session, session_id=session_id)
+    if row.status != "running" or not row.sandbox_session:
+        return row
+    for message in pending:
+        await deps.sandbox.cancel_turn(f"{row.sandbox_session}/turns/{message.id}")
+    return row
+
+
+async def close_session(deps: Deps, name: str) -> Session:
+    """Close a session (and its agent session); viewers whose active tab it was move to the first
+    remaining one. Errors: FailedPrecondition (`LAST_OPEN_SESSION`), NotFound."""
+    org, task_id, session_id = names.session(name)
+    await deps.membership.require(f"organizations/{org}")
+    async with deps.db.snapshot() as session:
+        row = await _session_of(session, name, task_id, session_id)
+        others = [
+            s
+            for s in await queries.list_sessions(session, task_id=task_id, include_closed=False)
+            if s.id != session_id
+        ]
+    if row.closed:
+        return row
+    if not others:
+        raise LastOpenSession(name)
+    if row.sandbox_session:
+        await deps.sandbox.close_session(row.sandbox_session)
+
+    async def mutate(s: AsyncSession, task: Task, row: Session, all_rows: Sequence[Session]) -> bool:
+        if row.closed:
+            return False
+        if not [x for x in all_rows if not x.closed and x.id != row.id]:
+            raise LastOpenSession(name)
+        row.closed_at, row.current_turn, row.thinking_since = now(), "", None
+        await queries.delete_user_session_states(s, session_id=row.id)
+        first = next(x for x in all_rows if not x.closed and x.id != row.id)
+        for user_id in await queries.users_with_state(s, task_id=task.id):
+            state = await queries.get_user_task_state(s, task_id=task.id, user_id=user_id)
+            if state.active_session in ("", row.id):
+                await queries.put_user_task_state(
+                    s, task_id=task.id, user_id=user_id, active_session=first.id, at=now()
+                )
+        return True
+
+    return await _change_session(deps, name, mutate, audit=Audit("session.close", session=name))
