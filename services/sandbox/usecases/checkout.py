@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 from services.platform.logging import get_logger
 from services.sandbox.domain.errors import not_found, require
-from services.sandbox.domain.models import ChangeType, GitState, SandboxKey
+from services.sandbox.domain.models import WORK, ChangeType, GitState, SandboxKey
 from services.sandbox.domain.ports import LogRecords
 from services.sandbox.usecases import git as gitops
 from services.sandbox.usecases.git_state import compute
@@ -71,9 +71,7 @@ class Checkouts:
             if change.type is ChangeType.ADDED:
                 await git.try_run("rm", "--cached", "--quiet", "--force", "--", path)
             # Deleted from inside the sandbox: the path is the agent's, and may run through its symlinks.
-            removed = await self.sandboxes.provider.exec(
-                provider_id, ["rm", "-rf", "--", path], cwd=gitops.WORK
-            )
+            removed = await self.sandboxes.provider.exec(provider_id, ["rm", "-rf", "--", path], cwd=WORK)
             if not removed.ok:
                 raise gitops.failure(("rm",), removed)
         log.info("file_reverted", sandbox=key.name, path=path)

@@ -12,7 +12,7 @@ from services.platform.logging import get_logger
 from services.platform.paging import offset_page
 from services.platform.routing import on_other_replica
 from services.sandbox.domain.errors import DOMAIN, not_found, precondition, require
-from services.sandbox.domain.models import Checkout, Sandbox, SandboxKey, SandboxState, now
+from services.sandbox.domain.models import WORK, Checkout, Sandbox, SandboxKey, SandboxState, now
 from services.sandbox.domain.ports import Agents, Provider, SandboxRecords
 from services.sandbox.usecases import git as gitops
 
@@ -239,8 +239,8 @@ class Sandboxes:
             # sandbox fetches from there.
             await gitops.fetch_through_service(git, clone_url)
         else:
-            await self.provider.remove(pid, gitops.WORK)
-            await self.provider.remove(pid, f"{gitops.WORK}.tmp")
+            await self.provider.remove(pid, WORK)
+            await self.provider.remove(pid, f"{WORK}.tmp")
             # Clone next to the final place and rename: a crash never leaves a half clone as `work`.
             await git.run(
                 "clone",
@@ -248,11 +248,11 @@ class Sandboxes:
                 "--origin",
                 "origin",
                 clone_url,
-                f"{gitops.WORK}.tmp",
+                f"{WORK}.tmp",
                 cwd="",
                 confined=False,
             )
-            await self.provider.exec(pid, ["mv", f"{gitops.WORK}.tmp", gitops.WORK], confined=False)
+            await self.provider.exec(pid, ["mv", f"{WORK}.tmp", WORK], confined=False)
         if user_name:
             await git.run("config", "user.name", user_name)
         if user_email:
@@ -273,7 +273,7 @@ class Sandboxes:
             branch=branch,
             base_branch=base,
             branch_existed=existed,
-            path=f"{self.provider.root(pid)}/{gitops.WORK}",  # on the host; agents see sandbox_path
+            path=f"{self.provider.root(pid)}/{WORK}",  # on the host; agents see sandbox_path
             head_commit=await gitops.head_commit(git),
             prepare_time=now(),
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.sandbox.domain.errors import RemoteUnusable
-from services.sandbox.domain.models import SandboxKey
+from services.sandbox.domain.models import WORK, SandboxKey
 from services.sandbox.providers.local import LocalProvider
 from services.sandbox.usecases import git as gitops
 from tests.helpers.github_server import GithubServer, GithubState
@@ -34,8 +34,8 @@ async def test_clone_and_push_over_http_carry_the_token_only_through_the_credent
         authed = gitops.Git(provider, pid, TOKEN)
         assert not [a for a in authed._argv(["fetch"]) if TOKEN in a]  # never in the process args
 
-        await authed.run("clone", "--origin", "origin", url, gitops.WORK, cwd="")
-        config = (Path(provider.root(pid)) / gitops.WORK / ".git" / "config").read_text()
+        await authed.run("clone", "--origin", "origin", url, WORK, cwd="")
+        config = (Path(provider.root(pid)) / WORK / ".git" / "config").read_text()
         assert url in config and TOKEN not in config
         await authed.run("checkout", "-q", "-b", "feat/x")
         await authed.run(
@@ -43,7 +43,7 @@ async def test_clone_and_push_over_http_carry_the_token_only_through_the_credent
         )
         await authed.run("push", "-u", "origin", "feat/x")
         assert git("rev-parse", "refs/heads/feat/x", cwd=origin).strip()
-        assert TOKEN not in (Path(provider.root(pid)) / gitops.WORK / ".git" / "config").read_text()
+        assert TOKEN not in (Path(provider.root(pid)) / WORK / ".git" / "config").read_text()
         kinds = {kind for line, kind in state.git_requests if "git-receive-pack" in line}
         assert "installation" in kinds
 
