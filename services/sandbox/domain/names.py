@@ -2,69 +2,66 @@
 
 from __future__ import annotations
 
-import re
-
-from services.sandbox.domain.errors import require
+from services.platform.names import ID, ResourcePattern
+from services.sandbox.domain.errors import DOMAIN
 from services.sandbox.domain.models import SandboxKey, SessionKey
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+def _pattern(pattern: str) -> ResourcePattern:
+    return ResourcePattern(pattern, default=ID, domain=DOMAIN)
+
+
+ORGANIZATION = _pattern("organizations/{organization}")
+SANDBOX = _pattern("organizations/{organization}/sandboxes/{sandbox}")
+GIT_STATE = _pattern("organizations/{organization}/sandboxes/{sandbox}/gitState")
+SESSION = _pattern("organizations/{organization}/sandboxes/{sandbox}/sessions/{session}")
+TURN = _pattern("organizations/{organization}/sandboxes/{sandbox}/sessions/{session}/turns/{turn}")
+PROCESS = _pattern("organizations/{organization}/sandboxes/{sandbox}/processes/{process}")
+AGENT = _pattern("agents/{agent}")
 
 
 def valid_id(value: str) -> bool:
     """An id segment: 1-128 of letters, digits, `.`, `_`, `-`, starting with a letter or digit."""
-    return bool(_ID.match(value))
-
-
-def _segments(name: str, field: str, shape: str, count: int) -> list[str]:
-    parts = name.split("/")
-    pattern = shape.split("/")
-    ok = len(parts) == count and all(
-        (p.startswith("{") or p == v) and (not p.startswith("{") or valid_id(v))
-        for p, v in zip(pattern, parts, strict=False)
-    )
-    require(ok, field, f"must look like {shape}, got {name!r}")
-    return parts
+    return ID.matches(value)
 
 
 def organization(name: str, field: str = "parent") -> str:
     """`organizations/{organization}` → organization id."""
-    return _segments(name, field, "organizations/{organization}", 2)[1]
+    return ORGANIZATION.parse(name, field)[0]
 
 
 def sandbox(name: str, field: str = "name") -> SandboxKey:
     """`organizations/{organization}/sandboxes/{sandbox}` → SandboxKey."""
-    p = _segments(name, field, "organizations/{organization}/sandboxes/{sandbox}", 4)
-    return SandboxKey(p[1], p[3])
+    org, sid = SANDBOX.parse(name, field)
+    return SandboxKey(org, sid)
 
 
 def git_state(name: str, field: str = "name") -> SandboxKey:
     """`organizations/{organization}/sandboxes/{sandbox}/gitState` → SandboxKey."""
-    p = _segments(name, field, "organizations/{organization}/sandboxes/{sandbox}/gitState", 5)
-    return SandboxKey(p[1], p[3])
+    org, sid = GIT_STATE.parse(name, field)
+    return SandboxKey(org, sid)
 
 
 def session(name: str, field: str = "name") -> SessionKey:
     """`organizations/{o}/sandboxes/{s}/sessions/{session}` → SessionKey."""
-    p = _segments(name, field, "organizations/{organization}/sandboxes/{sandbox}/sessions/{session}", 6)
-    return SessionKey(SandboxKey(p[1], p[3]), p[5])
+    org, sid, session_id = SESSION.parse(name, field)
+    return SessionKey(SandboxKey(org, sid), session_id)
 
 
 def turn(name: str, field: str = "name") -> tuple[SessionKey, str]:
     """`.../sessions/{session}/turns/{turn}` → (SessionKey, turn id)."""
-    p = _segments(
-        name, field, "organizations/{organization}/sandboxes/{sandbox}/sessions/{session}/turns/{turn}", 8
-    )
-    return SessionKey(SandboxKey(p[1], p[3]), p[5]), p[7]
+    org, sid, session_id, turn_id = TURN.parse(name, field)
+    return SessionKey(SandboxKey(org, sid), session_id), turn_id
 
 
 def process(name: str, field: str = "name") -> tuple[SandboxKey, str]:
     """`organizations/{o}/sandboxes/{s}/processes/{process}` → (SandboxKey, process id)."""
-    p = _segments(name, field, "organizations/{organization}/sandboxes/{sandbox}/processes/{process}", 6)
-    return SandboxKey(p[1], p[3]), p[5]
+    org, sid, process_id = PROCESS.parse(name, field)
+    return SandboxKey(org, sid), process_id
 
 
 def agent(name: str, field: str = "agent") -> str:
     """`agents/{agent}` → agent name; "" stays "" (the configured default)."""
     if not name:
         return ""
-    return _segments(name, field, "agents/{agent}", 2)[1]
+    return AGENT.parse(name, field)[0]
