@@ -14,23 +14,42 @@ Parsers raise `InvalidArgument` (reason `INVALID_NAME`) naming the request field
 from __future__ import annotations
 
 import hashlib
-import re
+from functools import cache
 
-from services.platform.errors import InvalidArgument
+from services.platform.names import IdRule, ResourcePattern, id_rule
 
 DOMAIN = "foundry.github_data"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_REPO_ID = re.compile(r"^[0-9a-f]{16}$")
 ALL_REPOSITORIES = "-"
+_ID = id_rule(100)
+_REPO_ID = IdRule(r"[0-9a-f]{16}", "16 lowercase hex digits (repository_id of the clone URL)")
+_REPO_ID_OR_ALL = IdRule(r"[0-9a-f]{16}|-", "16 lowercase hex digits, or '-' for all repositories")
+_NUMBER = IdRule(r"[0-9]+", "a pull request number")
 
 
-def _bad(field: str, value: str, shape: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"{field}: {value!r} is not {shape}",
-        reason="INVALID_NAME",
-        domain=DOMAIN,
-        field_violations={field: f"expected {shape}"},
-    )
+def _pattern(pattern: str, **rules: IdRule) -> ResourcePattern:
+    return ResourcePattern(pattern, rules=rules, default=_ID, domain=DOMAIN, reason="INVALID_NAME")
+
+
+ORGANIZATION = _pattern("organizations/{organization}")
+CONNECTION = _pattern("organizations/{organization}/connection")
+SYNC_STATUS = _pattern("organizations/{organization}/syncStatus")
+REPOSITORY = _pattern("organizations/{organization}/repositories/{repository}", repository=_REPO_ID)
+_REPOSITORY_OR_ALL = _pattern(
+    "organizations/{organization}/repositories/{repository}", repository=_REPO_ID_OR_ALL
+)
+PULL_REQUEST = _pattern(
+    "organizations/{organization}/repositories/{repository}/pullRequests/{number}",
+    repository=_REPO_ID,
+    number=_NUMBER,
+)
+MEMBER = _pattern("organizations/{organization}/githubMembers/{member}")
+DELIVERY = _pattern("webhookDeliveries/{delivery}")
+USER = _pattern("users/{user}")
+
+
+@cache
+def _suffixed(suffix: str) -> ResourcePattern:
+    return _pattern(f"organizations/{{organization}}/{suffix}")
 
 
 def normalize_clone_url(clone_url: str) -> str:
@@ -49,81 +68,56 @@ def repository_id(clone_url: str) -> str:
 
 
 def organization_name(org: str) -> str:
-    return f"organizations/{org}"
+    return ORGANIZATION.format(org)
 
 
 def connection_name(org: str) -> str:
-    return f"organizations/{org}/connection"
+    return CONNECTION.format(org)
 
 
 def sync_status_name(org: str) -> str:
-    return f"organizations/{org}/syncStatus"
+    return SYNC_STATUS.format(org)
 
 
 def repository_name(org: str, repo_id: str) -> str:
-    return f"organizations/{org}/repositories/{repo_id}"
+    return REPOSITORY.format(org, repo_id)
 
 
 def pull_request_name(org: str, repo_id: str, number: int) -> str:
-    return f"organizations/{org}/repositories/{repo_id}/pullRequests/{number}"
+    return PULL_REQUEST.format(org, repo_id, number)
 
 
 def member_name(org: str, member_id: str) -> str:
-    return f"organizations/{org}/githubMembers/{member_id}"
+    return MEMBER.format(org, member_id)
 
 
 def delivery_name(delivery_id: str) -> str:
-    return f"webhookDeliveries/{delivery_id}"
-
-
-def _org(value: str, field: str, shape: str) -> str:
-    if not _ID.match(value):
-        raise _bad(field, value, shape)
-    return value
+    return DELIVERY.format(delivery_id)
 
 
 def parse_organization(name: str, field: str = "parent") -> str:
     """`organizations/{org}` → org."""
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "organizations":
-        raise _bad(field, name, "organizations/{organization}")
-    return _org(parts[1], field, "organizations/{organization}")
+    return ORGANIZATION.parse(name, field)[0]
 
 
 def parse_suffixed(name: str, suffix: str, field: str = "name") -> str:
     """`organizations/{org}/<suffix>` (connection, syncStatus) → org."""
-    shape = f"organizations/{{organization}}/{suffix}"
-    parts = name.split("/")
-    if len(parts) != 3 or parts[0] != "organizations" or parts[2] != suffix:
-        raise _bad(field, name, shape)
-    return _org(parts[1], field, shape)
+    return _suffixed(suffix).parse(name, field)[0]
 
 
 def parse_repository(name: str, field: str = "name", *, allow_all: bool = False) -> tuple[str, str]:
     """`organizations/{org}/repositories/{repo}` → (org, repo_id); repo may be `-` when `allow_all`."""
-    shape = "organizations/{organization}/repositories/{repository}"
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "organizations" or parts[2] != "repositories":
-        raise _bad(field, name, shape)
-    org = _org(parts[1], field, shape)
-    if not (_REPO_ID.match(parts[3]) or (allow_all and parts[3] == ALL_REPOSITORIES)):
-        raise _bad(field, name, shape)
-    return org, parts[3]
+    org, repo = (_REPOSITORY_OR_ALL if allow_all else REPOSITORY).parse(name, field)
+    return org, repo
 
 
 def parse_pull_request(name: str, field: str = "name") -> tuple[str, str, int]:
     """`organizations/{org}/repositories/{repo}/pullRequests/{number}` → (org, repo_id, number)."""
-    shape = "organizations/{organization}/repositories/{repository}/pullRequests/{number}"
-    parts = name.split("/")
-    if len(parts) != 6 or parts[4] != "pullRequests" or not parts[5].isdigit():
-        raise _bad(field, name, shape)
-    org, repo = parse_repository("/".join(parts[:4]), field)
-    return org, repo, int(parts[5])
+    org, repo, number = PULL_REQUEST.parse(name, field)
+    return org, repo, int(number)
 
 
 def parse_user(name: str, field: str) -> str:
     """`users/{user}` → the same name, validated."""
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "users" or not _ID.match(parts[1]):
-        raise _bad(field, name, "users/{user}")
+    USER.parse(name, field)
     return name
