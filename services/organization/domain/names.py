@@ -9,14 +9,38 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import cache
 
 from services.organization.domain.errors import DOMAIN
 from services.platform.errors import InvalidArgument
+from services.platform.names import IdRule, ResourcePattern
 
-_ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_LOGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ORGANIZATION_ID = IdRule(r"[a-z0-9][a-z0-9-]{0,62}", "1-63 of [a-z0-9-], starting with a letter or digit")
+_LOGIN = IdRule(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}", "1-39 letters, digits or '-', not starting with '-'")
 _BRANCH_FORBIDDEN = re.compile(r"(\.\.|[\s~^:?*\[\\]|@\{|//)")
+
+
+def _pattern(pattern: str) -> ResourcePattern:
+    """Id segments are the platform's default id, but organizations have the organization-id rule."""
+    return ResourcePattern(pattern, rules={"organization": ORGANIZATION_ID}, domain=DOMAIN)
+
+
+def _users(pattern: str) -> ResourcePattern:
+    return ResourcePattern(pattern, domain=DOMAIN)
+
+
+ORGANIZATION = _pattern("organizations/{organization}")
+SUMMARY = _pattern("organizations/{organization}/summary")
+SYNC_STATUS = _pattern("organizations/{organization}/syncStatus")
+PULL_REQUEST = _pattern("organizations/{organization}/repositories/{repository}/pullRequests/{number}")
+USER = _users("users/{user}")
+APP_SNAPSHOT = _users("users/{user}/appSnapshot")
+AUTH_SESSION = _users("users/{user}/authSessions/{auth_session}")
+
+
+@cache
+def _child(collection: str) -> ResourcePattern:
+    return _pattern(f"organizations/{{organization}}/{collection}/{{id}}")
 
 
 def slugify(text: str) -> str:
@@ -31,82 +55,57 @@ def _bad(field: str, message: str) -> InvalidArgument:
 
 def check_organization_id(value: str, field: str = "organization_id") -> str:
     """Return `value` if it is a valid organization id; raises InvalidArgument otherwise."""
-    if not _ORG_ID.match(value):
-        raise _bad(field, "must be 1-63 of [a-z0-9-], starting with a letter or digit")
+    if not ORGANIZATION_ID.matches(value):
+        raise _bad(field, f"must be {ORGANIZATION_ID.description}")
     return value
 
 
 def check_login(value: str, field: str = "login") -> str:
     """A sign-in login: letters, digits and `-`, at most 39 characters."""
-    if not _LOGIN.match(value):
-        raise _bad(field, "must be 1-39 letters, digits or '-', not starting with '-'")
+    if not _LOGIN.matches(value):
+        raise _bad(field, f"must be {_LOGIN.description}")
     return value
 
 
 def organization_name(org_id: str) -> str:
-    return f"organizations/{org_id}"
+    return ORGANIZATION.format(org_id)
 
 
 def parse_organization(name: str, field: str = "name") -> str:
     """`organizations/{id}` → id; raises InvalidArgument."""
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "organizations":
-        raise _bad(field, "must be organizations/{organization}")
-    return check_organization_id(parts[1], field)
+    return ORGANIZATION.parse(name, field)[0]
 
 
 def parse_child(name: str, collection: str, field: str = "name") -> tuple[str, str]:
     """`organizations/{org}/{collection}/{id}` → (org, id); raises InvalidArgument."""
-    parts = name.split("/")
-    if (
-        len(parts) != 4
-        or parts[0] != "organizations"
-        or parts[2] != collection
-        or not _SEGMENT.match(parts[3])
-    ):
-        raise _bad(field, f"must be organizations/{{organization}}/{collection}/{{id}}")
-    return check_organization_id(parts[1], field), parts[3]
+    org_id, child_id = _child(collection).parse(name, field)
+    return org_id, child_id
 
 
 def parse_summary(name: str, field: str = "name") -> str:
     """`organizations/{org}/summary` → org id; raises InvalidArgument."""
-    parts = name.split("/")
-    if len(parts) != 3 or parts[0] != "organizations" or parts[2] != "summary":
-        raise _bad(field, "must be organizations/{organization}/summary")
-    return check_organization_id(parts[1], field)
+    return SUMMARY.parse(name, field)[0]
 
 
 def parse_user(name: str, field: str = "name") -> str:
     """`users/{id}` → id; raises InvalidArgument."""
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "users" or not _SEGMENT.match(parts[1]):
-        raise _bad(field, "must be users/{user}")
-    return parts[1]
+    return USER.parse(name, field)[0]
 
 
 def parse_app_snapshot(name: str, field: str = "name") -> str:
-    """`users/{user}/appSnapshot` → user id, or `me` for the caller; raises InvalidArgument."""
-    parts = name.split("/")
-    if len(parts) != 3 or parts[0] != "users" or parts[2] != "appSnapshot" or not _SEGMENT.match(parts[1]):
-        raise _bad(field, "must be users/{user}/appSnapshot (users/me/appSnapshot for the caller)")
-    return parts[1]
+    """`users/{user}/appSnapshot` → user id, or `me` for the caller (users/me/appSnapshot); raises
+    InvalidArgument."""
+    return APP_SNAPSHOT.parse(name, field)[0]
 
 
 def app_snapshot_name(user_id: str) -> str:
-    return f"users/{user_id}/appSnapshot"
+    return APP_SNAPSHOT.format(user_id)
 
 
 def parse_auth_session(name: str, field: str = "auth_session") -> tuple[str, str]:
     """`users/{user}/authSessions/{session}` → (user id, session id); raises InvalidArgument."""
-    parts = name.split("/")
-    if (
-        len(parts) != 4
-        or parts[0] != "users"
-        or parts[2] != "authSessions"
-        or not all(_SEGMENT.match(p) for p in (parts[1], parts[3]))
-    ):
-        raise _bad(field, "must be users/{user}/authSessions/{auth_session}")
-    return parts[1], parts[3]
+    user_id, session_id = AUTH_SESSION.parse(name, field)
+    return user_id, session_id
 
 
 def check_branch(value: str, field: str = "branch") -> str:
@@ -133,24 +132,13 @@ def app_scope(user_id: str) -> str:
 
 
 def sync_status_name(org_id: str) -> str:
-    return f"organizations/{org_id}/syncStatus"
+    return SYNC_STATUS.format(org_id)
 
 
 def parse_pull_request(name: str, field: str = "name") -> tuple[str, str]:
     """`organizations/{org}/repositories/{repo}/pullRequests/{n}` → (org id, repository name)."""
-    parts = name.split("/")
-    if (
-        len(parts) != 6
-        or parts[0] != "organizations"
-        or parts[2] != "repositories"
-        or parts[4] != "pullRequests"
-        or not _SEGMENT.match(parts[3])
-        or not _SEGMENT.match(parts[5])
-    ):
-        raise _bad(
-            field, "must be organizations/{organization}/repositories/{repository}/pullRequests/{number}"
-        )
-    return check_organization_id(parts[1], field), "/".join(parts[:4])
+    org_id, repository, _ = PULL_REQUEST.parse(name, field)
+    return org_id, _child("repositories").format(org_id, repository)
 
 
 def virtual_task_id(repository: str, branch: str) -> str:
