@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 from foundry.task.v1 import task_service_pb2, task_service_pb2_grpc
 
@@ -12,7 +13,7 @@ from services.platform.messaging.broker import QueueSpec
 from services.platform.server.host import Runtime, Servicer, Wiring
 from services.task.api.servicer import TaskServicer
 from services.task.clients import GithubDataClient, OrganizationClient, SandboxClient
-from services.task.usecases import commands, provisioning, publish
+from services.task.usecases import commands, provisioning, publish, session_commands
 from services.task.usecases.deps import Deps
 from services.task.workers import handlers
 
@@ -41,6 +42,7 @@ def wire(rt: Runtime) -> Wiring:
         (QueueSpec(q("provision"), prefetch=8), handlers.provision(deps)),
         (QueueSpec(q("ensure_session"), prefetch=8), handlers.ensure_session(deps)),
         (QueueSpec(q("deliver_message")), handlers.deliver_message(deps)),
+        (QueueSpec(q("session_command")), handlers.session_command(deps)),
         (QueueSpec(q("command"), prefetch=8), handlers.command(deps)),
         # github_data asks for the archive when the task's pull request is closed or merged.
         (
@@ -56,16 +58,24 @@ def wire(rt: Runtime) -> Wiring:
         resumed = await provisioning.resume_all(deps)
         flows = await commands.resume(deps)
         publications = await publish.resume(deps)
-        log.info("task_work_resumed", provisioning=resumed, commands=flows, publications=publications)
+        session_work = await session_commands.resume(deps, stale=dt.timedelta(0))
+        log.info(
+            "task_work_resumed",
+            provisioning=resumed,
+            commands=flows,
+            publications=publications,
+            session_commands=session_work,
+        )
 
     async def sweep_stalled() -> None:
         """Take over provisioning and publications whose replica died holding the lease (after
-        the lease lapses)."""
+        the lease lapses); enqueue again session commands left pending."""
         while True:
             await asyncio.sleep(STALL_SWEEP_SECONDS)
             try:
                 await provisioning.resume_all(deps, only_stalled=True)
                 await publish.resume(deps, only_stalled=True)
+                await session_commands.resume(deps)
             except Exception:  # retried at the next sweep
                 log.warning("stall_sweep_failed", exc_info=True)
 

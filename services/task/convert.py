@@ -84,6 +84,8 @@ def session(row: Session, *, unread: bool = False) -> session_pb2.Session:
         create_time=ts(row.created_at),
         update_time=ts(row.updated_at),
         close_time=ts(row.closed_at),
+        stop_time=ts(row.stop_requested_at) if running else None,
+        agent_model=row.agent_model,
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from foundry.common.v1 import watch_pb2
@@ -99,7 +100,11 @@ async def _get(mesh: Mesh, name: str) -> task_pb2.Task:
 
 async def _until_ready(mesh: Mesh, name: str, timeout: float = 45) -> None:
     async def ready() -> None:
-        task = await _get(mesh, name)
+        try:
+            task = await _get(mesh, name)
+        except grpc.aio.AioRpcError as exc:  # a replica just exited: the client tries again, as users do
+            assert exc.code() != grpc.StatusCode.UNAVAILABLE, exc.details()
+            raise
         assert task.provisioning.stage == READY, task.provisioning
 
     await assert_eventually(ready, timeout=timeout, interval=0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from services.platform.clock import now
 from services.platform.logging import get_logger
 from services.platform.paging import offset_page
 from services.sandbox.domain.errors import DOMAIN, AgentFailed, not_found, precondition, require
@@ -20,7 +21,6 @@ from services.sandbox.domain.models import (
     SessionState,
     Turn,
     TurnState,
-    now,
 )
 from services.sandbox.domain.names import valid_id
 from services.sandbox.domain.ports import Agents, LogRecords, SandboxRecords
@@ -210,8 +210,14 @@ class Sessions:
         return turn
 
     async def set_model(self, key: SessionKey, model: str) -> AgentSession:
+        """Record the model the session's next turns use. Raises InvalidArgument (empty), NotFound,
+        FailedPrecondition (`SESSION_CLOSED`: a closed session runs no more turns)."""
         require(bool(model), "model", "is required")
-        await self.get(key)
+        session = await self.get(key)
+        if session.state is SessionState.CLOSED:
+            raise precondition(f"session {key.name} is closed", "SESSION_CLOSED")
+        if session.model == model:
+            return session
         return await self.records.update_session(key, model=model)
 
     async def close(self, key: SessionKey) -> AgentSession:

@@ -16,7 +16,7 @@ from services.task.api.watch import watch_session, watch_task
 from services.task.domain import names
 from services.task.domain.errors import NoSandbox, invalid
 from services.task.domain.models import Session, Task
-from services.task.usecases import commands, materialize, publish, user_state
+from services.task.usecases import commands, materialize, publish, session_commands, user_state
 from services.task.usecases import sessions as session_ops
 from services.task.usecases import tasks as task_ops
 from services.task.usecases.deps import Deps
@@ -187,12 +187,12 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
 
     async def StopSession(self, request: pb.StopSessionRequest, context: Ctx) -> pb.StopSessionResponse:
         return pb.StopSessionResponse(
-            session=convert.session(await session_ops.stop_session(self.deps, request.name))
+            session=convert.session(await session_commands.stop_session(self.deps, request.name))
         )
 
     async def CloseSession(self, request: pb.CloseSessionRequest, context: Ctx) -> pb.CloseSessionResponse:
         return pb.CloseSessionResponse(
-            session=convert.session(await session_ops.close_session(self.deps, request.name))
+            session=convert.session(await session_commands.close_session(self.deps, request.name))
         )
 
     async def RenameSession(self, request: pb.RenameSessionRequest, context: Ctx) -> pb.RenameSessionResponse:
@@ -201,7 +201,9 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
 
     async def ChangeModel(self, request: pb.ChangeModelRequest, context: Ctx) -> pb.ChangeModelResponse:
         return pb.ChangeModelResponse(
-            session=convert.session(await session_ops.change_model(self.deps, request.name, request.model))
+            session=convert.session(
+                await session_commands.change_model(self.deps, request.name, request.model)
+            )
         )
 
     async def GetUserTaskState(

@@ -147,6 +147,10 @@ class Session:
     created_at: dt.datetime = field(default_factory=now)
     updated_at: dt.datetime = field(default_factory=now)
     closed_at: dt.datetime | None = None
+    agent_model: str = ""  # the model the agent session runs (ChangeModel pending while != model)
+    agent_closed: bool = False  # the agent session was closed (CloseSession done)
+    stop_requested_at: dt.datetime | None = None  # StopSession asked; cleared when the turns end
+    command_at: dt.datetime | None = None  # the pending session command was last enqueued
 
     @property
     def task_name(self) -> str:

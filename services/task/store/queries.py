@@ -72,7 +72,7 @@ def _task_values(task: Task) -> dict[str, Any]:
 
 def _session(row: Any) -> Session:
     data = dict(row._mapping)
-    for key in ("thinking_since", "created_at", "updated_at", "closed_at"):
+    for key in ("thinking_since", "created_at", "updated_at", "closed_at", "stop_requested_at", "command_at"):
         data[key] = _utc(data[key])
     return Session(**data)
 
@@ -208,6 +208,23 @@ async def get_session(session: AsyncSession, *, task_id: str, session_id: str) -
         )
     ).first()
     return _session(row) if row else None
+
+
+async def sessions_with_pending_commands(
+    session: AsyncSession, *, enqueued_before: dt.datetime
+) -> list[Session]:
+    """Sessions with a session command not yet done (an agent session to close, a model to apply, a
+    stop whose turns are still running) that was last enqueued before `enqueued_before` (or never)."""
+    c = sessions.c
+    pending = or_(
+        and_(c.closed_at.is_not(None), c.agent_closed.is_(False)),
+        and_(c.closed_at.is_(None), c.model != c.agent_model),
+        and_(c.closed_at.is_(None), c.stop_requested_at.is_not(None), c.status == "running"),
+    )
+    query = select(sessions).where(
+        c.sandbox_session != "", pending, or_(c.command_at.is_(None), c.command_at < enqueued_before)
+    )
+    return [_session(r) for r in (await session.execute(query.order_by(c.id))).all()]
 
 
 async def find_session_by_request(session: AsyncSession, *, task_id: str, request_id: str) -> Session | None:

@@ -98,6 +98,12 @@ sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("closed_at", DateTime(timezone=True), nullable=True),
+    # Session commands (usecases/session_commands.py): what the agent session has applied, and
+    # when the pending command was last enqueued (the sweep re-enqueues one left behind).
+    Column("agent_model", String(100), nullable=False, default=""),
+    Column("agent_closed", Boolean, nullable=False, default=False),
+    Column("stop_requested_at", DateTime(timezone=True), nullable=True),
+    Column("command_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("task_id", "request_id", name="uq_sessions_request_id"),
 )
 Index("ix_sessions_task", sessions.c.task_id, sessions.c.position)

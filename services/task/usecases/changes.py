@@ -110,11 +110,12 @@ async def task_changed(
         ),
     )
     for entry in audits:
-        await _audit(session, deps, task, entry)
+        await append_audit(session, deps, task, entry)
     return list(sessions)
 
 
-async def _audit(session: AsyncSession, deps: Deps, task: Task, entry: Audit) -> None:
+async def append_audit(session: AsyncSession, deps: Deps, task: Task, entry: Audit) -> None:
+    """Append one audit entry about `task` to the organization's audit log (via the outbox)."""
     payload = struct_pb2.Struct()
     payload.update(_plain(entry.payload))
     message = org_events.AppendAuditEvent(

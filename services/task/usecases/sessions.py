@@ -1,5 +1,5 @@
-"""Session use cases: create, send a message, stop, close, rename, change model, and the
-background steps that make a session ready and deliver its messages."""
+"""Session use cases: create, send a message, rename, and the background steps that make a session
+ready and deliver its messages (stop, close and change model: `session_commands`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from services.task import convert
 from services.task.domain import names
 from services.task.domain.errors import (
     DOMAIN,
-    LastOpenSession,
     SessionNotFound,
     SessionNotReady,
     TaskEnded,
@@ -151,13 +150,14 @@ async def ensure_session(deps: Deps, name: str) -> None:
         or task.stage != "ready"
     ):
         return
+    model = row.model
     try:
         started = await deps.sandbox.start_agent_session(
             sb_pb2.StartAgentSessionRequest(
                 parent=task.sandbox_name,
                 session_id=row.id,
                 agent=f"agents/{row.agent}" if row.agent else "",
-                model=row.model,
+                model=model,
             ),
             deadline=deps.step_timeout,
         )
@@ -178,6 +178,17 @@ async def ensure_session(deps: Deps, name: str) -> None:
         for key, value in result.items():
             setattr(row, key, value)
         row.updated_at = now()
+        if row.status == "ready":
+            row.agent_model = model
+            if row.model != model:  # ChangeModel while the agent was starting
+                row.command_at = row.updated_at
+                await deps.outbox.enqueue(
+                    session,
+                    queue=deps.queue("session_command"),
+                    message=events_pb2.RunSessionCommand(
+                        name=row.name, command=events_pb2.SESSION_COMMAND_SET_MODEL, model=row.model
+                    ),
+                )
         if row.status == "ready":
             await first_turn.release_held(session, deps, row, at=row.updated_at)
         await queries.update_session(session, row=row)
@@ -327,6 +338,7 @@ async def turn_ended(
             row.status = "error" if failed else "idle"
             row.error_message = failed
             row.current_turn, row.thinking_since = "", None
+            row.stop_requested_at = None  # a StopSession in progress is over
         row.updated_at = at
         await queries.update_session(session, row=row)
         states = []
@@ -378,73 +390,3 @@ async def rename_session(deps: Deps, name: str, display_name: str) -> Session:
         return True
 
     return await _change_session(deps, name, mutate)
-
-
-async def change_model(deps: Deps, name: str, model: str) -> Session:
-    """Change a session's model: live (SetAgentSessionModel) for a provisioned session, else the
-    model the pending session will be created with. Errors: InvalidArgument, NotFound."""
-    require(bool(model.strip()) and len(model) <= 100, "model", "must be 1 to 100 characters")
-    org, task_id, session_id = names.session(name)
-    await deps.membership.require(f"organizations/{org}")
-    async with deps.db.snapshot() as session:
-        row = await _session_of(session, name, task_id, session_id)
-    if row.sandbox_session and not row.closed:
-        await deps.sandbox.set_model(row.sandbox_session, model)
-
-    async def mutate(_s: AsyncSession, _t: Task, row: Session, _all: Sequence[Session]) -> bool:
-        row.model = model
-        return True
-
-    return await _change_session(deps, name, mutate, audit=Audit("session.model", model=model))
-
-
-async def stop_session(deps: Deps, name: str) -> Session:
-    """Cancel the running turn (the sandbox ends it and reports `turn_completed`); idle: no-op."""
-    org, task_id, session_id = names.session(name)
-    await deps.membership.require(f"organizations/{org}")
-    async with deps.db.snapshot() as session:
-        row = await _session_of(session, name, task_id, session_id)
-        pending = await queries.open_messages(session, session_id=session_id)
-    if row.status != "running" or not row.sandbox_session:
-        return row
-    for message in pending:
-        await deps.sandbox.cancel_turn(f"{row.sandbox_session}/turns/{message.id}")
-    return row
-
-
-async def close_session(deps: Deps, name: str) -> Session:
-    """Close a session (and its agent session); viewers whose active tab it was move to the first
-    remaining one. Errors: FailedPrecondition (`LAST_OPEN_SESSION`), NotFound."""
-    org, task_id, session_id = names.session(name)
-    await deps.membership.require(f"organizations/{org}")
-    async with deps.db.snapshot() as session:
-        row = await _session_of(session, name, task_id, session_id)
-        others = [
-            s
-            for s in await queries.list_sessions(session, task_id=task_id, include_closed=False)
-            if s.id != session_id
-        ]
-    if row.closed:
-        return row
-    if not others:
-        raise LastOpenSession(name)
-    if row.sandbox_session:
-        await deps.sandbox.close_session(row.sandbox_session)
-
-    async def mutate(s: AsyncSession, task: Task, row: Session, all_rows: Sequence[Session]) -> bool:
-        if row.closed:
-            return False
-        if not [x for x in all_rows if not x.closed and x.id != row.id]:
-            raise LastOpenSession(name)
-        row.closed_at, row.current_turn, row.thinking_since = now(), "", None
-        await queries.delete_user_session_states(s, session_id=row.id)
-        first = next(x for x in all_rows if not x.closed and x.id != row.id)
-        for user_id in await queries.users_with_state(s, task_id=task.id):
-            state = await queries.get_user_task_state(s, task_id=task.id, user_id=user_id)
-            if state.active_session in ("", row.id):
-                await queries.put_user_task_state(
-                    s, task_id=task.id, user_id=user_id, active_session=first.id, at=now()
-                )
-        return True
-
-    return await _change_session(deps, name, mutate, audit=Audit("session.close", session=name))

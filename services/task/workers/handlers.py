@@ -12,7 +12,7 @@ from foundry.task.v1 import events_pb2
 
 from services.platform.messaging.broker import Message
 from services.platform.messaging.consumer import HandlerContext
-from services.task.usecases import commands, provisioning, publish, sandbox_events, sessions
+from services.task.usecases import commands, provisioning, publish, sandbox_events, session_commands, sessions
 from services.task.usecases.deps import Deps
 
 Handler = Callable[[Message, HandlerContext], Awaitable[None]]
@@ -40,6 +40,13 @@ def ensure_session(deps: Deps) -> Handler:
 def deliver_message(deps: Deps) -> Handler:
     async def handle(message: Message, ctx: HandlerContext) -> None:
         await sessions.deliver_message(deps, events_pb2.DeliverMessage.FromString(message.body).name)
+
+    return handle
+
+
+def session_command(deps: Deps) -> Handler:
+    async def handle(message: Message, ctx: HandlerContext) -> None:
+        await session_commands.run(deps, events_pb2.RunSessionCommand.FromString(message.body))
 
     return handle
 
