@@ -139,6 +139,7 @@ def task(
                 head_commit=row.publish_head_commit,
                 request_time=ts(row.publish_requested_at),
                 update_time=ts(row.publish_updated_at),
+                push_only=row.publish_push_only,
             )
         )
     if row.sandbox_state:

@@ -104,14 +104,9 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         return pb.KillTaskResponse(task=_task(row, sessions))
 
     async def PushTask(self, request: pb.PushTaskRequest, context: Ctx) -> pb.PushTaskResponse:
-        row, _ = await task_ops.load(self.deps, request.name)
-        if not row.sandbox_cwd:
-            raise NoSandbox(row.name)
-        token = ""
-        if row.clone_url.startswith(("https://", "http://")):
-            token = await self.deps.github_data.access_token(row.repository)
-        pushed = await self.deps.sandbox.push(row.sandbox_name, access_token=token)
-        return pb.PushTaskResponse(branch=pushed.branch, head_commit=pushed.head_commit)
+        req = publish.validate_push(name=request.name, reason=request.reason, request_id=request.request_id)
+        row, sessions = await publish.request(self.deps, req)
+        return pb.PushTaskResponse(task=_task(row, sessions))
 
     async def PublishPullRequest(
         self, request: pb.PublishPullRequestRequest, context: Ctx

@@ -87,7 +87,8 @@ class Task:
     git_state: bytes | None = None  # serialized foundry.sandbox.v1.GitState
     git_state_version: int = 0
     request_id: str | None = None
-    # The latest PublishPullRequest: "" (never) | publishing | published | error, with its request.
+    # The latest PublishPullRequest or PushTask: "" (never) | publishing | published | error, with its
+    # request.
     publish_state: str = ""
     publish_request_id: str | None = None
     publish_title: str = ""
@@ -97,6 +98,7 @@ class Task:
     publish_head_commit: str = ""
     publish_requested_at: dt.datetime | None = None
     publish_updated_at: dt.datetime | None = None
+    publish_push_only: bool = False  # PushTask: push the branch, open no pull request
     version: int = 0
     lease_owner: str | None = None
     lease_until: dt.datetime | None = None

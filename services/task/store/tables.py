@@ -64,6 +64,7 @@ tasks = Table(
     Column("publish_head_commit", String(64), nullable=False, default=""),
     Column("publish_requested_at", DateTime(timezone=True), nullable=True),
     Column("publish_updated_at", DateTime(timezone=True), nullable=True),
+    Column("publish_push_only", Boolean, nullable=False, default=False),
     Column("version", BigInteger, nullable=False, default=0),
     Column("lease_owner", String(100), nullable=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),

@@ -1,4 +1,6 @@
-"""PublishPullRequest: requested by an RPC (returns at once), run by a worker on the `command` queue.
+"""PublishPullRequest and PushTask: requested by an RPC (returns at once), run by a worker on the
+`command` queue. PushTask is a push-only publication: the same record and worker, without the pull
+request.
 
 The request records the publication on the task (state `publishing`, its request id, title, body,
 draft) and enqueues `RunTaskCommand(PUBLISH_PULL_REQUEST)` in the same transaction. The worker
@@ -47,6 +49,8 @@ class PublishRequest:
     body: str = ""
     draft: bool = False
     request_id: str = ""
+    push_only: bool = False  # PushTask
+    reason: str = ""  # PushTask's audit reason
 
 
 def validate(*, name: str, title: str, body: str, draft: bool, request_id: str) -> PublishRequest:
@@ -56,6 +60,14 @@ def validate(*, name: str, title: str, body: str, draft: bool, request_id: str) 
     require(len(body) <= 65_536, "body", "must be at most 65536 characters")
     require(len(request_id) <= 100, "request_id", "must be at most 100 characters")
     return PublishRequest(name=name, title=title.strip(), body=body, draft=draft, request_id=request_id)
+
+
+def validate_push(*, name: str, reason: str, request_id: str) -> PublishRequest:
+    """Check a PushTask request; raises InvalidArgument naming the field."""
+    names.task(name)
+    require(len(reason) <= 1000, "reason", "must be at most 1000 characters")
+    require(len(request_id) <= 100, "request_id", "must be at most 100 characters")
+    return PublishRequest(name=name, request_id=request_id, push_only=True, reason=reason)
 
 
 def _open_pull_request(task: Task) -> pull_request_pb2.PullRequestSummary | None:
@@ -81,7 +93,7 @@ async def request(deps: Deps, req: PublishRequest) -> tuple[Task, list[Session]]
             raise TaskNotFound(req.name)
         if req.request_id and task.publish_request_id == req.request_id:
             return task, await queries.list_sessions(session, task_id=task_id)
-    if await deps.github_data.provider(org) != sync_status_pb2.PROVIDER_GITHUB:
+    if not req.push_only and await deps.github_data.provider(org) != sync_status_pb2.PROVIDER_GITHUB:
         raise FailedPrecondition(
             f"organizations/{org} is a local organization: local repositories have no pull requests; "
             "use PushTask to push the branch",
@@ -104,7 +116,7 @@ async def request(deps: Deps, req: PublishRequest) -> tuple[Task, list[Session]]
                 reason="PUBLISH_IN_PROGRESS",
                 domain=DOMAIN,
             )
-        existing = _open_pull_request(task)
+        existing = None if req.push_only else _open_pull_request(task)
         if existing is not None:
             raise AlreadyExists(
                 f"pull request #{existing.number} is open for {task.branch}: {existing.url}",
@@ -115,20 +127,20 @@ async def request(deps: Deps, req: PublishRequest) -> tuple[Task, list[Session]]
         task.publish_state, task.publish_error, task.publish_head_commit = PUBLISHING, "", ""
         task.publish_request_id = req.request_id or uuid.uuid4().hex
         task.publish_title, task.publish_body, task.publish_draft = req.title, req.body, req.draft
+        task.publish_push_only = req.push_only
         task.publish_requested_at = task.publish_updated_at = at
-        sessions = await task_changed(
-            session,
-            deps,
-            task,
-            audits=[Audit("task.publish.requested", title=req.title or task.title, draft=req.draft)],
-        )
+        if req.push_only:
+            audit = Audit("task.push.requested", reason=req.reason)
+        else:
+            audit = Audit("task.publish.requested", title=req.title or task.title, draft=req.draft)
+        sessions = await task_changed(session, deps, task, audits=[audit])
         await deps.outbox.enqueue(
             session,
             queue=deps.queue("command"),
             message=events_pb2.RunTaskCommand(
                 name=task.name,
                 command=events_pb2.TASK_COMMAND_PUBLISH_PULL_REQUEST,
-                reason="publish pull request",
+                reason="push the branch" if req.push_only else "publish pull request",
             ),
         )
     log.info("publish_requested", task=task.name, request_id=task.publish_request_id)
@@ -173,9 +185,9 @@ async def _claim(deps: Deps, task_id: str, claim: str) -> Task | None:
 
 async def _execute(
     deps: Deps, task: Task, stage: list[str]
-) -> tuple[pull_request_pb2.PullRequestSummary, str]:
-    """Push, then open (or find) the pull request; returns (summary, pushed head commit).
-    `stage[0]` names the step in progress, for the error message."""
+) -> tuple[pull_request_pb2.PullRequestSummary | None, str]:
+    """Push, then (unless push-only) open or find the pull request; returns (summary or None,
+    pushed head commit). `stage[0]` names the step in progress, for the error message."""
     token = ""
     if task.clone_url.startswith(("https://", "http://")):
         stage[0] = "getting git credentials"
@@ -188,6 +200,8 @@ async def _execute(
         commit_message=task.publish_title or task.title,
         deadline=deps.step_timeout,
     )
+    if task.publish_push_only:
+        return None, pushed.head_commit
     branch = pushed.branch or task.branch
     stage[0] = "opening the pull request"
     request = gd_pb2.PublishPullRequestRequest(
@@ -219,7 +233,7 @@ async def _complete(
     task_id: str,
     claim: str,
     request_id: str,
-    outcome: tuple[pull_request_pb2.PullRequestSummary, str] | StepFailed,
+    outcome: tuple[pull_request_pb2.PullRequestSummary | None, str] | StepFailed,
 ) -> None:
     async with deps.db.transaction() as session:
         task = await queries.get_task(session, task_id=task_id, lock=True)
@@ -234,12 +248,18 @@ async def _complete(
             return
         task.publish_updated_at = now()
         if isinstance(outcome, StepFailed):
+            kind = "push" if task.publish_push_only else "publish"
             task.publish_state, task.publish_error = ERROR, outcome.message
-            audits = [Audit("task.publish.failed", message=outcome.message)]
-            log.warning("publish_failed", task=task.name, error=outcome.message)
+            audits = [Audit(f"task.{kind}.failed", message=outcome.message)]
+            log.warning(f"{kind}_failed", task=task.name, error=outcome.message)
+            await task_changed(session, deps, task, audits=audits)
+            return
+        summary, head = outcome
+        task.publish_state, task.publish_error, task.publish_head_commit = PUBLISHED, "", head
+        if summary is None:  # push-only
+            audits = [Audit("task.push.done", branch=task.branch, head_commit=head)]
+            log.info("branch_pushed", task=task.name, head_commit=head)
         else:
-            summary, head = outcome
-            task.publish_state, task.publish_error, task.publish_head_commit = PUBLISHED, "", head
             task.pull_request = summary.SerializeToString(deterministic=True)
             audits = [Audit("task.publish.done", number=summary.number, url=summary.url)]
             log.info("pull_request_published", task=task.name, number=summary.number)
