@@ -43,6 +43,7 @@ def wire(rt: Runtime) -> Wiring:
         (QueueSpec(q("ensure_session"), prefetch=8), handlers.ensure_session(deps)),
         (QueueSpec(q("deliver_message")), handlers.deliver_message(deps)),
         (QueueSpec(q("session_command")), handlers.session_command(deps)),
+        (QueueSpec(q("revert_file")), handlers.revert_file(deps)),
         (QueueSpec(q("command"), prefetch=8), handlers.command(deps)),
         # github_data asks for the archive when the task's pull request is closed or merged.
         (

@@ -142,6 +142,17 @@ def task(
                 push_only=row.publish_push_only,
             )
         )
+    for revert in row.file_reverts:
+        out.file_reverts.append(
+            task_pb2.FileRevert(
+                path=revert["path"],
+                state=task_pb2.FileRevertState.Value(f"FILE_REVERT_STATE_{revert['state'].upper()}"),
+                error_message=revert.get("error", ""),
+                request_id=revert["request_id"],
+                request_time=ts(dt.datetime.fromisoformat(revert["requested_at"])),
+                update_time=ts(dt.datetime.fromisoformat(revert["updated_at"])),
+            )
+        )
     if row.sandbox_state:
         out.sandbox.CopyFrom(
             task_pb2.SandboxSummary(

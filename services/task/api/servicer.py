@@ -14,9 +14,9 @@ from services.platform.watch import WatchHub
 from services.task import convert
 from services.task.api.watch import watch_session, watch_task
 from services.task.domain import names
-from services.task.domain.errors import NoSandbox, invalid
+from services.task.domain.errors import invalid
 from services.task.domain.models import Session, Task
-from services.task.usecases import commands, materialize, publish, session_commands, user_state
+from services.task.usecases import commands, file_reverts, materialize, publish, session_commands, user_state
 from services.task.usecases import sessions as session_ops
 from services.task.usecases import tasks as task_ops
 from services.task.usecases.deps import Deps
@@ -122,13 +122,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         return pb.PublishPullRequestResponse(task=_task(row, sessions))
 
     async def RevertFile(self, request: pb.RevertFileRequest, context: Ctx) -> pb.RevertFileResponse:
-        if not request.path or request.path.startswith("/") or ".." in request.path.split("/"):
-            raise invalid("path", "must be a relative path inside the checkout")
-        row, _ = await task_ops.load(self.deps, request.name)
-        if not row.sandbox_cwd:
-            raise NoSandbox(row.name)
-        reverted = await self.deps.sandbox.revert_file(row.sandbox_name, request.path)
-        return pb.RevertFileResponse(git_state=reverted.git_state)
+        row, sessions = await file_reverts.request(self.deps, request.name, request.path, request.request_id)
+        return pb.RevertFileResponse(task=_task(row, sessions))
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Ctx) -> pb.CreateSessionResponse:
         s = request.session

@@ -99,6 +99,9 @@ class Task:
     publish_requested_at: dt.datetime | None = None
     publish_updated_at: dt.datetime | None = None
     publish_push_only: bool = False  # PushTask: push the branch, open no pull request
+    # The latest RevertFile requests, newest first: {request_id, path, state (pending | done | failed),
+    # error, requested_at, updated_at (ISO 8601)}.
+    file_reverts: list[dict[str, Any]] = field(default_factory=list)
     version: int = 0
     lease_owner: str | None = None
     lease_until: dt.datetime | None = None

@@ -65,6 +65,7 @@ tasks = Table(
     Column("publish_requested_at", DateTime(timezone=True), nullable=True),
     Column("publish_updated_at", DateTime(timezone=True), nullable=True),
     Column("publish_push_only", Boolean, nullable=False, default=False),
+    Column("file_reverts", JSON, nullable=False, default=list),  # usecases/file_reverts.py
     Column("version", BigInteger, nullable=False, default=0),
     Column("lease_owner", String(100), nullable=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),

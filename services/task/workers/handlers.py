@@ -12,7 +12,15 @@ from foundry.task.v1 import events_pb2
 
 from services.platform.messaging.broker import Message
 from services.platform.messaging.consumer import HandlerContext
-from services.task.usecases import commands, provisioning, publish, sandbox_events, session_commands, sessions
+from services.task.usecases import (
+    commands,
+    file_reverts,
+    provisioning,
+    publish,
+    sandbox_events,
+    session_commands,
+    sessions,
+)
 from services.task.usecases.deps import Deps
 
 Handler = Callable[[Message, HandlerContext], Awaitable[None]]
@@ -47,6 +55,14 @@ def deliver_message(deps: Deps) -> Handler:
 def session_command(deps: Deps) -> Handler:
     async def handle(message: Message, ctx: HandlerContext) -> None:
         await session_commands.run(deps, events_pb2.RunSessionCommand.FromString(message.body))
+
+    return handle
+
+
+def revert_file(deps: Deps) -> Handler:
+    async def handle(message: Message, ctx: HandlerContext) -> None:
+        last = ctx.attempt >= deps.settings.messaging.max_attempts
+        await file_reverts.run(deps, events_pb2.RevertTaskFile.FromString(message.body), last_attempt=last)
 
     return handle
 

@@ -178,6 +178,28 @@ async def task_world(settings: Settings, tmp_path: Path, *, sandbox: bool = True
             await stop_sandbox_now(mesh)
 
 
+async def edited_task(world: TaskWorld) -> task_pb2.Task:
+    """A provisioned task whose agent wrote hello.txt (not committed)."""
+    task = await world.create("say hello")
+
+    async def idle() -> task_pb2.Task:
+        got = await world.get(task.name)
+        assert got.status == task_pb2.TASK_STATUS_IDLE, got.status_message
+        return got
+
+    task = await assert_eventually(idle, timeout=30)
+    await world.stub.SendMessage(
+        pb.SendMessageRequest(name=task.sessions[0].name, text="write hello.txt: hi")
+    )
+
+    async def edited() -> task_pb2.Task:
+        got = await idle()
+        assert [c.path for c in got.git_state.file_changes] == ["hello.txt"], got.git_state
+        return got
+
+    return await assert_eventually(edited, timeout=30)
+
+
 async def stop_sandbox_now(mesh: Mesh) -> None:
     """Stop the sandbox host without a grace period, so a provisioning step waiting on a slow
     CreateSandbox fails at once instead of holding the task host's drain for its whole grace."""

@@ -13,31 +13,9 @@ from foundry.task.v1 import task_service_pb2 as pb
 
 from services.platform.settings import Settings
 from tests.helpers.eventually import assert_eventually
-from tests.unit.task.conftest import TaskWorld, stop_sandbox_now, task_world
+from tests.unit.task.conftest import TaskWorld, edited_task, stop_sandbox_now, task_world
 
 STATE = task_pb2.PublicationState
-
-
-async def _edited_task(world: TaskWorld) -> task_pb2.Task:
-    """A provisioned task whose agent wrote hello.txt (not committed)."""
-    task = await world.create("say hello")
-
-    async def idle() -> task_pb2.Task:
-        got = await world.get(task.name)
-        assert got.status == task_pb2.TASK_STATUS_IDLE, got.status_message
-        return got
-
-    task = await assert_eventually(idle, timeout=30)
-    await world.stub.SendMessage(
-        pb.SendMessageRequest(name=task.sessions[0].name, text="write hello.txt: hi")
-    )
-
-    async def edited() -> task_pb2.Task:
-        got = await idle()
-        assert [c.path for c in got.git_state.file_changes] == ["hello.txt"], got.git_state
-        return got
-
-    return await assert_eventually(edited, timeout=30)
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -57,7 +35,7 @@ async def test_push_returns_at_once_and_the_branch_lands_in_the_repository(
     fast_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     async with task_world(fast_settings(), tmp_path) as world:
-        task = await _edited_task(world)
+        task = await edited_task(world)
         request_id = str(uuid.uuid4())
         pushed = (await world.stub.PushTask(pb.PushTaskRequest(name=task.name, request_id=request_id))).task
         assert pushed.publication.state == STATE.PUBLICATION_STATE_PUBLISHING
@@ -78,7 +56,7 @@ async def test_push_while_the_sandbox_is_down_is_accepted_and_its_failure_record
     fast_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     async with task_world(fast_settings(), tmp_path) as world:
-        task = await _edited_task(world)
+        task = await edited_task(world)
         await stop_sandbox_now(world.mesh)
         # The old PushTask pushed inline and failed UNAVAILABLE here; now it records and returns.
         pushed = (await world.stub.PushTask(pb.PushTaskRequest(name=task.name), timeout=5)).task
