@@ -16,6 +16,7 @@ from foundry.sandbox.v1 import (
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
 
+from services.platform import clock
 from services.sandbox.domain import models as m
 
 
@@ -23,7 +24,7 @@ def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC))
+    out.FromDatetime(clock.utc(value))
     return out
 
 

@@ -293,7 +293,3 @@ class AgentConnection:
     protocol_version: int
     error_message: str
     start_time: dt.datetime
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)

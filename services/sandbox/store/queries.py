@@ -10,6 +10,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform import clock
 from services.platform.outbox import Outbox
 from services.platform.watch import record_change
 from services.sandbox import convert
@@ -82,7 +83,7 @@ async def append_events(
         )
     ).scalar_one()
     first = int(last) - len(events) + 1
-    now = m.now()
+    now = clock.now()
     appended = [
         m.SessionEvent(key, first + i, now, e.kind, e.sender, turn_id, e.text, e.payload)
         for i, e in enumerate(events)

@@ -5,20 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from services.platform.clock import utc
 from services.sandbox.domain import models as m
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    # SQLite returns naive datetimes; everything we store is UTC.
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def utc(value: dt.datetime) -> dt.datetime:
-    out = _utc(value)
-    assert out is not None
-    return out
 
 
 def checkout_json(c: m.Checkout | None) -> dict[str, Any] | None:
@@ -61,7 +49,7 @@ def sandbox(r: Any) -> m.Sandbox:
         error_message=r.error_message,
         create_time=utc(r.create_time),
         update_time=utc(r.update_time),
-        destroy_time=_utc(r.destroy_time),
+        destroy_time=utc(r.destroy_time),
         version=int(r.version),
         replica=r.replica,
     )
@@ -100,7 +88,7 @@ def session(r: Any) -> m.AgentSession:
         error_message=r.error_message,
         create_time=utc(r.create_time),
         update_time=utc(r.update_time),
-        close_time=_utc(r.close_time),
+        close_time=utc(r.close_time),
         version=int(r.version),
     )
 
@@ -146,9 +134,9 @@ def turn(r: Any) -> m.Turn:
         runner=r.runner,
         agent_pid=int(r.agent_pid),
         create_time=utc(r.create_time),
-        start_time=_utc(r.start_time),
-        end_time=_utc(r.end_time),
-        heartbeat_time=_utc(r.heartbeat_time),
+        start_time=utc(r.start_time),
+        end_time=utc(r.end_time),
+        heartbeat_time=utc(r.heartbeat_time),
     )
 
 
@@ -205,7 +193,7 @@ def process(r: Any) -> m.Process:
         exit_signal=int(r.exit_signal),
         output_size_bytes=int(r.output_size_bytes),
         create_time=utc(r.create_time),
-        exit_time=_utc(r.exit_time),
+        exit_time=utc(r.exit_time),
     )
 
 

@@ -16,6 +16,7 @@ from foundry.sandbox.v1 import events_pb2
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform import clock
 from services.platform.db import Database
 from services.platform.outbox import Outbox
 from services.sandbox import convert
@@ -102,7 +103,7 @@ class SandboxRecords:
             await s.execute(
                 update(sandboxes)
                 .where(sandbox_where(key))
-                .values(**changes, update_time=m.now(), version=sandboxes.c.version + 1)
+                .values(**changes, update_time=clock.now(), version=sandboxes.c.version + 1)
             )
             current = rows.sandbox((await s.execute(select(sandboxes).where(sandbox_where(key)))).one())
             await self._publish_sandbox(s, current)
@@ -176,7 +177,7 @@ class SandboxRecords:
         await s.execute(
             update(agent_sessions)
             .where(session_where(key))
-            .values(**changes, update_time=m.now(), version=agent_sessions.c.version + 1)
+            .values(**changes, update_time=clock.now(), version=agent_sessions.c.version + 1)
         )
         current = rows.session((await s.execute(select(agent_sessions).where(session_where(key)))).one())
         await self._publish_session(s, current)
@@ -265,7 +266,7 @@ class SandboxRecords:
             )
             if not claimed.rowcount:  # type: ignore[attr-defined]
                 return None  # another runner won the race
-            now = m.now()
+            now = clock.now()
             await s.execute(
                 update(turns)
                 .where(turn_where(key, head.turn_id))
@@ -303,7 +304,7 @@ class SandboxRecords:
             await s.execute(
                 update(turns)
                 .where(turn_where(key, turn.turn_id))
-                .values(state=state.value, stop_reason=stop_reason, error_message=error, end_time=m.now())
+                .values(state=state.value, stop_reason=stop_reason, error_message=error, end_time=clock.now())
             )
             ended = rows.turn((await s.execute(select(turns).where(turn_where(key, turn.turn_id)))).one())
             session_row = (await s.execute(select(agent_sessions).where(session_where(key)))).one()

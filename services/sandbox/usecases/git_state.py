@@ -6,7 +6,8 @@ added, with a new-file diff. Renames are not detected (`--no-renames`): a moved 
 
 from __future__ import annotations
 
-from services.sandbox.domain.models import ChangeType, FileChange, FileDiff, GitState, SandboxKey, now
+from services.platform.clock import now
+from services.sandbox.domain.models import ChangeType, FileChange, FileDiff, GitState, SandboxKey
 from services.sandbox.usecases.git import Git
 
 MAX_DIFF_BYTES = 256 * 1024

@@ -18,10 +18,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.platform.clock import now
 from services.platform.logging import get_logger
 from services.platform.paging import offset_page
 from services.sandbox.domain.errors import DOMAIN, not_found, precondition, require
-from services.sandbox.domain.models import WORK, Process, ProcessSpec, ProcessState, SandboxKey, now
+from services.sandbox.domain.models import WORK, Process, ProcessSpec, ProcessState, SandboxKey
 from services.sandbox.domain.ports import LogRecords
 from services.sandbox.usecases.sandboxes import Sandboxes
 from services.sandbox.usecases.turns import pid_alive

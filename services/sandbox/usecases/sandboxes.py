@@ -8,11 +8,12 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import PurePosixPath
 
+from services.platform.clock import now
 from services.platform.logging import get_logger
 from services.platform.paging import offset_page
 from services.platform.routing import on_other_replica
 from services.sandbox.domain.errors import DOMAIN, not_found, precondition, require
-from services.sandbox.domain.models import WORK, Checkout, Sandbox, SandboxKey, SandboxState, now
+from services.sandbox.domain.models import WORK, Checkout, Sandbox, SandboxKey, SandboxState
 from services.sandbox.domain.ports import Agents, Provider, SandboxRecords
 from services.sandbox.usecases import git as gitops
 

@@ -17,6 +17,7 @@ import socket
 import uuid
 from collections.abc import Callable
 
+from services.platform.clock import now
 from services.platform.errors import FoundryError
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import (
@@ -27,7 +28,6 @@ from services.sandbox.domain.models import (
     SessionState,
     Turn,
     TurnState,
-    now,
 )
 from services.sandbox.domain.ports import Agents, LiveSession, LogRecords, SandboxRecords
 from services.sandbox.usecases.sandboxes import Sandboxes

@@ -25,6 +25,7 @@ import acp
 from acp import schema
 from acp.connection import StreamDirection, StreamEvent
 
+from services.platform import clock
 from services.platform.logging import get_logger
 from services.sandbox.domain import models as m
 from services.sandbox.domain.errors import AgentFailed, not_found
@@ -227,7 +228,7 @@ class AgentPool:
                 process = await self._provider.spawn(sandbox.provider_sandbox_id, argv, cwd=WORK, stdin=True)
             except OSError as exc:
                 raise AgentFailed(f"agent {agent}: cannot start {argv[0]}: {exc}") from exc
-            handle = AgentHandle(sandbox.key, agent, process, start_time=m.now())
+            handle = AgentHandle(sandbox.key, agent, process, start_time=clock.now())
             handle.tasks.append(asyncio.create_task(self._drain_stderr(handle), name=f"agent-stderr-{agent}"))
             assert process.stdin is not None and process.stdout is not None
             handle.conn = acp.connect_to_agent(
@@ -308,7 +309,7 @@ class AgentPool:
     def connection(self, sandbox: m.SandboxKey, agent: str) -> m.AgentConnection:
         handle = self._handles.get((sandbox, agent))
         if handle is None:
-            return m.AgentConnection(sandbox, agent, "stopped", 0, 0, "", m.now())
+            return m.AgentConnection(sandbox, agent, "stopped", 0, 0, "", clock.now())
         state = "ready" if handle.alive else "error"
         error = "" if handle.alive else handle.exit_description()
         return m.AgentConnection(
