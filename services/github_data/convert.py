@@ -20,6 +20,7 @@ from services.github_data.domain.models import (
     SyncStatus,
     WebhookDelivery,
 )
+from services.platform import clock
 from services.platform.errors import InvalidArgument
 
 _STATES = {
@@ -64,7 +65,7 @@ def ts(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
     out = Timestamp()
-    out.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
+    out.FromDatetime(clock.utc(value))
     return out
 
 

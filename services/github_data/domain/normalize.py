@@ -11,6 +11,7 @@ from typing import Any
 
 from services.github_data.domain.models import PullRequestState
 from services.github_data.domain.ports import RemotePullRequest, RemoteRepository
+from services.platform.clock import utc
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -20,7 +21,7 @@ def parse_time(value: Any) -> datetime | None:
     if isinstance(value, int | float):
         return datetime.fromtimestamp(value, tz=UTC)
     parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return utc(parsed)
 
 
 def pull_request_state(pr: dict[str, Any]) -> PullRequestState:

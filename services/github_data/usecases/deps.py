@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from services.github_data.providers import RetryPolicy, TokenSource
 from services.github_data.usecases.events import Events
+from services.platform import clock
 from services.platform.db import Database
 from services.platform.settings import GithubSettings
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -25,4 +22,4 @@ class Deps:
     github: GithubSettings
     tokens: TokenSource
     retry: RetryPolicy | None = None
-    now: Callable[[], datetime] = field(default=utcnow)
+    now: Callable[[], datetime] = field(default=clock.now)
