@@ -27,8 +27,8 @@ from services.organization.domain.names import (
 from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
-from services.organization.store._sql import now_us
 from services.organization.usecases import _caller, app_feed
+from services.platform.clock import now_us
 from services.platform.db import Database
 from services.platform.errors import NotFound, PermissionDenied, Unauthenticated, require
 from services.platform.settings import Settings

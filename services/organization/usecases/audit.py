@@ -12,8 +12,8 @@ from services.organization.convert import to_us
 from services.organization.domain.errors import DOMAIN
 from services.organization.domain.names import organization_name, parse_child, parse_organization
 from services.organization.store import audit as store
-from services.organization.store._sql import now_us
 from services.platform.authz import Membership
+from services.platform.clock import now_us
 from services.platform.db import Database
 from services.platform.errors import require
 

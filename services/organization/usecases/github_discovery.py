@@ -32,9 +32,9 @@ from services.organization.providers.github import GithubAccounts
 from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
-from services.organization.store._sql import now_us
 from services.organization.usecases import app_feed, members
 from services.platform.authz import Membership
+from services.platform.clock import now_us
 from services.platform.db import Database
 from services.platform.errors import FailedPrecondition
 from services.platform.logging import get_logger

@@ -37,8 +37,8 @@ from services.organization.domain.names import app_scope, organization_name, par
 from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
-from services.organization.store._sql import now_us
 from services.organization.usecases import app_feed
+from services.platform.clock import now_us
 from services.platform.errors import InvalidArgument
 from services.platform.logging import get_logger
 from services.platform.outbox import Outbox

@@ -29,9 +29,9 @@ from services.organization.domain.names import (
 )
 from services.organization.store import accounts as a
 from services.organization.store import projection as q
-from services.organization.store._sql import now_us
 from services.organization.usecases import _caller, app_feed, members
 from services.platform.authz import Membership
+from services.platform.clock import now_us
 from services.platform.db import Database
 from services.platform.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, require
 from services.platform.outbox import Outbox

@@ -19,9 +19,9 @@ from services.organization.domain.names import (
 )
 from services.organization.store import projection as q
 from services.organization.store import task_index as ix
-from services.organization.store._sql import now_us
 from services.organization.usecases.projection.apply import recount_repository
 from services.platform.authz import Membership
+from services.platform.clock import now_us
 from services.platform.db import Database
 from services.platform.errors import NotFound, require
 from services.platform.watch import record_change

@@ -39,8 +39,8 @@ from services.organization.domain.names import (
 )
 from services.organization.store import projection as q
 from services.organization.store import task_index as ix
-from services.organization.store._sql import now_us
 from services.organization.usecases import app_feed
+from services.platform.clock import now_us
 from services.platform.errors import InvalidArgument
 from services.platform.watch import record_change
 
