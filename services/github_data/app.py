@@ -39,6 +39,7 @@ def wire(rt: Runtime) -> Wiring:
     sync_spec = QueueSpec(name=deps.events.sync_queue, prefetch=2)
     webhook_spec = QueueSpec(name=deps.events.webhook_queue)
     return Wiring(
+        membership=membership,
         servicers=[
             Servicer(
                 pb_grpc.add_GithubDataServiceServicer_to_server,
@@ -47,7 +48,5 @@ def wire(rt: Runtime) -> Wiring:
             )
         ],
         queues=[(sync_spec, run_sync.handler(deps)), (webhook_spec, webhook.handler(deps))],
-        # Membership events drop cached answers at once (the TTL is only the fallback).
-        on_started=[resume, membership.listener(rt.broker)],
-        on_close=[membership.stop_listening],
+        on_started=[resume],
     )

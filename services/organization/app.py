@@ -78,6 +78,7 @@ def wire(rt: Runtime) -> Wiring:
         settings=SettingsWrites(rt.db),
     )
     return Wiring(
+        membership=membership,
         servicers=[Servicer(pb_grpc.add_OrganizationServiceServicer_to_server, servicer, FULL_NAME)],
         queues=[
             # Events of one entity may be applied out of order: versions decide, so a few run at once.
@@ -102,7 +103,4 @@ def wire(rt: Runtime) -> Wiring:
                 ),
             ),
         ],
-        # Membership events drop cached answers at once (the TTL is only the fallback).
-        on_started=[membership.listener(rt.broker)],
-        on_close=[membership.stop_listening],
     )

@@ -131,14 +131,6 @@ class Membership:
         if self._subscription is None:
             self._subscription = await broker.subscribe_events("organization.member.*", self.on_member_event)
 
-    def listener(self, broker: Broker) -> Callable[[], Awaitable[None]]:
-        """`listen(broker)` as a start-up hook (`Wiring.on_started`); pair with `stop_listening`."""
-
-        async def start() -> None:
-            await self.listen(broker)
-
-        return start
-
     async def stop_listening(self) -> None:
         subscription, self._subscription = self._subscription, None
         if subscription is not None:

@@ -94,6 +94,7 @@ def wire(rt: Runtime) -> Wiring:
         await provider.close()
 
     return Wiring(
+        membership=membership,
         servicers=[
             Servicer(
                 pb_grpc.add_SandboxServiceServicer_to_server, servicer, "foundry.sandbox.v1.SandboxService"
@@ -103,9 +104,8 @@ def wire(rt: Runtime) -> Wiring:
             (QueueSpec(queues.turn), run_turn.handler(runner)),
             (QueueSpec(queues.git_state), refresh_git_state.handler(checkouts)),
         ],
-        # Membership events drop cached answers at once (the TTL is only the fallback).
-        on_started=[recover, membership.listener(rt.broker)],
+        on_started=[recover],
         background=[recover_periodically],
-        on_close=[close, membership.stop_listening],
+        on_close=[close],
         interceptors=[OwnerGuard(records, replica)] if replica else [],
     )

@@ -82,6 +82,7 @@ def wire(rt: Runtime) -> Wiring:
 
     servicer = TaskServicer(deps, rt.hub)
     return Wiring(
+        membership=deps.membership,
         servicers=[
             Servicer(
                 task_service_pb2_grpc.add_TaskServiceServicer_to_server,
@@ -90,8 +91,6 @@ def wire(rt: Runtime) -> Wiring:
             )
         ],
         queues=queues,
-        # Membership events drop cached answers at once (the TTL is only the fallback).
-        on_started=[resume, deps.membership.listener(rt.broker)],
-        on_close=[deps.membership.stop_listening],
+        on_started=[resume],
         background=[sweep_stalled],
     )

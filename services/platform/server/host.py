@@ -19,6 +19,7 @@ from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_reflection.v1alpha import reflection
 
 from services.platform.aio import wait_event
+from services.platform.authz import Membership
 from services.platform.channels import Channels
 from services.platform.db import Database
 from services.platform.db.migrations import upgrade
@@ -87,6 +88,9 @@ class Wiring:
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Innermost server interceptors of the service's own (after the host's; they see the verified caller).
     interceptors: list[AsyncServerInterceptor] = field(default_factory=list)
+    # The service's membership cache: the host subscribes it to membership events once started (they
+    # drop cached answers at once; the TTL is only the fallback) and unsubscribes it on close.
+    membership: Membership | None = None
 
 
 Wire = Callable[[Runtime], "Wiring | Awaitable[Wiring]"]
@@ -172,6 +176,8 @@ class ServiceHost:
         self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.service}:outbox-relay"))
         for job in wiring.background:
             self._tasks.append(asyncio.create_task(job(), name=f"{self.service}:{job.__name__}"))
+        if wiring.membership is not None:
+            await wiring.membership.listen(self.broker)
         for hook in wiring.on_started:
             await hook()
         await self.health.ready()
@@ -280,6 +286,8 @@ class ServiceHost:
             await self.runtime.hub.stop()
             for hook in self.wiring.on_close if self.wiring else []:
                 await hook()
+            if self.wiring and self.wiring.membership is not None:
+                await self.wiring.membership.stop_listening()
             await self.runtime.peers.close()
         if self.db:
             await self.db.dispose()
