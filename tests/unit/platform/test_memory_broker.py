@@ -207,6 +207,8 @@ async def test_publish_carries_the_bound_request_id(broker: MemoryBroker) -> Non
 
 
 async def test_broadcast_reaches_every_matching_subscription_until_cancelled(broker: MemoryBroker) -> None:
+    """Each broadcast reaches exactly the subscriptions whose pattern matches its topic; a cancelled
+    subscription gets no later broadcast."""
     seen: dict[str, list[tuple[str, bytes]]] = {"scope": [], "all": [], "other": []}
 
     def recorder(key: str):  # type: ignore[no-untyped-def]
@@ -222,8 +224,7 @@ async def test_broadcast_reaches_every_matching_subscription_until_cancelled(bro
     await assert_eventually(lambda: _assert_equal((len(seen["scope"]), len(seen["all"])), (1, 1)))
     await scope_sub.cancel()
     await broker.broadcast("watch.task.t1", b"v2")
-    await assert_eventually(lambda: _assert_equal(len(seen["all"]), 2))
-    await asyncio.sleep(0)  # give a (wrong) delivery to the cancelled subscription its chance
+    await _broadcast_marker_and_wait(broker)
     assert seen == {
         "scope": [("watch.task.t1", b"v1")],
         "all": [("watch.task.t1", b"v1"), ("watch.task.t1", b"v2")],
@@ -234,6 +235,9 @@ async def test_broadcast_reaches_every_matching_subscription_until_cancelled(bro
 async def test_event_subscriptions_get_a_copy_of_matching_events_until_cancelled(
     broker: MemoryBroker,
 ) -> None:
+    """An event subscription gets a copy of each matching event published on the events exchange
+    (and nothing else); once cancelled it gets none, although a newer subscription with a matching
+    pattern gets the same later event."""
     seen: list[tuple[str, bytes]] = []
 
     async def record(key: str, body: bytes) -> None:
@@ -246,19 +250,42 @@ async def test_event_subscriptions_get_a_copy_of_matching_events_until_cancelled
     await broker.publish(exchange="events", routing_key="task.summary.updated", body=b"no", message_id="2")
     await assert_eventually(lambda: _assert_equal(seen, [("organization.member.removed", b"m1")]))
     await subscription.cancel()
-    later: list[bytes] = []
+    later: list[tuple[str, bytes]] = []
 
-    async def marker(key: str, body: bytes) -> None:
-        later.append(body)
+    async def witness_handler(key: str, body: bytes) -> None:
+        later.append((key, body))
 
-    # A subscription made after the cancel sees m2: the cancelled one had the same chance and took none.
-    witness = await broker.subscribe_events("organization.member.*", marker)
+    witness = await broker.subscribe_events("#", witness_handler)
     await broker.publish(
         exchange="events", routing_key="organization.member.changed", body=b"m2", message_id="3"
     )
-    await assert_eventually(lambda: _assert_equal(later, [b"m2"]))
+    # The marker is published after m2, so each handler m2 started (the cancelled one's, if it still
+    # got one) has run before the witness sees the marker: the broker starts handlers in publish
+    # order and these finish without awaiting.
+    await broker.publish(exchange="events", routing_key="test.marker", body=b"marker", message_id="4")
+    await assert_eventually(
+        lambda: _assert_equal(later, [("organization.member.changed", b"m2"), ("test.marker", b"marker")])
+    )
     await witness.cancel()
     assert seen == [("organization.member.removed", b"m1")]
+
+
+async def _broadcast_marker_and_wait(broker: MemoryBroker) -> None:
+    """Broadcast a marker and wait until a subscription to it has it: by then every broadcast made
+    before has been handled by each subscription it was handed to (the broker starts handlers in
+    broadcast order, and the tests' handlers finish without awaiting)."""
+    arrived = asyncio.Event()
+
+    async def handler(topic: str, body: bytes) -> None:
+        arrived.set()
+
+    marker = await broker.subscribe_broadcast("test.marker", handler)
+    try:
+        await broker.broadcast("test.marker", b"marker")
+        async with asyncio.timeout(10):
+            await arrived.wait()
+    finally:
+        await marker.cancel()
 
 
 def _assert_equal(actual: object, expected: object) -> None:
