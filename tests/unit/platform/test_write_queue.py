@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -21,13 +23,23 @@ async def _writer(queue: WriteQueue, order: list[str], name: str, *, background:
 
 async def _hold_until(queue: WriteQueue, release: asyncio.Event) -> asyncio.Task[None]:
     """A writer that has the lock (granted before this returns) and keeps it until `release` is set."""
+    holding = asyncio.Event()
 
     async def holder() -> None:
         async with queue.hold():
+            holding.set()
             await release.wait()
 
     task = asyncio.create_task(holder())
-    await asyncio.sleep(0)
+    await holding.wait()
+    return task
+
+
+async def _start_queued(queue: WriteQueue, writer: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Start `writer` and return once it waits in `queue` (one more waiter than before)."""
+    before = queue.waiting
+    task = asyncio.create_task(writer)
+    await assert_eventually(lambda: _waiting(queue, before + 1))
     return task
 
 
@@ -36,11 +48,10 @@ async def _queued_behind_holder(queue: WriteQueue, jobs: list[tuple[str, bool]])
     order: list[str] = []
     release = asyncio.Event()
     first = await _hold_until(queue, release)
-    tasks = []
-    for name, background in jobs:
-        tasks.append(asyncio.create_task(_writer(queue, order, name, background=background)))
-        await asyncio.sleep(0)  # enqueue in this order
-    assert queue.waiting == len(jobs)
+    tasks = [
+        await _start_queued(queue, _writer(queue, order, name, background=background))  # in this order
+        for name, background in jobs
+    ]
     release.set()
     await asyncio.gather(first, *tasks)
     return order
@@ -61,13 +72,14 @@ async def test_a_waiting_background_writer_goes_after_fairness_foreground_grants
 
 
 async def test_a_writer_cancelled_while_queued_is_skipped_and_the_lock_is_freed() -> None:
+    """A foreground writer cancelled while it waits never holds the lock: the background writer
+    queued behind it gets the lock next, and then the lock is free."""
     queue = WriteQueue()
     order: list[str] = []
     release = asyncio.Event()
     first = await _hold_until(queue, release)
-    doomed = asyncio.create_task(_writer(queue, order, "doomed"))
-    later = asyncio.create_task(_writer(queue, order, "later", background=True))
-    await asyncio.sleep(0)
+    doomed = await _start_queued(queue, _writer(queue, order, "doomed"))
+    later = await _start_queued(queue, _writer(queue, order, "later", background=True))
     doomed.cancel()
     release.set()
     await asyncio.gather(first, later)
@@ -81,12 +93,13 @@ async def test_a_writer_cancelled_while_queued_is_skipped_and_the_lock_is_freed(
 
 
 async def test_database_background_transactions_commit_after_queued_foreground_ones(tmp_path: Path) -> None:
+    """On SQLite, a background transaction (audit) that queued for the write lock before a foreground
+    one (projection) still commits after it."""
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'w.sqlite3'}")
     try:
         async with db.transaction() as session:
             await session.execute(text("CREATE TABLE log (id INTEGER PRIMARY KEY, who TEXT)"))
         release = asyncio.Event()
-
         holding = asyncio.Event()
 
         async def holder() -> None:
@@ -103,10 +116,8 @@ async def test_database_background_transactions_commit_after_queued_foreground_o
         assert writers is not None
         first = asyncio.create_task(holder())
         await holding.wait()
-        audit = asyncio.create_task(write("audit", True))
-        await assert_eventually(lambda: _waiting(writers, 1))
-        projection = asyncio.create_task(write("projection", False))
-        await assert_eventually(lambda: _waiting(writers, 2))
+        audit = await _start_queued(writers, write("audit", True))
+        projection = await _start_queued(writers, write("projection", False))
         release.set()
         await asyncio.gather(first, audit, projection)
         async with db.snapshot() as session:
@@ -116,5 +127,5 @@ async def test_database_background_transactions_commit_after_queued_foreground_o
         await db.dispose()
 
 
-def _waiting(writers: object, count: int) -> None:
-    assert writers.waiting == count  # type: ignore[attr-defined]
+def _waiting(writers: WriteQueue, count: int) -> None:
+    assert writers.waiting == count
