@@ -42,6 +42,9 @@ def removed(org: str, member_id: str, version: int, *, login: str) -> tuple[str,
 async def test_github_member_events_apply_in_version_order_and_are_announced(
     env: OrgEnv, tmp_path: Path
 ) -> None:
+    """A GitHub member event older than, or as old as, the last one applied to that member changes
+    nothing; a newer one applies (a user who never signed in is INVITED, without access; a removal
+    deletes the row), and the member's announcements are exactly the applied changes, in order."""
     org = await env.new_org(tmp_path)
     seen: list[tuple[str, bytes]] = []
 
@@ -72,7 +75,10 @@ async def test_github_member_events_apply_in_version_order_and_are_announced(
         # An older removal and a repeated change are ignored; a newer removal deletes the row.
         await env.publish(removed(org, "424242", 4, login="newbie"))  # type: ignore[arg-type]
         await env.publish(changed(org, "424242", 5, login="renamed"))  # type: ignore[arg-type]
-        # Both handled (not just published) before the row is compared: no sleep decides this.
+        # Both handled (not just published) before the row is compared: idle() returns once every
+        # message published so far is settled, and the Worker acks only after the handler's
+        # transaction committed. (A later marker event would not do: the queue's prefetch lets its
+        # handlers run concurrently, so a marker could be applied before the events it follows.)
         assert await env.mesh.broker.idle(time.monotonic() + 10)  # type: ignore[attr-defined]
         assert (await stub.GetMember(pb.GetMemberRequest(name=member))).member == first
         await env.publish(removed(org, "424242", 6, login="newbie"))  # type: ignore[arg-type]
