@@ -11,6 +11,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.platform.clock import now as now  # re-exported: the use cases import it from here
+
 INIT_STATUSES = (
     "init_enqueue_provision",
     "init_create_sandbox",
@@ -39,11 +41,6 @@ STAGES = (
 )
 OPEN_SESSION_STATUSES = ("pending_provision", "pending_session_create", "ready", "running", "idle", "error")
 MESSAGE_ACCEPTING = ("ready", "idle", "running")
-
-
-def now() -> dt.datetime:
-    """The current time (UTC)."""
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass

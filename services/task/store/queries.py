@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform.clock import utc
 from services.task.domain.models import (
     INIT_STATUSES,
     Owner,
@@ -24,13 +25,6 @@ from services.task.store.tables import messages, sessions, tasks, user_session_s
 _OWNER_COLUMNS = ("owner_user", "owner_login", "owner_email", "owner_avatar_url", "owner_updated_at")
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite returns naive datetimes; every time we hand out is aware UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
 def _task(row: Any) -> Task:
     data = dict(row._mapping)
     owner = None
@@ -40,7 +34,7 @@ def _task(row: Any) -> Task:
             login=data["owner_login"],
             email=data["owner_email"],
             avatar_url=data["owner_avatar_url"],
-            updated_at=_utc(data["owner_updated_at"]),
+            updated_at=utc(data["owner_updated_at"]),
         )
     for key in _OWNER_COLUMNS:
         data.pop(key, None)
@@ -53,7 +47,7 @@ def _task(row: Any) -> Task:
         "publish_requested_at",
         "publish_updated_at",
     ):
-        data[key] = _utc(data[key])
+        data[key] = utc(data[key])
     return Task(owner=owner, **data)
 
 
@@ -73,7 +67,7 @@ def _task_values(task: Task) -> dict[str, Any]:
 def _session(row: Any) -> Session:
     data = dict(row._mapping)
     for key in ("thinking_since", "created_at", "updated_at", "closed_at", "stop_requested_at", "command_at"):
-        data[key] = _utc(data[key])
+        data[key] = utc(data[key])
     return Session(**data)
 
 
@@ -256,7 +250,7 @@ async def next_session_position(session: AsyncSession, *, task_id: str) -> int:
 
 def _message(row: Any) -> QueuedMessage:
     data = dict(row._mapping)
-    data["created_at"] = _utc(data["created_at"])
+    data["created_at"] = utc(data["created_at"])
     data["attachments"] = list(data["attachments"] or [])
     return QueuedMessage(**data)
 
@@ -327,7 +321,7 @@ async def get_user_task_state(session: AsyncSession, *, task_id: str, user_id: s
     state = UserTaskState(task_id=task_id, user=user_id)
     if row is not None:
         state.active_session = row.active_session
-        state.updated_at = _utc(row.updated_at) or state.updated_at
+        state.updated_at = utc(row.updated_at) or state.updated_at
     rows = (
         await session.execute(
             select(user_session_states).where(
@@ -346,8 +340,8 @@ def _user_session(row: Any) -> UserSessionState:
         unread=bool(row.unread),
         draft_text=row.draft_text,
         draft_attachments=list(row.draft_attachments or []),
-        draft_updated_at=_utc(row.draft_updated_at),
-        updated_at=_utc(row.updated_at) or row.updated_at,
+        draft_updated_at=utc(row.draft_updated_at),
+        updated_at=utc(row.updated_at) or row.updated_at,
     )
 
 
