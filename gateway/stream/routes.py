@@ -87,16 +87,17 @@ def _manager(request: Request) -> SubscriptionManager:
 
 
 def _wanted(request: Request) -> list[tuple[str, str]]:
+    """The stream's topics with their resume tokens: every topic of the position (resumed), then any
+    `topic` not in it (from a snapshot). A tab whose `:subscribe` reached another gateway replica
+    (404) reopens with its position and all its topics, so the new stream has them wherever it lands."""
     # Last-Event-ID first: EventSource sends it only when it reconnects by itself, and then it is
     # newer than a `?resume=` the page put in the URL when it opened this EventSource.
     position = request.headers.get("last-event-id") or request.query_params.get("resume", "")
     tokens = decode_position(position)
-    if tokens:
-        return list(tokens.items())
     labels = request.query_params.getlist("topic")
     for joined in request.query_params.getlist("topics"):
         labels.extend(t for t in joined.split(",") if t)
-    return [(label, "") for label in dict.fromkeys(labels)]
+    return list(tokens.items()) + [(label, "") for label in dict.fromkeys(labels) if label not in tokens]
 
 
 async def open_stream(request: Request) -> Response | SseResponse:

@@ -38,8 +38,10 @@ export function onConnection(listener) {
 function open(resume) {
   if (source) source.close();
   const url = new URL("/v1/stream", location.origin);
+  // With a position the server resumes its topics and adds any listed topic it lacks: a reopen after
+  // a `:subscribe` that reached another gateway replica carries the new topics itself.
   if (resume) url.searchParams.set("resume", resume);
-  else for (const topic of listeners.keys()) url.searchParams.append("topic", topic);
+  for (const topic of listeners.keys()) url.searchParams.append("topic", topic);
   source = new EventSource(url);
   const on = (name, fn) => source.addEventListener(name, (event) => {
     if (event.lastEventId) lastId = event.lastEventId;
@@ -101,7 +103,9 @@ async function change(verb, topics) {
                  "X-CSRF-Token": (document.cookie.match(/(?:^|;\s*)foundry_csrf=([^;]+)/) || [])[1] || "" },
       body: JSON.stringify({ topics }),
     });
-    if (!response.ok && response.status === 404) open(lastId);  // our stream lives elsewhere now
+    // Our stream lives on another gateway replica: reopen here with every topic we listen to. (An
+    // unsubscribe that misses only leaves an unused topic on the stream until it is reopened.)
+    if (response.status === 404 && verb === "subscribe") open(lastId);
   } catch (_) { /* the stream's own reconnect will resubscribe */ }
 }
 

@@ -208,6 +208,15 @@ class TestFrames:
         )
         assert _wanted(reconnected) == [(topic, "new")]
 
+    def test_a_resumed_stream_adds_the_listed_topics_it_lacks(self) -> None:
+        """A tab whose `:subscribe` reached another gateway replica reopens with its position and every
+        topic it listens to: the position's topics resume, the new ones start from a snapshot."""
+        org, task = "organization:organizations/acme", "task:organizations/acme/tasks/t1"
+        position = frames.encode_position({org: "tok"})
+        query = f"resume={position}&topic={org}&topic={task}".encode()
+        scope = {"type": "http", "method": "GET", "path": "/v1/stream", "query_string": query, "headers": []}
+        assert _wanted(Request(scope)) == [(org, "tok"), (task, "")]
+
 
 class TestSessionCookie:
     def test_cookie_is_signed_and_expires_with_its_ttl(self) -> None:
