@@ -105,11 +105,15 @@ def _already_aborted(exc: Exception) -> bool:
 
 def to_status_proto(exc: BaseException, method_name: str = "") -> status_pb2.Status:
     """`google.rpc.Status` for `exc`: FoundryError keeps its code/reason, a peer's gRPC error its class
-    (`from_rpc_error`: a peer that is down stays UNAVAILABLE, which callers may retry); others
-    become INTERNAL."""
+    (`from_rpc_error`: a peer that is down stays UNAVAILABLE, which callers may retry), a database
+    that is unreachable or lost the connection UNAVAILABLE (`_transient_infrastructure`); others
+    become INTERNAL, logged with their traceback."""
     if isinstance(exc, grpc.RpcError):
         exc = from_rpc_error(exc, context="peer call failed")
-    exc = _transient_infrastructure(exc) or exc
+    if infrastructure := _transient_infrastructure(exc):  # logged without a traceback: not a bug here
+        reason = infrastructure.reason
+        log.warning("rpc_database_error", method=method_name, reason=reason, error=_summary(exc))
+        exc = infrastructure
     if isinstance(exc, FoundryError):
         code, message = exc.code, exc.message
         info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=exc.domain, metadata=exc.metadata)
@@ -135,9 +139,28 @@ def to_status_proto(exc: BaseException, method_name: str = "") -> status_pb2.Sta
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
 
 
+def _summary(exc: BaseException) -> str:
+    """`Type: first line of the message` of `exc` and of each error it wraps or was caused by."""
+    return " <- ".join(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}" for e in _chain(exc))
+
+
+def _mapped(exc: BaseException) -> BaseException:
+    """`exc` as the FoundryError it is answered with, or itself when it is not one we recognise."""
+    if isinstance(exc, grpc.RpcError):
+        exc = from_rpc_error(exc, context="peer call failed")
+    return _transient_infrastructure(exc) or exc
+
+
 def _transient_infrastructure(exc: BaseException) -> FoundryError | None:
-    """A database that cannot hand out a connection now (pool exhausted, too many clients, connection
-    refused) means nothing ran: UNAVAILABLE, which clients may retry (AIP-194), not INTERNAL."""
+    """A database that cannot hand out a connection now (pool exhausted, too many clients, server
+    down or restarting) or that lost the connection a call was using: UNAVAILABLE, which clients
+    may retry (AIP-194), not INTERNAL.
+
+    Up to the COMMIT nothing of the call was committed. A connection lost *during* COMMIT is
+    ambiguous: the server may have committed before it went away. It is UNAVAILABLE all the same,
+    the code gRPC clients expect for a lost connection; AIP-194 has them retry only idempotent
+    calls (or ones made idempotent by a request id), so a retried non-idempotent write is the
+    caller's choice, as it would be for a connection the network dropped."""
     from sqlalchemy import exc as sa_exc  # local: the interceptor module stays importable without a DB
 
     if isinstance(exc, sa_exc.TimeoutError):
@@ -167,18 +190,51 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+# asyncpg's message when a query starts while the protocol is still in PROTOCOL_ERROR_CONSUME (2):
+# the server sent an ErrorResponse outside any operation, which it does only with a FATAL error
+# before closing the connection (fast shutdown, pg_terminate_backend, idle timeouts), and the
+# connection's end has not been read yet.
+_UNSOLICITED_FATAL = "another operation (2) is in progress"
+
+
 def _lost_database(exc: BaseException) -> bool:
-    """A server that is down, restarting or shutting down, or a connection it dropped: SQLSTATE
-    class 08 (connection exception) or 57P (57P01 admin shutdown, 57P02 crash shutdown, 57P03
-    cannot connect now: "the database system is starting up"), asyncpg's lost connection, or a
-    refused TCP connect."""
+    """A server that is down, restarting or shutting down, or a connection it dropped:
+
+    - SQLSTATE class 08 (connection exception, e.g. asyncpg's ConnectionDoesNotExistError "connection
+      was closed in the middle of operation") or 57P (57P01 admin shutdown, 57P02 crash shutdown,
+      57P03 cannot connect now: "the database system is starting up" / "is shutting down");
+    - an error SQLAlchemy's dialect classified as a disconnect (`connection_invalidated`), or the
+      driver's "connection is closed";
+    - a refused TCP connect, or any socket error or timeout raised inside the driver (asyncpg), which
+      is how a crash or restart surfaces while connecting: ConnectionResetError "Connection reset by
+      peer" / "Connect call failed", ConnectionError "unexpected connection_lost() call",
+      BrokenPipeError, TimeoutError of the connect timeout. The same errors raised by other code
+      (not through asyncpg) are not the database's;
+    - asyncpg's InternalClientError "cannot switch to state …; another operation (2) is in progress"
+      (see `_UNSOLICITED_FATAL`); its other InternalClientErrors (codec, protocol bugs) are not."""
     state = getattr(exc, "sqlstate", None)
     if isinstance(state, str) and (state.startswith("08") or state.startswith("57P")):
         return True
-    return isinstance(exc, ConnectionRefusedError) or type(exc).__name__ in (
-        "ConnectionDoesNotExistError",
-        "CannotConnectNowError",
-    )
+    if getattr(exc, "connection_invalidated", False) is True:
+        return True
+    name = type(exc).__name__
+    if name in ("ConnectionDoesNotExistError", "CannotConnectNowError"):
+        return True
+    if name == "InterfaceError" and "connection is closed" in str(exc):
+        return True
+    if name == "InternalClientError" and _UNSOLICITED_FATAL in str(exc):
+        return True
+    return isinstance(exc, ConnectionRefusedError) or (isinstance(exc, OSError) and _raised_in_driver(exc))
+
+
+def _raised_in_driver(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside asyncpg (a frame of its traceback is asyncpg's)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class DrainGuard(AsyncServerInterceptor):
@@ -269,14 +325,13 @@ class _Observed:
         elapsed = time.perf_counter() - self.start
         if exc is None:
             code = "OK"
-        elif isinstance(exc, FoundryError):
-            code = exc.code.name
         elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # client went away mid-stream
             code = "CANCELLED"
         elif _already_aborted(exc if isinstance(exc, Exception) else Exception()):
             code = self.context.code().name if self.context.code() else "ABORTED"
-        else:
-            code = "INTERNAL"
+        else:  # the code ErrorMapping (outermost) will answer with, not INTERNAL for what it maps
+            mapped = _mapped(exc)
+            code = mapped.code.name if isinstance(mapped, FoundryError) else "INTERNAL"
         metrics.HANDLED.labels(self.service, self.method, code).inc()
         metrics.LATENCY.labels(self.service, self.method).observe(elapsed)
         log.info(
