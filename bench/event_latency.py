@@ -31,6 +31,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bench.common import caller_metadata, latency_summary, scratch, target, write
 from bench.driver import GRPC_OPTIONS, QUIET_MESH, targets_of, world_on
 from load.mesh import EmbeddedMesh
+from services.platform.watch.follower import follow
 
 NAME = "event_latency"
 TARGET_MS = 100.0
@@ -55,17 +56,23 @@ class Observer:
 
 
 async def follow_grpc(stub: Any, name: str, metadata: Any, seen: Observer) -> None:
-    async for response in stub.WatchTask(pb.WatchTaskRequest(name=name), metadata=metadata):
-        for item in response.event.items:
+    def open_stream(token: str) -> Any:
+        return stub.WatchTask(pb.WatchTaskRequest(name=name, resume_token=token), metadata=metadata)
+
+    async for event in follow(open_stream):
+        for item in event.items:
             task = task_pb2.Task()
             if item.resource.Unpack(task) and task.name == name:
                 seen.saw(task.status, task.update_time)
 
 
 async def follow_summary(stub: Any, organization: str, name: str, metadata: Any, seen: Observer) -> None:
-    request = org_pb.WatchOrganizationSummaryRequest(name=f"{organization}/summary")
-    async for response in stub.WatchOrganizationSummary(request, metadata=metadata):
-        for item in response.event.items:
+    def open_stream(token: str) -> Any:
+        request = org_pb.WatchOrganizationSummaryRequest(name=f"{organization}/summary", resume_token=token)
+        return stub.WatchOrganizationSummary(request, metadata=metadata)
+
+    async for event in follow(open_stream):
+        for item in event.items:
             summary = task_pb2.TaskSummary()
             if item.resource.Unpack(summary) and summary.name == name:
                 seen.saw(summary.status, summary.update_time)

@@ -33,7 +33,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -61,12 +61,7 @@ from cli.client import (
     token_claims,
 )
 from services.platform.settings import Settings
-
-_RESUMABLE = {
-    watch_pb2.WATCH_END_REASON_ROTATE,
-    watch_pb2.WATCH_END_REASON_DRAINING,
-    watch_pb2.WATCH_END_REASON_LAGGING,
-}
+from services.platform.watch.follower import WatchStopped, follow
 
 
 def _dict(message: Message) -> dict[str, Any]:
@@ -320,30 +315,16 @@ async def _session_of(
 
 
 async def _watch(open_call: Callable[[str], Any], out: Out) -> None:
-    """Print every event; resume after rotate/draining/lagging ends, bootstrap again after RESET."""
-    token = ""
-    while True:
-        call = open_call(token)
-        reason = None
-        async for response in _iterate(call):
-            event = response.event
+    """Print every event; the follower resumes after rotate/draining/lagging ends and bootstraps
+    again after RESET or an expired token."""
+    try:
+        async for event in follow(open_call):
             kind = watch_pb2.WatchEventKind.Name(event.kind).removeprefix("WATCH_EVENT_KIND_").lower()
-            if event.kind not in (watch_pb2.WATCH_EVENT_KIND_SNAPSHOT, watch_pb2.WATCH_EVENT_KIND_RESET):
-                token = event.resume_token if event.kind != watch_pb2.WATCH_EVENT_KIND_END else token
             names = ", ".join(i.name for i in event.items)
             out.emit(_dict(event), f"{kind:<13} {names}".rstrip())
-            if event.kind == watch_pb2.WATCH_EVENT_KIND_END:
-                reason = event.end_reason
-                token = event.resume_token if reason in _RESUMABLE else ""
-        if reason == watch_pb2.WATCH_END_REASON_UNAUTHORIZED:
-            raise CliError("the stream ended: you are no longer allowed to watch this")
-        if reason is None or (reason not in _RESUMABLE and reason != watch_pb2.WATCH_END_REASON_EXPIRED):
-            return
-
-
-async def _iterate(call: Any) -> AsyncIterator[Any]:
-    async for response in call:
-        yield response
+    except WatchStopped as stopped:
+        if stopped.reason == watch_pb2.WATCH_END_REASON_UNAUTHORIZED:
+            raise CliError("the stream ended: you are no longer allowed to watch this") from None
 
 
 def main(argv: list[str] | None = None) -> int:
