@@ -3,9 +3,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast, overload
 
 T = TypeVar("T")
+
+
+@overload
+async def assert_eventually(
+    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.02
+) -> T: ...
+
+
+@overload
+async def assert_eventually(
+    check: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02
+) -> T: ...
 
 
 async def assert_eventually(
@@ -17,8 +29,8 @@ async def assert_eventually(
         try:
             result = check()
             if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
-                result = await result  # type: ignore[misc]
-            return result  # type: ignore[return-value]
+                return cast(T, await result)
+            return result
         except AssertionError:
             if time.monotonic() > deadline:
                 raise

@@ -39,7 +39,7 @@ from services.platform.settings import SERVICE_NAMES, Settings
 from tests.helpers.infra import free_port, unique_name
 from tests.helpers.procs import ROOT, health_status
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
 # Production defaults (quorum queues, 30 s grace) except: JSON logs the tests read back, and short
 # queue retry delays (with more attempts) so retried work finishes within a test's time budget.
 BASE_ENV = {

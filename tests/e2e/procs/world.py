@@ -75,7 +75,7 @@ def create_request(world: World, prompt: str = "add a feature") -> task_pb.Creat
     )
 
 
-def task_stub(cluster: Cluster, world: World, label: str | None = None) -> task_grpc.TaskServiceStub:
+def task_stub(cluster: Cluster, world: World, label: str | None = None) -> task_grpc.TaskServiceAsyncStub:
     """TaskService over every task replica (round-robin), or one replica `label` (`task-1`)."""
     channel = cluster.direct(label, world.user) if label else cluster.channel("task", world.user)
     return task_grpc.TaskServiceStub(channel)

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gd_grpc
@@ -28,6 +28,7 @@ from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
 from foundry.task.v1 import task_pb2
 from foundry.task.v1 import task_service_pb2 as task_svc_pb2
 from foundry.task.v1 import task_service_pb2_grpc as task_grpc
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from services.platform.identity import Caller
@@ -152,7 +153,8 @@ class Follower:
 def resources_of(client: WatchClient, cls: type[M]) -> dict[str, M]:
     decoded: dict[str, M] = {}
     for name, packed in client.state.items():
-        if packed.Is(cls.DESCRIPTOR):
+        # types-protobuf: a message's DESCRIPTOR may be the upb Descriptor, Any.Is names only the other.
+        if packed.Is(cast(Descriptor, cls.DESCRIPTOR)):
             message = cls()
             packed.Unpack(message)
             decoded[name] = message
@@ -165,16 +167,16 @@ class Stubs:
 
     mesh: Mesh
 
-    def org(self, caller: Caller = ALICE) -> org_grpc.OrganizationServiceStub:
+    def org(self, caller: Caller = ALICE) -> org_grpc.OrganizationServiceAsyncStub:
         return org_grpc.OrganizationServiceStub(self.mesh.channel("organization", caller))
 
-    def task(self, caller: Caller = ALICE) -> task_grpc.TaskServiceStub:
+    def task(self, caller: Caller = ALICE) -> task_grpc.TaskServiceAsyncStub:
         return task_grpc.TaskServiceStub(self.mesh.channel("task", caller))
 
-    def sandbox(self, caller: Caller = ALICE) -> sb_grpc.SandboxServiceStub:
+    def sandbox(self, caller: Caller = ALICE) -> sb_grpc.SandboxServiceAsyncStub:
         return sb_grpc.SandboxServiceStub(self.mesh.channel("sandbox", caller))
 
-    def github_data(self, caller: Caller = ORGANIZATION_SERVICE) -> gd_grpc.GithubDataServiceStub:
+    def github_data(self, caller: Caller = ORGANIZATION_SERVICE) -> gd_grpc.GithubDataServiceAsyncStub:
         return gd_grpc.GithubDataServiceStub(self.mesh.channel("github_data", caller))
 
     def summary(self, org: str, client: WatchClient | None = None) -> Follower:

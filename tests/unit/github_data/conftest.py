@@ -51,7 +51,7 @@ def _rsa_keys() -> tuple[str, str]:
     return app_key_pair()
 
 
-def stub(mesh: Mesh, caller: Caller = ORGANIZATION) -> pb_grpc.GithubDataServiceStub:
+def stub(mesh: Mesh, caller: Caller = ORGANIZATION) -> pb_grpc.GithubDataServiceAsyncStub:
     """A GithubDataService stub speaking as `caller` (default: the organization service)."""
     return pb_grpc.GithubDataServiceStub(mesh.channel("github_data", caller))
 

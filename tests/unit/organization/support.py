@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 from foundry.github_data.v1 import events_pb2 as gh_events
@@ -21,6 +21,7 @@ from foundry.organization.v1 import organization_service_pb2 as pb
 from foundry.organization.v1 import organization_service_pb2_grpc as pb_grpc
 from foundry.task.v1 import events_pb2 as task_events
 from foundry.task.v1 import session_pb2, task_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -28,6 +29,8 @@ from services.platform.identity import Caller
 from services.platform.messaging.broker import Broker
 from services.platform.watch.testing import WatchClient
 from tests.helpers.mesh import ALICE, Mesh
+
+M = TypeVar("M", bound=Message)
 
 
 def new_org_id() -> str:
@@ -53,7 +56,7 @@ def task_updated(
     repo: str = "r1",
     title: str = "t",
     branch: str = "",
-    status: int = task_pb2.TASK_STATUS_IDLE,
+    status: task_pb2.TaskStatus.ValueType = task_pb2.TASK_STATUS_IDLE,
     at: int = 0,
 ) -> tuple[str, Message]:
     name = f"organizations/{org}/tasks/{task}"
@@ -135,7 +138,11 @@ def repo_removed(org: str, repo: str, version: int) -> tuple[str, Message]:
 
 
 def sync_progress(
-    org: str, version: int, *, state: int = sync_status_pb2.SYNC_STATE_SYNCED, repositories: int = 0
+    org: str,
+    version: int,
+    *,
+    state: sync_status_pb2.SyncState.ValueType = sync_status_pb2.SYNC_STATE_SYNCED,
+    repositories: int = 0,
 ) -> tuple[str, Message]:
     name = f"organizations/{org}/syncStatus"
     status = sync_status_pb2.SyncStatus(
@@ -158,7 +165,7 @@ async def publish(broker: Broker, *events: tuple[str, Message]) -> None:
 # -- a stand-in github-data server ------------------------------------------------------------------------
 
 
-class FakeGithubData(gh_grpc.GithubDataServiceServicer):  # type: ignore[misc]
+class FakeGithubData(gh_grpc.GithubDataServiceServicer):
     """Records ConnectOrganization calls; every other RPC is UNIMPLEMENTED."""
 
     def __init__(self) -> None:
@@ -172,7 +179,9 @@ class FakeGithubData(gh_grpc.GithubDataServiceServicer):  # type: ignore[misc]
 @contextlib.asynccontextmanager
 async def fake_github_data(port: int) -> AsyncIterator[FakeGithubData]:
     server = grpc.aio.server()
-    fake = FakeGithubData()
+    # The generated base answers UNIMPLEMENTED for the RPCs FakeGithubData does not override;
+    # mypy-protobuf declares those methods abstract.
+    fake = FakeGithubData()  # type: ignore[abstract]
     gh_grpc.add_GithubDataServiceServicer_to_server(fake, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -191,9 +200,9 @@ class OrgEnv:
 
     mesh: Mesh
     github: FakeGithubData
-    _stubs: dict[str, pb_grpc.OrganizationServiceStub] = field(default_factory=dict)
+    _stubs: dict[str, pb_grpc.OrganizationServiceAsyncStub] = field(default_factory=dict)
 
-    def stub(self, caller: Caller = ALICE) -> pb_grpc.OrganizationServiceStub:
+    def stub(self, caller: Caller = ALICE) -> pb_grpc.OrganizationServiceAsyncStub:
         if caller.subject not in self._stubs:
             self._stubs[caller.subject] = pb_grpc.OrganizationServiceStub(
                 self.mesh.channel("organization", caller)
@@ -252,15 +261,16 @@ class SummaryWatcher:
             with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
                 await self._task
 
-    def resources(self, cls: type[Any]) -> dict[str, Any]:
+    def resources(self, cls: type[M]) -> dict[str, M]:
         """The streamed items of one message type (the summary mixes four), by resource name."""
         return resources_of(self.client, cls)
 
 
-def resources_of(client: WatchClient, cls: type[Any]) -> dict[str, Any]:
-    decoded = {}
+def resources_of(client: WatchClient, cls: type[M]) -> dict[str, M]:
+    decoded: dict[str, M] = {}
     for name, packed in client.state.items():
-        if packed.Is(cls.DESCRIPTOR):
+        # types-protobuf: a message's DESCRIPTOR may be the upb Descriptor, Any.Is names only the other.
+        if packed.Is(cast(Descriptor, cls.DESCRIPTOR)):
             message = cls()
             packed.Unpack(message)
             decoded[name] = message

@@ -45,7 +45,7 @@ def _signed(settings: Settings, caller: Caller, details: Any, timeout: float | N
     )
 
 
-class _SignStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _SignStreams(grpc.aio.UnaryStreamClientInterceptor):
     """Signs server-streaming calls. (grpc.aio registers an interceptor implementing several kinds,
     like the platform's `_Propagate`, for unary-unary calls only, so streams need their own.)"""
 
@@ -56,7 +56,7 @@ class _SignStreams(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
         return await continuation(_signed(self._settings, self._caller, details, None), request)
 
 
-class _SignUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _SignUnary(grpc.aio.UnaryUnaryClientInterceptor):
     """Signs unary calls, with a 30 s default deadline."""
 
     def __init__(self, settings: Settings, caller: Caller) -> None:
@@ -69,7 +69,7 @@ class _SignUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 @contextlib.asynccontextmanager
 async def sandbox_stub(
     mesh: Mesh, caller: Caller = TASK_SERVICE
-) -> AsyncIterator[pb_grpc.SandboxServiceStub]:
+) -> AsyncIterator[pb_grpc.SandboxServiceAsyncStub]:
     """A stub of the mesh's sandbox service speaking as `caller` on unary and streaming calls."""
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{mesh.hosts['sandbox'].port}",
@@ -82,13 +82,15 @@ async def sandbox_stub(
 
 
 @pytest.fixture
-async def stub(mesh: Mesh) -> AsyncIterator[pb_grpc.SandboxServiceStub]:
+async def stub(mesh: Mesh) -> AsyncIterator[pb_grpc.SandboxServiceAsyncStub]:
     """The sandbox service, called as the task service would (a signed service identity)."""
     async with sandbox_stub(mesh) as s:
         yield s
 
 
-async def create_sandbox(stub: Any, sandbox_id: str = "t1") -> sandbox_pb2.Sandbox:
+async def create_sandbox(
+    stub: pb_grpc.SandboxServiceAsyncStub, sandbox_id: str = "t1"
+) -> sandbox_pb2.Sandbox:
     response = await stub.CreateSandbox(
         pb.CreateSandboxRequest(
             parent=ORG,
@@ -102,7 +104,11 @@ async def create_sandbox(stub: Any, sandbox_id: str = "t1") -> sandbox_pb2.Sandb
 
 
 async def prepared_sandbox(
-    stub: Any, origin: Path, *, sandbox_id: str = "t1", branch: str = "feat/new-work"
+    stub: pb_grpc.SandboxServiceAsyncStub,
+    origin: Path,
+    *,
+    sandbox_id: str = "t1",
+    branch: str = "feat/new-work",
 ) -> sandbox_pb2.Sandbox:
     sandbox = await create_sandbox(stub, sandbox_id)
     response = await stub.PrepareRepository(

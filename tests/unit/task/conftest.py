@@ -56,12 +56,12 @@ class TaskWorld:
     organization: str  # organizations/{id}
     repository: str  # organizations/{id}/repositories/{repo id}
     root: Path  # the organization's directory of repositories
-    stub: pb_grpc.TaskServiceStub
+    stub: pb_grpc.TaskServiceAsyncStub
 
     def watch(self, name: str, caller: Caller | None = None) -> TaskWatch:
         return TaskWatch(self.stub, name, self.mesh.settings, caller or self.alice)
 
-    def task_stub(self, caller: Caller) -> pb_grpc.TaskServiceStub:
+    def task_stub(self, caller: Caller) -> pb_grpc.TaskServiceAsyncStub:
         return pb_grpc.TaskServiceStub(self.mesh.channel("task", caller))
 
     async def create(self, prompt: str = "add a hello file", **task: Any) -> task_pb2.Task:
@@ -92,7 +92,7 @@ class TaskWorld:
 
     # -- observations of the real peers ---------------------------------------------------------
 
-    def sandbox_stub(self) -> sb_grpc.SandboxServiceStub:
+    def sandbox_stub(self) -> sb_grpc.SandboxServiceAsyncStub:
         return sb_grpc.SandboxServiceStub(self.mesh.channel("sandbox", self.alice))
 
     async def sandboxes(self) -> list[sandbox_pb2.Sandbox]:
@@ -216,7 +216,7 @@ class Replica:
 
     host: ServiceHost
     broker: Broker
-    stub: pb_grpc.TaskServiceStub
+    stub: pb_grpc.TaskServiceAsyncStub
     channel: grpc.aio.Channel
     stopped: bool = False
 
@@ -264,7 +264,9 @@ def fast_settings(settings_factory: Callable[..., Settings]) -> Callable[..., Se
 class TaskWatch:
     """Follows WatchTask in the background, applying events as a correct client does."""
 
-    def __init__(self, stub: pb_grpc.TaskServiceStub, name: str, settings: Settings, caller: Caller) -> None:
+    def __init__(
+        self, stub: pb_grpc.TaskServiceAsyncStub, name: str, settings: Settings, caller: Caller
+    ) -> None:
         self.client = WatchClient()
         # Explicit caller metadata wins over the channel's own signing: this watch runs as `caller`.
         self.metadata = sign(caller, settings.internal_auth_secret.get_secret_value())
@@ -273,13 +275,13 @@ class TaskWatch:
         self.error: Exception | None = None
         self._task = asyncio.create_task(self._run(stub))
 
-    async def _run(self, stub: pb_grpc.TaskServiceStub) -> None:
+    async def _run(self, stub: pb_grpc.TaskServiceAsyncStub) -> None:
         try:
             await self._follow(stub)
         except Exception as exc:  # surfaced by `task`
             self.error = exc
 
-    async def _follow(self, stub: pb_grpc.TaskServiceStub) -> None:
+    async def _follow(self, stub: pb_grpc.TaskServiceAsyncStub) -> None:
         async for response in stub.WatchTask(pb.WatchTaskRequest(name=self.name), metadata=self.metadata):
             self.client.apply(response.event)
             packed = self.client.state.get(self.name)
