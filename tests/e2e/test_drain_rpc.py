@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,12 +87,18 @@ def _reason(exc: grpc.aio.AioRpcError) -> str:
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
-                    return info.reason
+                    reason: str = info.reason
+                    return reason
     return ""
 
 
+def _slow(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    """The probe's slow RPC (no serializers: JSON bytes in and out)."""
+    return channel.unary_unary(f"/{PROBE_SERVICE}/Slow")
+
+
 async def _probe_rpc(channel: grpc.aio.Channel, probe_id: str, seconds: float, secret: str) -> str:
-    call = channel.unary_unary(f"/{PROBE_SERVICE}/Slow")
+    call = _slow(channel)
     body = json.dumps({"id": probe_id, "seconds": seconds}).encode()
     try:
         answer = await call(body, metadata=sign(ALICE, secret), timeout=60)
@@ -214,7 +220,7 @@ async def _drain_with_work_in_flight(cluster: Cluster, amqp_url: str) -> Drained
         run.admin_during[path] = (await _admin(replica, path)).status_code
     run.metrics_during = await replica.metrics()
     orgs = org_grpc.OrganizationServiceStub(channel)
-    for method, attempt in (
+    attempts: tuple[tuple[str, Callable[[], Awaitable[object]]], ...] = (
         (
             "ListOrganizations",
             lambda: orgs.ListOrganizations(
@@ -223,11 +229,12 @@ async def _drain_with_work_in_flight(cluster: Cluster, amqp_url: str) -> Drained
         ),
         (
             "Slow",
-            lambda: channel.unary_unary(f"/{PROBE_SERVICE}/Slow")(
+            lambda: _slow(channel)(
                 json.dumps({"id": "rpc-late", "seconds": 0}).encode(), metadata=sign(ALICE, secret), timeout=5
             ),
         ),
-    ):
+    )
+    for method, attempt in attempts:
         try:
             await attempt()
             run.after_drain_codes.append((method, "OK", ""))

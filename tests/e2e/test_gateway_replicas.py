@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -180,7 +181,7 @@ async def test_tabs_subscribe_resume_and_receive_on_either_gateway_replica(tmp_p
             for tab in tabs:  # one at a time: the `:subscribe` is the connection after the stream's
                 tab.open()
                 await tab.listen(task_page)  # the workbench opens the task page on its open stream
-                await assert_eventually(lambda tab=tab: _bootstrapped(tab, shell + task_page), timeout=30)
+                await assert_eventually(functools.partial(_bootstrapped, tab, shell + task_page), timeout=30)
 
             # With alternating connections each `:subscribe` reached the replica without the stream.
             assert all(t.reopened_after_404 for t in tabs), [t.reopened_after_404 for t in tabs]

@@ -12,6 +12,7 @@ with END `draining` (never break with an error), and resuming must deliver every
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections import Counter
@@ -105,7 +106,7 @@ class Load:
             n += 1
             if index == 0 and n % 8 == 1 and len(self.report.created) < MAX_TASKS:
                 request = create_request(world, prompt=f"load {index}-{n}")  # one request_id for all retries
-                created = await self.call("CreateTask", lambda r=request: self.tasks.CreateTask(r))
+                created = await self.call("CreateTask", functools.partial(self.tasks.CreateTask, request))
                 if created is not None:
                     self.report.created.add(created.task.name)
             elif index == 1 and n % 6 == 0:
@@ -113,34 +114,33 @@ class Load:
             elif self.report.created and n % 2:
                 name = random.choice(sorted(self.report.created))
                 get = task_pb.GetTaskRequest(name=name)
-                await self.call("GetTask", lambda g=get: self.tasks.GetTask(g))
+                await self.call("GetTask", functools.partial(self.tasks.GetTask, get))
             else:
-                read = random.choice(
-                    [
-                        (
-                            "ListTasks",
-                            lambda: self.tasks.ListTasks(task_pb.ListTasksRequest(parent=world.organization)),
+                reads: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+                    (
+                        "ListTasks",
+                        lambda: self.tasks.ListTasks(task_pb.ListTasksRequest(parent=world.organization)),
+                    ),
+                    (
+                        "GetOrganization",
+                        lambda: self.orgs.GetOrganization(
+                            org_pb.GetOrganizationRequest(name=world.organization)
                         ),
-                        (
-                            "GetOrganization",
-                            lambda: self.orgs.GetOrganization(
-                                org_pb.GetOrganizationRequest(name=world.organization)
-                            ),
+                    ),
+                    (
+                        "ListRepositories",
+                        lambda: self.github.ListRepositories(
+                            gh_pb.ListRepositoriesRequest(parent=world.organization)
                         ),
-                        (
-                            "ListRepositories",
-                            lambda: self.github.ListRepositories(
-                                gh_pb.ListRepositoriesRequest(parent=world.organization)
-                            ),
+                    ),
+                    (
+                        "ListSandboxes",
+                        lambda: self.sandboxes.ListSandboxes(
+                            sb_pb.ListSandboxesRequest(parent=world.organization)
                         ),
-                        (
-                            "ListSandboxes",
-                            lambda: self.sandboxes.ListSandboxes(
-                                sb_pb.ListSandboxesRequest(parent=world.organization)
-                            ),
-                        ),
-                    ]
-                )
+                    ),
+                ]
+                read = random.choice(reads)
                 await self.call(*read)
             await asyncio.sleep(PAUSE)
 

@@ -10,6 +10,7 @@ FAILED_PRECONDITION naming the owner and changes nothing.
 from __future__ import annotations
 
 import base64
+import functools
 import uuid
 from pathlib import Path
 
@@ -71,7 +72,7 @@ async def _scenario(cluster: Cluster, root: Path, amqp_url: str) -> None:
         assert task.sessions[0].status in (session_pb2.SESSION_STATUS_READY, session_pb2.SESSION_STATUS_IDLE)
         return task
 
-    settled = [await assert_eventually(lambda n=n: idle(n), timeout=90, interval=0.3) for n in names]
+    settled = [await assert_eventually(functools.partial(idle, n), timeout=90, interval=0.3) for n in names]
 
     owners: dict[str, str] = {}
     for task in settled:
@@ -127,11 +128,11 @@ async def _scenario(cluster: Cluster, root: Path, amqp_url: str) -> None:
             aio_pika.Message(body, message_id=uuid.uuid4().hex), routing_key=queue
         )
 
-    def refused() -> None:
+    def refused_there() -> None:
         events = [e for e in foreign.events() if e.get("event") == "turn_for_other_replica"]
         assert [e["session"] for e in events] == [session.sandbox_session], events
 
-    await assert_eventually(refused, timeout=15, interval=0.2)
+    await assert_eventually(refused_there, timeout=15, interval=0.2)
 
     # Through the gateway (its one balanced channel): processes on sandboxes of both replicas.
     browser = await BrowserClient(f"http://{cluster['gateway-0'].address}").sign_in(world.user.login)

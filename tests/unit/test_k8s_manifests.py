@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, get_args
@@ -168,10 +169,11 @@ def selector_problems(docs: list[Doc]) -> list[str]:
             ]
             if not governing:
                 problems.append(f"StatefulSet/{name}: serviceName is no headless Service selecting its pods")
-    for kind, get in (
+    selectors: tuple[tuple[str, Callable[[Doc], Doc]], ...] = (
         ("Service", lambda o: o["spec"]["selector"]),
         ("PodDisruptionBudget", lambda o: o["spec"]["selector"]["matchLabels"]),
-    ):
+    )
+    for kind, get in selectors:
         for obj in of_kind(docs, kind):
             selected = [
                 n
@@ -514,7 +516,8 @@ def _mutate(docs: list[Doc], kind: str, name: str, change: Any) -> list[Doc]:
 
 
 def _container(obj: Doc) -> Doc:
-    return obj["spec"]["template"]["spec"]["containers"][0]
+    container: Doc = obj["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 @pytest.mark.parametrize(
@@ -588,11 +591,12 @@ def test_invariant_checks_catch_a_broken_object(
     expected: str,
 ) -> None:
     docs = _mutate(rendered["overlays/example"], kind, name, change)
-    found = {
+    checks: dict[str, Callable[[list[Doc]], list[str]]] = {
         "selector": selector_problems,
         "probe": probe_problems,
         "security": security_problems,
         "env": env_name_problems,
         "drain": lambda d: drain_problems(d, secret_values),
-    }[check](docs)
+    }
+    found = checks[check](docs)
     assert any(expected in p for p in found), found

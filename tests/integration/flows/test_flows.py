@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -27,6 +28,13 @@ from tests.unit.flows.world import FlowWorld, flow_world
 BACKENDS = {"embedded": "embedded", "postgres": "postgres+rabbitmq"}
 
 
+class _Backing(TypedDict, total=False):
+    """The Settings fields that switch the mesh to PostgreSQL and RabbitMQ."""
+
+    database_url: str
+    amqp_url: str
+
+
 @pytest.fixture(
     scope="module",
     params=["embedded", pytest.param("postgres", marks=pytest.mark.integration)],
@@ -37,7 +45,7 @@ async def world(
     backend: str = request.param
     root = tmp_path_factory.mktemp(f"flows-{backend}")
     async with contextlib.AsyncExitStack() as stack:
-        backing: dict[str, str] = {}
+        backing: _Backing = {}
         if backend == "postgres":
             backing["database_url"] = await stack.enter_async_context(make_pg_database())
             backing["amqp_url"] = request.getfixturevalue("amqp_url")

@@ -59,7 +59,7 @@ async def test_sync_killed_with_sigkill_is_finished_by_the_next_process(
             "FOUNDRY_GITHUB__APP_ID": "4242",
             "FOUNDRY_GITHUB__APP_PRIVATE_KEY": private,
         }
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None)
         first = spawn("services.github_data", env, log_path=tmp_path / "first.log")
         second: subprocess.Popen[bytes] | None = None
         channel = open_channel(f"127.0.0.1:{port}", settings, Caller.service("organization"), timeout=10)

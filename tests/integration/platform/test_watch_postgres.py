@@ -4,6 +4,7 @@ concurrent writers, two replicas share one change log, and a drained stream resu
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ async def test_watcher_on_one_replica_sees_changes_committed_through_the_other(
     for i in range(5):
         started = loop.time()
         version = await b.store.put(f"items/{i}", i)
-        await assert_eventually(lambda v=version: _saw(watcher, v), timeout=2.0, interval=0.005)
+        await assert_eventually(functools.partial(_saw, watcher, version), timeout=2.0, interval=0.005)
         assert loop.time() - started < 2.0  # far below the 15 s repair tick: the broadcast woke it
     assert watcher.versions == [1, 2, 3, 4, 5]
     await watcher.drop()

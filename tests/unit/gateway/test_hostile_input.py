@@ -14,7 +14,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.api.table import ROUTES
+from gateway.api.table import ROUTES, Rpc
 from tests.unit.gateway.harness import running
 
 ACME = "organizations/acme"
@@ -24,7 +24,7 @@ CONNECT = "/v1/organizations:connectLocal"
 def _json_error(response: httpx.Response, status: int) -> dict[str, object]:
     assert response.status_code == status, (response.status_code, response.text[:300])
     assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
+    body: dict[str, object] = response.json()
     assert {"code", "status", "message", "details"} <= body.keys(), body
     return body
 
@@ -98,14 +98,14 @@ async def test_fuzzed_requests_on_every_route_never_get_a_5xx(tmp_path: Path) ->
                 max_size=3,
             ),
         )
-        def check(route: object, segment: str, body: bytes, query: dict[str, str]) -> None:
-            path = _fill(route.template, quote(segment, safe=""))  # type: ignore[attr-defined]
+        def check(route: Rpc, segment: str, body: bytes, query: dict[str, str]) -> None:
+            path = _fill(route.template, quote(segment, safe=""))
             with httpx.Client(base_url=h.url, cookies=cookies, headers=headers, timeout=15) as client:
-                response = client.request(route.http_method, path, params=query, content=body)  # type: ignore[attr-defined]
+                response = client.request(route.http_method, path, params=query, content=body)
             if response.status_code >= 500 and response.status_code != 503:
                 failures.append(
                     f"{route.http_method} {path!r} -> {response.status_code} {response.text[:200]}"
-                )  # type: ignore[attr-defined]
+                )
             if response.status_code >= 400:
                 assert response.headers.get("content-type", "").startswith("application/json"), (
                     path,

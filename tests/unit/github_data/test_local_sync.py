@@ -10,6 +10,7 @@ import grpc
 import pytest
 from foundry.github_data.v1 import connection_pb2
 from foundry.github_data.v1 import github_data_service_pb2 as pb
+from foundry.github_data.v1 import github_data_service_pb2_grpc as pb_grpc
 from foundry.github_data.v1 import sync_status_pb2 as ss
 
 from services.platform.settings import Settings
@@ -39,9 +40,9 @@ def _root(tmp_path: Path) -> Path:
     return root
 
 
-async def synced(client: object, org: str = ORG) -> pb.GetSyncStatusResponse:
+async def synced(client: pb_grpc.GithubDataServiceAsyncStub, org: str = ORG) -> pb.GetSyncStatusResponse:
     async def check() -> pb.GetSyncStatusResponse:
-        got = await client.GetSyncStatus(pb.GetSyncStatusRequest(name=f"organizations/{org}/syncStatus"))  # type: ignore[attr-defined]
+        got = await client.GetSyncStatus(pb.GetSyncStatusRequest(name=f"organizations/{org}/syncStatus"))
         assert got.sync_status.state == ss.SYNC_STATE_SYNCED, got.sync_status
         return got
 

@@ -47,10 +47,10 @@ class World:
     mesh: Mesh
     github: GithubState
 
-    def org_stub(self, caller: Caller = GATEWAY) -> pb_grpc.OrganizationServiceStub:
+    def org_stub(self, caller: Caller = GATEWAY) -> pb_grpc.OrganizationServiceAsyncStub:
         return pb_grpc.OrganizationServiceStub(self.mesh.channel("organization", caller))
 
-    def github_data(self) -> gh_grpc.GithubDataServiceStub:
+    def github_data(self) -> gh_grpc.GithubDataServiceAsyncStub:
         return gh_grpc.GithubDataServiceStub(self.mesh.channel("github_data", Caller.service("organization")))
 
     @property
@@ -335,6 +335,7 @@ async def processed_message_id(world: World) -> str:
 
     host = world.mesh.hosts["organization"]
     consumer = f"organization:{world.sync_queue}"
+    assert host.db is not None
     async with host.db.snapshot() as session:
         row = (
             await session.execute(

@@ -163,7 +163,9 @@ async def test_owners_add_members_and_nobody_else_can(env: OrgEnv, tmp_path: Pat
     org_id = await env.new_org(tmp_path, caller=alice)
     parent = f"organizations/{org_id}"
 
-    def request(who: Caller, role: int = 0) -> pb.CreateMemberRequest:
+    def request(
+        who: Caller, role: member_pb2.MemberRole.ValueType = member_pb2.MEMBER_ROLE_UNSPECIFIED
+    ) -> pb.CreateMemberRequest:
         return pb.CreateMemberRequest(
             parent=parent, member=member_pb2.Member(user=f"users/{who.user_id}", role=role)
         )

@@ -23,7 +23,12 @@ GENERATE = task_index_pb2.BRANCH_RESERVATION_MODE_GENERATE
 
 
 async def _reserve(
-    env: OrgEnv, org: str, task: str, branch: str, mode: int, repo: str = "r1"
+    env: OrgEnv,
+    org: str,
+    task: str,
+    branch: str,
+    mode: task_index_pb2.BranchReservationMode.ValueType,
+    repo: str = "r1",
 ) -> task_index_pb2.TaskIndexEntry:
     response = await env.stub().ReserveTaskBranch(
         pb.ReserveTaskBranchRequest(
@@ -39,7 +44,7 @@ async def _reserve(
 
 
 def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
@@ -135,7 +140,11 @@ async def test_bad_requests_are_invalid_argument_and_non_members_are_denied(
     env: OrgEnv, tmp_path: Path
 ) -> None:
     org = await env.new_org(tmp_path)
-    for branch, mode in (("has space", EXACT), ("a..b", EXACT), ("ok", 0)):
+    for branch, mode in (
+        ("has space", EXACT),
+        ("a..b", EXACT),
+        ("ok", task_index_pb2.BRANCH_RESERVATION_MODE_UNSPECIFIED),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await _reserve(env, org, "t1", branch, mode)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

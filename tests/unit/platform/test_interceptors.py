@@ -23,6 +23,16 @@ seen: dict[str, Any] = {}
 release = asyncio.Event()
 
 
+def _unary(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    """A unary method of `channel` without serializers: requests and responses are raw bytes."""
+    return channel.unary_unary(method)
+
+
+def _stream(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    """A server-streaming method of `channel` without serializers: raw bytes."""
+    return channel.unary_stream(method)
+
+
 async def ok(request: bytes, context: Any) -> bytes:
     caller = request_context.caller()
     seen["caller"] = caller.subject if caller else None
@@ -46,7 +56,7 @@ async def crash(request: bytes, context: Any) -> bytes:
 async def peer_down(request: bytes, context: Any) -> bytes:
     """Calls a peer that is not there (nothing listens on port 1) and lets its error escape."""
     async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:
-        return bytes(await channel.unary_unary("/test.v1.Peer/Get")(b"", timeout=2))
+        return bytes(await _unary(channel, "/test.v1.Peer/Get")(b"", timeout=2))
 
 
 async def slow(request: bytes, context: Any) -> bytes:
@@ -63,7 +73,7 @@ async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
 
 
 def _handlers() -> grpc.GenericRpcHandler:
-    unary = {
+    unary: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         name: grpc.unary_unary_rpc_method_handler(fn)
         for name, fn in {
             "Ok": ok,
@@ -101,9 +111,7 @@ def _md(caller: Caller | None = Caller(subject="user/42", login="octo")) -> list
 
 async def _call(target: str, method: str, md: list[tuple[str, str]] | None = None) -> Any:
     async with grpc.aio.insecure_channel(target) as channel:
-        return await channel.unary_unary(f"/test.v1.TestService/{method}")(
-            b"x", metadata=md or _md(), timeout=5
-        )
+        return await _unary(channel, f"/test.v1.TestService/{method}")(b"x", metadata=md or _md(), timeout=5)
 
 
 async def test_caller_and_request_id_reach_the_handler(server: tuple[str, DrainGuard]) -> None:
@@ -164,7 +172,7 @@ async def test_a_peer_that_is_down_is_unavailable_not_internal(server: tuple[str
 async def test_stream_error_mid_way_keeps_messages_then_maps_status(server: tuple[str, DrainGuard]) -> None:
     got = []
     async with grpc.aio.insecure_channel(server[0]) as channel:
-        call = channel.unary_stream("/test.v1.TestService/Stream")(b"x", metadata=_md())
+        call = _stream(channel, "/test.v1.TestService/Stream")(b"x", metadata=_md())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for message in call:
                 got.append(message)
@@ -182,8 +190,8 @@ async def test_streams_pass_identity_request_id_and_metrics_interceptors(
     before = handled()
     async with grpc.aio.insecure_channel(server[0]) as channel:
         with pytest.raises(grpc.aio.AioRpcError):
-            _ = [m async for m in channel.unary_stream("/test.v1.TestService/Stream")(b"x", metadata=_md())]
-        unsigned = channel.unary_stream("/test.v1.TestService/Stream")(b"x", metadata=[("x-request-id", "r")])
+            _ = [m async for m in _stream(channel, "/test.v1.TestService/Stream")(b"x", metadata=_md())]
+        unsigned = _stream(channel, "/test.v1.TestService/Stream")(b"x", metadata=[("x-request-id", "r")])
         with pytest.raises(grpc.aio.AioRpcError) as err:
             _ = [m async for m in unsigned]
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

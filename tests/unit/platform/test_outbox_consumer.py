@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform import context
 from services.platform.db import Database, platform_metadata
@@ -72,7 +73,7 @@ async def times_applied(db: Database, key: str) -> int:
         return int((await s.execute(sa.select(effects.c.times).where(effects.c.key == key))).scalar() or 0)
 
 
-async def apply_effect(session: sa.ext.asyncio.AsyncSession, key: str) -> None:
+async def apply_effect(session: AsyncSession, key: str) -> None:
     updated = await session.execute(
         sa.update(effects).where(effects.c.key == key).values(times=effects.c.times + 1)
     )

@@ -202,7 +202,7 @@ async def broker() -> AsyncIterator[Broker]:
 
 @contextlib.asynccontextmanager
 async def running_hub(db: Database, broker: Broker | None, **settings: float) -> AsyncIterator[WatchHub]:
-    hub = WatchHub(db, broker, WatchSettings(**settings), service="test")  # type: ignore[arg-type]
+    hub = WatchHub(db, broker, WatchSettings(**settings), service="test")
     async with hub:
         yield hub
 

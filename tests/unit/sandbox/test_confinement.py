@@ -13,6 +13,7 @@ import contextlib
 import http.server
 import os
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import grpc
 import pytest
 from foundry.sandbox.v1 import process_pb2, sandbox_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as pb
+from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
 
 from services.platform.identity import Caller
 from services.platform.settings import SandboxSettings, Settings
@@ -60,7 +62,7 @@ def model_api() -> Iterator[int]:
 @pytest.fixture
 async def confined(
     settings_factory: Callable[..., Settings], model_api: int, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[Mesh, Any]]:
+) -> AsyncIterator[tuple[Mesh, pb_grpc.SandboxServiceAsyncStub]]:
     monkeypatch.setenv("FOUNDRY_TEST_CANARY", CANARY)
     settings = settings_factory(
         sandbox=SandboxSettings(
@@ -75,7 +77,9 @@ async def confined(
         yield mesh, stub
 
 
-async def run(stub: Any, sandbox: str, script: str, *, timeout: float = 30) -> tuple[int, str]:
+async def run(
+    stub: pb_grpc.SandboxServiceAsyncStub, sandbox: str, script: str, *, timeout: float = 30
+) -> tuple[int, str]:
     """Run `script` with /bin/sh in the sandbox; (exit code or -signal, stdout+stderr)."""
     process = (
         await stub.CreateProcess(
@@ -105,11 +109,11 @@ def _fetch_command() -> str:
 
 
 def _python() -> str:
-    return str(Path(os.sys.executable))  # bound read-only inside at the same path
+    return str(Path(sys.executable))  # bound read-only inside at the same path
 
 
 async def test_the_filesystem_holds_only_the_checkout_and_the_toolchain(
-    confined: tuple[Mesh, Any], origin: Path
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:
     mesh, stub = confined
     mine = await prepared_sandbox(stub, origin, sandbox_id="mine")
@@ -157,7 +161,7 @@ async def test_the_filesystem_holds_only_the_checkout_and_the_toolchain(
 
 
 async def test_no_process_or_environment_of_the_host_is_visible(
-    confined: tuple[Mesh, Any], origin: Path
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:
     _, stub = confined
     assert os.environ["FOUNDRY_TEST_CANARY"] == CANARY  # the service's environment has the secret
@@ -176,7 +180,9 @@ async def test_no_process_or_environment_of_the_host_is_visible(
     assert "HOME=/home/agent" in env_part
 
 
-async def test_the_hosts_loopback_services_are_unreachable(confined: tuple[Mesh, Any], origin: Path) -> None:
+async def test_the_hosts_loopback_services_are_unreachable(
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
+) -> None:
     mesh, stub = confined
     sandbox = await prepared_sandbox(stub, origin)
     ports = {"postgresql": 5432, "rabbitmq": 5672, "sandbox grpc": mesh.hosts["sandbox"].port}
@@ -193,7 +199,7 @@ async def test_the_hosts_loopback_services_are_unreachable(confined: tuple[Mesh,
 
 
 async def test_egress_reaches_only_the_allowlist_through_the_proxy(
-    confined: tuple[Mesh, Any], origin: Path, model_api: int
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path, model_api: int
 ) -> None:
     _, stub = confined
     sandbox = await prepared_sandbox(stub, origin)
@@ -211,7 +217,9 @@ async def test_egress_reaches_only_the_allowlist_through_the_proxy(
     assert out.strip() == "403", out
 
 
-async def test_process_and_memory_limits_hold(confined: tuple[Mesh, Any], origin: Path) -> None:
+async def test_process_and_memory_limits_hold(
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
+) -> None:
     _, stub = confined
     sandbox = await prepared_sandbox(stub, origin)
     marker = str(61000 + os.getpid() % 1000)
@@ -255,7 +263,9 @@ def _gone(marker: str) -> None:
     assert not _host_pids(["sleep", marker])
 
 
-async def test_teardown_leaves_no_process_behind(confined: tuple[Mesh, Any], origin: Path) -> None:
+async def test_teardown_leaves_no_process_behind(
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
+) -> None:
     _, stub = confined
     sandbox = await prepared_sandbox(stub, origin)
     marker = str(62000 + os.getpid() % 1000)
@@ -279,7 +289,7 @@ def _count(marker: str, expected: int) -> None:
 
 
 async def test_a_user_cannot_point_prepare_or_push_at_host_paths(
-    confined: tuple[Mesh, Any], origin: Path
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:
     mesh, stub = confined
     sandbox = await prepared_sandbox(stub, origin)
@@ -298,7 +308,7 @@ async def test_a_user_cannot_point_prepare_or_push_at_host_paths(
 
 
 async def test_service_side_git_never_runs_a_hook_or_helper_planted_in_the_checkout(
-    confined: tuple[Mesh, Any], origin: Path, tmp_path: Path
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path, tmp_path: Path
 ) -> None:
     """A hostile agent plants hooks, an fsmonitor, a credential helper, an `ext::` transport and URL
     rewrites (to run a command, or to fetch another sandbox's repository) in the checkout's git config;
@@ -350,7 +360,7 @@ async def test_service_side_git_never_runs_a_hook_or_helper_planted_in_the_check
 
 
 async def test_a_push_that_links_to_other_objects_is_refused(
-    confined: tuple[Mesh, Any], origin: Path
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:
     """The agent redirects its confined push to a script that, after receiving, plants alternates
     pointing at another sandbox's objects: the service must push nothing."""
@@ -386,7 +396,7 @@ def _branches(repo: Path) -> str:
 
 
 async def test_revert_never_follows_the_agents_symlinks_out_of_the_checkout(
-    confined: tuple[Mesh, Any], origin: Path
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:
     """`a/egress` is added, then `a` replaced by a link to the sandbox's folder: reverting the file
     must not delete the service's own file beside the checkout (the sandbox's egress policy)."""
@@ -405,7 +415,9 @@ async def test_revert_never_follows_the_agents_symlinks_out_of_the_checkout(
     assert await asyncio.to_thread(policy.exists), "revert deleted a file outside the checkout"
 
 
-async def test_a_hostile_agent_sees_what_a_process_sees(confined: tuple[Mesh, Any], origin: Path) -> None:
+async def test_a_hostile_agent_sees_what_a_process_sees(
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
+) -> None:
     """The agent process itself (the offline agent, driven over ACP) is confined like CreateProcess:
     its shell commands find no host secret, no data directory and no loopback service."""
     mesh, stub = confined
@@ -433,7 +445,7 @@ async def test_a_hostile_agent_sees_what_a_process_sees(confined: tuple[Mesh, An
 
 
 async def test_a_checkout_of_another_sandbox_cannot_be_cloned(
-    confined: tuple[Mesh, Any], origin: Path
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:
     _, stub = confined
     victim = await prepared_sandbox(stub, origin, sandbox_id="victim")
@@ -447,7 +459,7 @@ async def test_a_checkout_of_another_sandbox_cannot_be_cloned(
 
 
 async def test_an_organization_policy_of_none_cuts_the_sandbox_off(
-    confined: tuple[Mesh, Any], origin: Path, model_api: int
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path, model_api: int
 ) -> None:
     _, stub = confined
     created = await stub.CreateSandbox(

@@ -12,12 +12,15 @@ import pytest
 from foundry.common.v1 import watch_pb2
 from foundry.sandbox.v1 import process_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as pb
+from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
 
 from tests.helpers.eventually import assert_eventually
 from tests.unit.sandbox.conftest import prepared_sandbox
 
 
-async def start(stub: Any, sandbox: str, script: str, request_id: str = "") -> process_pb2.Process:
+async def start(
+    stub: pb_grpc.SandboxServiceAsyncStub, sandbox: str, script: str, request_id: str = ""
+) -> process_pb2.Process:
     response = await stub.CreateProcess(
         pb.CreateProcessRequest(
             parent=sandbox,
@@ -29,7 +32,7 @@ async def start(stub: Any, sandbox: str, script: str, request_id: str = "") -> p
 
 
 async def test_process_output_is_captured_per_stream_and_readable_from_an_offset(
-    stub: Any, origin: Path
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
     sandbox = (await prepared_sandbox(stub, origin)).name
     process = await start(stub, sandbox, "echo out1; echo err1 >&2; cat README.md; exit 3")
@@ -55,7 +58,9 @@ async def test_process_output_is_captured_per_stream_and_readable_from_an_offset
     assert b"".join(c.data for c in tail.chunks) == combined[-3:]
 
 
-async def test_kill_ends_the_whole_process_group_and_delete_removes_it(stub: Any, origin: Path) -> None:
+async def test_kill_ends_the_whole_process_group_and_delete_removes_it(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     sandbox = (await prepared_sandbox(stub, origin)).name
     marker = str(60000 + os.getpid() % 1000)  # finds the child on the host whatever its pid namespace
     process = await start(stub, sandbox, f"sleep {marker} & echo child $!; wait")
@@ -105,7 +110,9 @@ def _gone(argv: list[str]) -> None:
     assert not _host_pids(argv)
 
 
-async def test_stop_sends_sigterm_and_create_is_idempotent_by_request_id(stub: Any, origin: Path) -> None:
+async def test_stop_sends_sigterm_and_create_is_idempotent_by_request_id(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     sandbox = (await prepared_sandbox(stub, origin)).name
     first = await start(stub, sandbox, "sleep 60", request_id="r-1")
     again = await start(stub, sandbox, "sleep 60", request_id="r-1")
@@ -126,7 +133,9 @@ async def test_stop_sends_sigterm_and_create_is_idempotent_by_request_id(stub: A
     assert done.exit_signal != 9 and (done.exit_signal == 15 or done.HasField("exit_code")), done
 
 
-async def test_watch_processes_streams_the_list_then_changes(stub: Any, origin: Path) -> None:
+async def test_watch_processes_streams_the_list_then_changes(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     sandbox = (await prepared_sandbox(stub, origin)).name
     first = await start(stub, sandbox, "exit 0")
     call = stub.WatchProcesses(pb.WatchProcessesRequest(parent=sandbox))
@@ -153,7 +162,9 @@ async def test_watch_processes_streams_the_list_then_changes(stub: Any, origin: 
     call.cancel()
 
 
-async def test_a_missing_command_is_a_readable_failed_precondition(stub: Any, origin: Path) -> None:
+async def test_a_missing_command_is_a_readable_failed_precondition(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     sandbox = (await prepared_sandbox(stub, origin)).name
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateProcess(
@@ -165,7 +176,9 @@ async def test_a_missing_command_is_a_readable_failed_precondition(stub: Any, or
     assert "no-such-binary-here" in (caught.value.details() or "")
 
 
-async def test_destroying_the_sandbox_kills_its_processes(stub: Any, origin: Path) -> None:
+async def test_destroying_the_sandbox_kills_its_processes(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     sandbox = (await prepared_sandbox(stub, origin)).name
     marker = str(63000 + os.getpid() % 1000)
     await start(stub, sandbox, f"sleep {marker} & sleep {marker}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from foundry.sandbox.v1 import agent_session_pb2 as session_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as pb
+from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
 from foundry.sandbox.v1 import session_event_pb2 as K
 
 from services.platform.settings import Settings
@@ -22,7 +23,7 @@ from tests.unit.sandbox.gitrepo import git
 from tests.unit.sandbox.test_sessions import prompt, start_session, watch_until_turn_ends
 
 
-async def _turn_running(stub: Any, session: str, turn: str) -> None:
+async def _turn_running(stub: pb_grpc.SandboxServiceAsyncStub, session: str, turn: str) -> None:
     current = (await stub.GetAgentSession(pb.GetAgentSessionRequest(name=session))).agent_session
     assert current.current_turn == f"{session}/turns/{turn}"
     events = await stub.ListSessionEvents(pb.ListSessionEventsRequest(parent=session))
@@ -30,7 +31,7 @@ async def _turn_running(stub: Any, session: str, turn: str) -> None:
 
 
 async def test_an_agent_killed_mid_turn_fails_the_turn_and_a_new_session_start_recovers(
-    stub: Any, origin: Path
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
     session = await start_session(stub, origin)
     sandbox = session.split("/sessions/")[0]
@@ -91,7 +92,9 @@ async def test_a_restart_fails_the_running_turn_readably_and_runs_the_queued_one
         assert current.state == session_pb2.AGENT_SESSION_STATE_IDLE and current.current_turn == ""
 
 
-async def test_push_branch_publishes_the_sandbox_commits_to_origin(stub: Any, origin: Path) -> None:
+async def test_push_branch_publishes_the_sandbox_commits_to_origin(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     sandbox = await prepared_sandbox(stub, origin, branch="feat/pushed")
     work = Path(sandbox.checkout.path)
     (work / "new.txt").write_text("pushed\n")

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from foundry.sandbox.v1 import sandbox_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as pb
+from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
 
 from tests.unit.sandbox.conftest import ORG, create_sandbox, prepared_sandbox
 from tests.unit.sandbox.gitrepo import git
 
 
-async def test_create_sandbox_is_idempotent_by_sandbox_id(stub: Any) -> None:
+async def test_create_sandbox_is_idempotent_by_sandbox_id(stub: pb_grpc.SandboxServiceAsyncStub) -> None:
     request = pb.CreateSandboxRequest(
         parent=ORG,
         sandbox_id="t1",
@@ -30,7 +30,9 @@ async def test_create_sandbox_is_idempotent_by_sandbox_id(stub: Any) -> None:
     assert [s.name for s in listed.sandboxes] == [f"{ORG}/sandboxes/t1"]
 
 
-async def test_create_sandbox_rejects_a_task_of_another_organization(stub: Any) -> None:
+async def test_create_sandbox_rejects_a_task_of_another_organization(
+    stub: pb_grpc.SandboxServiceAsyncStub,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateSandbox(
             pb.CreateSandboxRequest(
@@ -46,7 +48,7 @@ async def test_create_sandbox_rejects_a_task_of_another_organization(stub: Any) 
 
 
 async def test_prepare_repository_creates_a_new_branch_from_the_default_branch(
-    stub: Any, origin: Path
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
     sandbox = await prepared_sandbox(stub, origin, branch="feat/new-work")
     checkout = sandbox.checkout
@@ -59,7 +61,9 @@ async def test_prepare_repository_creates_a_new_branch_from_the_default_branch(
     assert checkout.head_commit == git("rev-parse", "main", cwd=origin).strip()
 
 
-async def test_prepare_repository_reuses_an_existing_remote_branch(stub: Any, origin: Path) -> None:
+async def test_prepare_repository_reuses_an_existing_remote_branch(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     sandbox = await prepared_sandbox(stub, origin, branch="feature/existing")
     assert sandbox.checkout.branch_existed
     work = Path(sandbox.checkout.path)
@@ -67,7 +71,9 @@ async def test_prepare_repository_reuses_an_existing_remote_branch(stub: Any, or
     assert sandbox.checkout.head_commit == git("rev-parse", "feature/existing", cwd=origin).strip()
 
 
-async def test_prepare_repository_twice_returns_the_same_checkout(stub: Any, origin: Path) -> None:
+async def test_prepare_repository_twice_returns_the_same_checkout(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     first = await prepared_sandbox(stub, origin)
     again = await stub.PrepareRepository(
         pb.PrepareRepositoryRequest(name=first.name, clone_url=str(origin), branch="feat/new-work")
@@ -76,7 +82,7 @@ async def test_prepare_repository_twice_returns_the_same_checkout(stub: Any, ori
 
 
 async def test_prepare_repository_with_a_missing_path_is_a_readable_invalid_argument(
-    stub: Any, tmp_path: Path
+    stub: pb_grpc.SandboxServiceAsyncStub, tmp_path: Path
 ) -> None:
     sandbox = await create_sandbox(stub)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -90,7 +96,7 @@ async def test_prepare_repository_with_a_missing_path_is_a_readable_invalid_argu
 
 
 async def test_prepare_repository_from_a_directory_that_is_no_repository_reports_gits_message(
-    stub: Any, tmp_path: Path
+    stub: pb_grpc.SandboxServiceAsyncStub, tmp_path: Path
 ) -> None:
     sandbox = await create_sandbox(stub)
     (tmp_path / "plain").mkdir()
@@ -106,7 +112,7 @@ async def test_prepare_repository_from_a_directory_that_is_no_repository_reports
 
 
 async def test_prepare_repository_with_an_unknown_base_branch_fails_with_its_name(
-    stub: Any, origin: Path
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
     sandbox = await create_sandbox(stub)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -119,7 +125,9 @@ async def test_prepare_repository_with_an_unknown_base_branch_fails_with_its_nam
     assert "base branch 'develop' does not exist" in (caught.value.details() or "")
 
 
-async def test_destroy_sandbox_removes_its_directory_and_is_idempotent(stub: Any, origin: Path) -> None:
+async def test_destroy_sandbox_removes_its_directory_and_is_idempotent(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     sandbox = await prepared_sandbox(stub, origin)
     root = Path(sandbox.checkout.path).parent
     assert root.is_dir()
@@ -131,7 +139,7 @@ async def test_destroy_sandbox_removes_its_directory_and_is_idempotent(stub: Any
     assert list(listed.sandboxes) == []
 
 
-async def test_unknown_sandbox_is_not_found(stub: Any) -> None:
+async def test_unknown_sandbox_is_not_found(stub: pb_grpc.SandboxServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetSandbox(pb.GetSandboxRequest(name=f"{ORG}/sandboxes/missing"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND

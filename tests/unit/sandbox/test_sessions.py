@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -14,6 +14,8 @@ from foundry.common.v1 import watch_pb2
 from foundry.sandbox.v1 import agent_session_pb2 as session_pb2
 from foundry.sandbox.v1 import git_state_pb2, session_event_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as pb
+from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
+from google.protobuf.struct_pb2 import Struct
 
 from tests.helpers.eventually import assert_eventually
 from tests.unit.sandbox.conftest import prepared_sandbox
@@ -21,7 +23,13 @@ from tests.unit.sandbox.conftest import prepared_sandbox
 K = session_event_pb2
 
 
-async def start_session(stub: Any, origin: Path, *, policy: int = 0, session_id: str = "s1") -> str:
+async def start_session(
+    stub: pb_grpc.SandboxServiceAsyncStub,
+    origin: Path,
+    *,
+    policy: session_pb2.PermissionPolicy.ValueType = session_pb2.PERMISSION_POLICY_UNSPECIFIED,
+    session_id: str = "s1",
+) -> str:
     sandbox = await prepared_sandbox(stub, origin)
     response = await stub.StartAgentSession(
         pb.StartAgentSessionRequest(parent=sandbox.name, session_id=session_id, permission_policy=policy)
@@ -32,7 +40,7 @@ async def start_session(stub: Any, origin: Path, *, policy: int = 0, session_id:
 
 
 async def watch_until_turn_ends(
-    stub: Any, session: str, turns: int = 1, resume_token: str = ""
+    stub: pb_grpc.SandboxServiceAsyncStub, session: str, turns: int = 1, resume_token: str = ""
 ) -> tuple[list[watch_pb2.WatchEvent], list[K.SessionEvent]]:
     """Watch the session's events until `turns` TURN_COMPLETED events were seen; returns (raw watch
     events, the session events in stream order)."""
@@ -55,14 +63,18 @@ async def watch_until_turn_ends(
     return raw, items
 
 
-async def prompt(stub: Any, session: str, turn_id: str, text: str) -> session_pb2.Turn:
+async def prompt(
+    stub: pb_grpc.SandboxServiceAsyncStub, session: str, turn_id: str, text: str
+) -> session_pb2.Turn:
     response = await stub.PromptSession(
         pb.PromptSessionRequest(name=session, turn_id=turn_id, text=text, user="users/1001")
     )
     return response.turn
 
 
-async def test_write_prompt_changes_the_file_and_logs_the_turn_in_order(stub: Any, origin: Path) -> None:
+async def test_write_prompt_changes_the_file_and_logs_the_turn_in_order(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     session = await start_session(stub, origin)
     turn = await prompt(stub, session, "m1", "write hello.txt: hi")
     assert turn.state in (session_pb2.TURN_STATE_QUEUED, session_pb2.TURN_STATE_RUNNING)
@@ -98,7 +110,7 @@ async def test_write_prompt_changes_the_file_and_logs_the_turn_in_order(stub: An
 
 
 async def test_git_state_after_a_turn_shows_the_added_file_and_revert_removes_it(
-    stub: Any, origin: Path
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
     session = await start_session(stub, origin)
     sandbox = session.split("/sessions/")[0]
@@ -132,7 +144,9 @@ async def test_git_state_after_a_turn_shows_the_added_file_and_revert_removes_it
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_git_state_reports_a_modified_tracked_file_with_counts(stub: Any, origin: Path) -> None:
+async def test_git_state_reports_a_modified_tracked_file_with_counts(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     session = await start_session(stub, origin)
     sandbox = session.split("/sessions/")[0]
     await prompt(stub, session, "m1", "$ printf 'changed\\n' > README.md && rm src/app.py")
@@ -148,7 +162,9 @@ async def test_git_state_reports_a_modified_tracked_file_with_counts(stub: Any, 
     assert [c.path for c in reverted.file_changes] == ["src/app.py"]
 
 
-async def test_watch_sends_the_log_as_snapshot_then_live_events(stub: Any, origin: Path) -> None:
+async def test_watch_sends_the_log_as_snapshot_then_live_events(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     session = await start_session(stub, origin)
     await prompt(stub, session, "m1", "hello there")
     raw, first = await watch_until_turn_ends(stub, session)
@@ -193,7 +209,9 @@ async def test_watch_sends_the_log_as_snapshot_then_live_events(stub: Any, origi
     assert live[0].text == "second" and live[0].turn == f"{session}/turns/m2"
 
 
-async def test_prompts_queue_and_run_one_at_a_time_in_order(stub: Any, origin: Path) -> None:
+async def test_prompts_queue_and_run_one_at_a_time_in_order(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     session = await start_session(stub, origin)
     await prompt(stub, session, "a", "$ sleep 0.3; echo first")
     await prompt(stub, session, "b", "$ echo second")
@@ -208,18 +226,20 @@ async def test_prompts_queue_and_run_one_at_a_time_in_order(stub: Any, origin: P
     assert sum(e.kind == K.SESSION_EVENT_KIND_USER_MESSAGE for e in events) == 2
 
 
-async def test_reject_policy_refuses_the_edit(stub: Any, origin: Path) -> None:
+async def test_reject_policy_refuses_the_edit(stub: pb_grpc.SandboxServiceAsyncStub, origin: Path) -> None:
     session = await start_session(stub, origin, policy=session_pb2.PERMISSION_POLICY_REJECT)
     await prompt(stub, session, "m1", "write hello.txt: hi")
     _, events = await watch_until_turn_ends(stub, session)
     response = next(e for e in events if e.kind == K.SESSION_EVENT_KIND_PERMISSION_RESPONSE)
-    assert response.payload["outcome"]["optionId"] == "reject"
+    assert cast(Struct, response.payload["outcome"])["optionId"] == "reject"
     assert events[-2].text == "permission to write hello.txt was refused"
     sandbox = (await stub.GetSandbox(pb.GetSandboxRequest(name=session.split("/sessions/")[0]))).sandbox
     assert not (Path(sandbox.checkout.path) / "hello.txt").exists()
 
 
-async def test_start_agent_session_is_idempotent_by_session_id(stub: Any, origin: Path) -> None:
+async def test_start_agent_session_is_idempotent_by_session_id(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     session = await start_session(stub, origin)
     again = await stub.StartAgentSession(
         pb.StartAgentSessionRequest(parent=session.split("/sessions/")[0], session_id="s1")
@@ -229,7 +249,7 @@ async def test_start_agent_session_is_idempotent_by_session_id(stub: Any, origin
 
 
 async def test_an_agent_that_is_not_installed_fails_the_session_with_a_readable_message(
-    stub: Any, origin: Path
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
     sandbox = await prepared_sandbox(stub, origin)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -245,14 +265,16 @@ async def test_an_agent_that_is_not_installed_fails_the_session_with_a_readable_
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_unknown_agent_is_not_found(stub: Any, origin: Path) -> None:
+async def test_unknown_agent_is_not_found(stub: pb_grpc.SandboxServiceAsyncStub, origin: Path) -> None:
     sandbox = await prepared_sandbox(stub, origin)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.StartAgent(pb.StartAgentRequest(parent=sandbox.name, agent="agents/nobody"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_cancel_turn_stops_a_running_command(stub: Any, origin: Path) -> None:
+async def test_cancel_turn_stops_a_running_command(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
     session = await start_session(stub, origin)
     await prompt(stub, session, "long", "$ echo started; sleep 30")
 
@@ -268,7 +290,9 @@ async def test_cancel_turn_stops_a_running_command(stub: Any, origin: Path) -> N
     assert events[-1].payload["stopReason"] == "cancelled"
 
 
-async def test_list_agents_pages_and_rejects_bad_page_arguments(stub: Any) -> None:
+async def test_list_agents_pages_and_rejects_bad_page_arguments(
+    stub: pb_grpc.SandboxServiceAsyncStub,
+) -> None:
     """AIP-158 on ListAgents: every page at most page_size, the default agent first, tokens chain."""
     everything = await stub.ListAgents(pb.ListAgentsRequest())
     names = [a.name for a in everything.agents]

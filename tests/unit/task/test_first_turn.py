@@ -36,7 +36,9 @@ def _deps(host: ServiceHost) -> Deps:
     return build_deps(host.runtime)
 
 
-async def _settled(world: TaskWorld, name: str, stub: pb_grpc.TaskServiceStub | None = None) -> task_pb2.Task:
+async def _settled(
+    world: TaskWorld, name: str, stub: pb_grpc.TaskServiceAsyncStub | None = None
+) -> task_pb2.Task:
     """The task once provisioned and idle (its first turn, if any, has ended)."""
     stub = stub or world.stub
 
@@ -49,7 +51,9 @@ async def _settled(world: TaskWorld, name: str, stub: pb_grpc.TaskServiceStub | 
     return await assert_eventually(idle, timeout=60)
 
 
-async def _agent_session(world: TaskWorld, session: str, stub: pb_grpc.TaskServiceStub | None = None) -> str:
+async def _agent_session(
+    world: TaskWorld, session: str, stub: pb_grpc.TaskServiceAsyncStub | None = None
+) -> str:
     """The sandbox's agent session of task session `session`."""
     got = await (stub or world.stub).GetSession(pb.GetSessionRequest(name=session))
     assert got.session.sandbox_session
@@ -93,7 +97,7 @@ async def _task_messages(host: ServiceHost, session_id: str) -> list[tuple[str, 
 
 
 async def _send_and_settle(
-    world: TaskWorld, task: task_pb2.Task, text: str, stub: pb_grpc.TaskServiceStub | None = None
+    world: TaskWorld, task: task_pb2.Task, text: str, stub: pb_grpc.TaskServiceAsyncStub | None = None
 ) -> None:
     """Send `text` to the first session and wait until its turn is in the transcript and ended:
     the marker after which earlier (duplicate) work would have shown."""

@@ -3,7 +3,7 @@ task service calls over gRPC and the queue handlers its outbox feeds (AMQP heade
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ async def test_request_id_follows_create_task_through_grpc_peers_and_queue_handl
             await world.stub.CreateTask(request, metadata=[("x-request-id", RID)])
 
             def followed() -> None:
-                mine: list[dict[str, Any]] = [e for e in logs if e.get("request_id") == RID]
+                mine: list[MutableMapping[str, Any]] = [e for e in logs if e.get("request_id") == RID]
                 served = {e["service"] for e in mine if e["event"] == "rpc"}
                 assert {"task", "organization", "sandbox"} <= served, served  # gRPC hops
                 handled = {e["queue"].rsplit(".", 1)[-1] for e in mine if e["event"] == "message_handled"}
