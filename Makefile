@@ -71,7 +71,7 @@ test-fast: install
 ## buf lint (STANDARD), ruff, mypy --strict, and the import contracts (services never import each other).
 lint check: install buf-lint
 	$(VENV)/bin/ruff check services gateway cli tests scripts bench load
-	$(VENV)/bin/mypy services gateway cli
+	$(VENV)/bin/mypy services gateway cli tests
 	PYTHONPATH=. $(VENV)/bin/lint-imports
 
 k8s-validate: install
