@@ -206,6 +206,10 @@ class SandboxRecords:
         with the same id exists (then that one is returned, and nothing is sent)."""
         key = turn.session
         async with self.db.transaction() as s:
+            # The session's row lock (PostgreSQL; SQLite serializes writers) makes a concurrent call
+            # with the same turn id wait here and then find the turn, instead of both missing it and
+            # the second INSERT failing on pk_turns (INTERNAL to a caller re-sending its message).
+            await s.execute(select(agent_sessions.c.session_id).where(session_where(key)).with_for_update())
             existing = (await s.execute(select(turns).where(turn_where(key, turn.turn_id)))).first()
             if existing is not None:
                 return rows.turn(existing), False
