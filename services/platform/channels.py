@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from services.platform import context as request_context
+from services.platform.errors import from_rpc_error
 from services.platform.identity import CALLER_HEADER, Caller, sign
 from services.platform.server.health import READINESS
 from services.platform.settings import ServiceName, Settings
@@ -39,9 +40,15 @@ _SERVICE_CONFIG = json.dumps(
         ],
     }
 )
+# gRPC core spaces reconnect attempts 1 s growing 1.6x up to 120 s, and a channel waiting for its
+# next attempt fails every call at once: a peer back from a minute's outage would stay unreachable
+# for up to ~40 s more. Capped, it is reached again within ~2 s whatever the outage (one refused
+# connect per peer address every 2 s while it is down costs nothing).
+RECONNECT_BACKOFF_MAX_MS = 2000
 CHANNEL_OPTIONS = [
     ("grpc.service_config", _SERVICE_CONFIG),
     ("grpc.enable_retries", 1),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
@@ -100,17 +107,39 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(self.sign.details(details, streaming=True), request)
 
 
-def _interceptors(settings: Settings, caller: Caller, timeout: float) -> list[Any]:
+class PeerErrors(grpc.aio.UnaryUnaryClientInterceptor):
+    """Raises a peer's failed unary call as the same FoundryError (`from_rpc_error`, keeping its
+    reason, domain and metadata), so every service maps peer errors here and nowhere else. Server
+    failures (UNAVAILABLE, INTERNAL, …) are prefixed with the peer method, e.g. `GetRepository: …`.
+
+    Only on service-to-service channels (`Channels(map_errors=True)`); services make no streaming
+    peer calls. The gateway, CLI and tests keep grpc errors: the gateway maps them to HTTP itself."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = await continuation(details, request)
+        try:
+            return await call
+        except grpc.RpcError as exc:
+            method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+            raise from_rpc_error(exc, context=method.rsplit("/", 1)[-1]) from exc
+
+
+def _interceptors(
+    settings: Settings, caller: Caller, timeout: float, *, map_errors: bool = False
+) -> list[Any]:
     sign = _Sign(settings, caller, timeout)
-    return [_UnaryUnary(sign), _UnaryStream(sign)]
+    # The first interceptor is the outermost: errors are mapped after signing, deadline and retries.
+    return [*([PeerErrors()] if map_errors else []), _UnaryUnary(sign), _UnaryStream(sign)]
 
 
 class Channels:
-    """Channels from one process (acting as `caller_service`) to its peers."""
+    """Channels from one process (acting as `caller_service`) to its peers. With `map_errors` (every
+    service's host), a peer's failed unary call raises a FoundryError (`PeerErrors`)."""
 
-    def __init__(self, settings: Settings, caller_service: str) -> None:
+    def __init__(self, settings: Settings, caller_service: str, *, map_errors: bool = False) -> None:
         self.settings = settings
         self.caller = Caller.service(caller_service)
+        self.map_errors = map_errors
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def channel(self, peer: ServiceName) -> grpc.aio.Channel:
@@ -124,7 +153,7 @@ class Channels:
 
     def _cached(self, key: str, target: str) -> grpc.aio.Channel:
         if key not in self._channels:
-            self._channels[key] = open_channel(target, self.settings, self.caller)
+            self._channels[key] = open_channel(target, self.settings, self.caller, map_errors=self.map_errors)
         return self._channels[key]
 
     async def close(self) -> None:
@@ -134,11 +163,19 @@ class Channels:
 
 
 def open_channel(
-    target: str, settings: Settings, caller: Caller, *, timeout: float | None = None
+    target: str,
+    settings: Settings,
+    caller: Caller,
+    *,
+    timeout: float | None = None,
+    map_errors: bool = False,
 ) -> grpc.aio.Channel:
-    """A channel that always speaks as `caller` (tools, tests and the CLI; services use `Channels`)."""
+    """A channel that always speaks as `caller` (tools, tests and the CLI; services use `Channels`).
+    `map_errors`: raise peer errors as FoundryError (`PeerErrors`) instead of grpc.RpcError."""
     return grpc.aio.insecure_channel(
         target,
         options=CHANNEL_OPTIONS,
-        interceptors=_interceptors(settings, caller, timeout or settings.call_timeout_seconds),
+        interceptors=_interceptors(
+            settings, caller, timeout or settings.call_timeout_seconds, map_errors=map_errors
+        ),
     )

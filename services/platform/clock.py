@@ -1,6 +1,8 @@
-"""The mesh's one clock: timezone-aware UTC datetimes, and the fix-up for naive ones read from SQLite.
+"""The mesh's one clock: timezone-aware UTC datetimes.
 
-Pure: standard library only (the domain layer uses it).
+Every service takes the time from `now()`; stored times come back aware UTC through the one column
+type (`services.platform.db.UtcDateTime`, which uses `utc`). Pure: standard library only (the domain
+layer uses it).
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import overload
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+"""1970-01-01T00:00:00Z, which also stands for "no time" where a column may not be NULL."""
 _MICROSECOND = dt.timedelta(microseconds=1)
 
 
@@ -17,14 +20,15 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def now_us() -> int:
-    """The current time in whole microseconds since the epoch (for tables that store integers)."""
-    return to_us(now())
-
-
 def to_us(value: dt.datetime) -> int:
-    """An aware (or naive UTC) datetime → whole microseconds since the epoch, exactly."""
-    return (utc(value) - _EPOCH) // _MICROSECOND
+    """An aware (or naive UTC) datetime → whole microseconds since the epoch, exactly (for numbers
+    derived from an instant, such as versions and page tokens)."""
+    return (utc(value) - EPOCH) // _MICROSECOND
+
+
+def from_us(us: int) -> dt.datetime:
+    """Whole microseconds since the epoch → the aware UTC datetime, exactly (inverse of `to_us`)."""
+    return EPOCH + us * _MICROSECOND
 
 
 @overload

@@ -135,16 +135,33 @@ _BY_CODE: dict[grpc.StatusCode, type[FoundryError]] = {
 }
 
 
+# Codes that describe the caller's request (its input, the resource it names, its rights): the
+# peer's message already says what is wrong in the caller's terms, so it passes through unprefixed;
+# naming the internal call ("GetRepository: …") would only confuse the person reading it.
+_ABOUT_THE_REQUEST = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
+
+
 def from_rpc_error(exc: grpc.RpcError, *, context: str = "") -> FoundryError:
     """Turn a peer's `grpc.aio.AioRpcError` into the same FoundryError class (keeping its reason).
 
     Used by service clients so a NOT_FOUND from a peer surfaces as NotFound here, and a CANCELLED
-    or unknown code as Unavailable (retryable).
+    or unknown code as Unavailable (retryable). `context` (which call failed) prefixes the message of
+    server-side failures (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, …) only; errors about the request
+    keep the peer's message as it is.
     """
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     cls = _BY_CODE.get(code, Unavailable)
-    reason = None
+    reason, domain, metadata = None, "foundry", {}
     try:
         from google.rpc import error_details_pb2
         from grpc_status import rpc_status  # local: only when a peer fails
@@ -154,8 +171,8 @@ def from_rpc_error(exc: grpc.RpcError, *, context: str = "") -> FoundryError:
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
-                    reason = info.reason
+                    reason, domain, metadata = info.reason, info.domain or domain, dict(info.metadata)
     except Exception:
-        reason = None
-    prefix = f"{context}: " if context else ""
-    return cls(f"{prefix}{details}", reason=reason)
+        reason, metadata = None, {}
+    prefix = f"{context}: " if context and code not in _ABOUT_THE_REQUEST else ""
+    return cls(f"{prefix}{details}", reason=reason, domain=domain, metadata=metadata)

@@ -66,6 +66,12 @@ def sign(caller: Caller, secret: str, *, ttl_seconds: float = 300.0) -> tuple[tu
 
 def verify(token: str | None, signature: str | None, secret: str) -> Caller:
     """Check a caller token and return the Caller; raises IdentityError on any problem."""
+    return verify_until(token, signature, secret)[0]
+
+
+def verify_until(token: str | None, signature: str | None, secret: str) -> tuple[Caller, float]:
+    """`verify`, also returning the token's expiry (unix seconds): a verifier may reuse the answer
+    for the same (token, signature) until then (`CallerIdentity` does)."""
     if not token or not signature:
         raise IdentityError("missing caller identity")
     expected = hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
@@ -75,14 +81,16 @@ def verify(token: str | None, signature: str | None, secret: str) -> Caller:
         body = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, TypeError) as exc:
         raise IdentityError("caller identity is not valid JSON") from exc
-    if float(body.get("exp", 0)) < time.time():
+    expires = float(body.get("exp", 0))
+    if expires < time.time():
         raise IdentityError("caller identity expired")
     kind = body.get("kind")
     if kind not in ("user", "service"):
         raise IdentityError("caller identity has no valid kind")
-    return Caller(
+    caller = Caller(
         subject=str(body["sub"]),
         login=str(body.get("login", "")),
         kind=kind,
         avatar_url=str(body.get("avatar", "")),
     )
+    return caller, expires

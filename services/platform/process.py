@@ -107,6 +107,15 @@ class Process:
         metrics.DRAINING.labels(name).set(0)
         metrics.DRAIN_SECONDS.labels(name)
 
+    def not_ready_reason(self) -> str:
+        """Why /readyz answers 503 ("" when ready): draining, still starting (and what it waits for), or
+        the message broker connection lost after start-up (until aio-pika has re-established it)."""
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return f"starting: waiting for {self.waiting_for}" if self.waiting_for else "starting"
+        return self.broker.unavailable_reason
+
     def snapshot(self) -> dict[str, Any]:
         parts = [c.snapshot() for c in self.components]
         totals = {k: sum(int(p.get(k, 0)) for p in parts) for k in TOTALS}

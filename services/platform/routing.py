@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.platform.channels import Channels
-from services.platform.errors import FailedPrecondition
+from services.platform.errors import FailedPrecondition, FoundryError
 from services.platform.settings import ServiceName
 
 ON_OTHER_REPLICA = "ON_OTHER_REPLICA"
@@ -39,8 +39,13 @@ def on_other_replica(resource: str, owner: str) -> FailedPrecondition:
     )
 
 
-def owner_of(error: grpc.RpcError) -> str | None:
-    """The owner's address when `error` is an ON_OTHER_REPLICA answer, else None."""
+def owner_of(error: BaseException) -> str | None:
+    """The owner's address when `error` is an ON_OTHER_REPLICA answer (as a grpc error, or as the
+    FoundryError a mapping channel raises), else None."""
+    if isinstance(error, FoundryError):
+        if error.code == grpc.StatusCode.FAILED_PRECONDITION and error.reason == ON_OTHER_REPLICA:
+            return error.metadata.get(REPLICA_KEY) or None
+        return None
     if not isinstance(error, grpc.aio.AioRpcError) or error.code() != grpc.StatusCode.FAILED_PRECONDITION:
         return None
     try:
@@ -99,7 +104,7 @@ class ReplicaRoutes(Generic[S]):
         while len(self._owners) > MAX_REMEMBERED:
             self._owners.popitem(last=False)
 
-    def learn(self, name: str, error: grpc.RpcError) -> bool:
+    def learn(self, name: str, error: BaseException) -> bool:
         """Remember the owner named by an ON_OTHER_REPLICA `error` for `name`; True when it was one."""
         owner = owner_of(error)
         if owner is None or self._key(name) is None:
@@ -111,7 +116,7 @@ class ReplicaRoutes(Generic[S]):
         """`invoke(stub)` on the owner of `name`; an ON_OTHER_REPLICA answer is followed once."""
         try:
             return await invoke(self.stub(name))
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, FoundryError) as exc:
             if not self.learn(name, exc):
                 raise
         return await invoke(self.stub(name))

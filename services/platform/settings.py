@@ -24,6 +24,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "sandbox": 50054,
 }
 _DEV_SECRET = "dev-insecure-change-me"
+# Production signing keys: random, at least this long, never the example Secret's CHANGE-ME placeholder.
+_MIN_SECRET_CHARS = 32
 
 
 class MessagingSettings(BaseModel):
@@ -100,6 +102,12 @@ class SandboxSettings(BaseModel):
     )
     max_processes: int = Field(256, ge=0, description="Processes per sandbox (pids cgroup; 0: no limit).")
     memory_mb: int = Field(4096, ge=0, description="Address space per sandbox process in MiB (0: no limit).")
+    sandbox_memory_mb: int = Field(
+        2048,
+        ge=0,
+        description="Memory of all of a sandbox's processes together in MiB (memory cgroup; past it the "
+        "kernel OOM-kills a process of that sandbox; 0: no limit).",
+    )
     cpu_seconds: int = Field(0, ge=0, description="CPU seconds per sandbox process (0: no limit).")
     file_size_mb: int = Field(1024, ge=0, description="Largest file a sandbox process may write, MiB.")
     agents: dict[str, str] = Field(
@@ -111,6 +119,26 @@ class SandboxSettings(BaseModel):
         description="Agent name -> command that speaks ACP on stdio.",
     )
     default_agent: str = Field("fake", description="Agent used when a task names none.")
+    agent_models: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "fake": ["standard", "fast"],
+            "claude": ["default", "sonnet", "opus", "haiku"],
+            "codex": ["gpt-5.5", "gpt-5.4", "gpt-5.4-mini", "gpt-5.3-codex", "gpt-5.2"],  # codex-acp 0.16.0
+        },
+        description="Agent name -> the model ids it offers, its default first (what ListAgents reports and "
+        "CreateTask/CreateSession/ChangeModel accept; the agent receives the id through ACP "
+        "`session/set_config_option` on its `model` option). An agent without an entry takes any model id.",
+    )
+    agent_credentials: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "claude": ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"],
+            "codex": ["OPENAI_API_KEY", "CODEX_API_KEY"],
+        },
+        description="Agent name -> environment variables one of which must be set for the agent to reach "
+        "its model API: by its organization (SetModelCredential; it wins) or in the sandbox service's "
+        "environment (the operator's key for everyone; handed to the agent only). These are the only "
+        "variables an organization may set. An agent without an entry needs none.",
+    )
     replica_address: str = Field(
         "",
         description="host:port at which peers reach this replica itself (StatefulSet: "
@@ -119,6 +147,22 @@ class SandboxSettings(BaseModel):
         "redirected there and its turns use that replica's queues. Empty: one replica owns them all.",
     )
     step_timeout_seconds: float = Field(300.0, gt=0, description="Timeout of one provisioning step.")
+    warm_pool_size: int = Field(
+        0,
+        ge=0,
+        description='Warm sandboxes kept per repository (README "Warm pool"): prepared ahead at the default '
+        "branch's head with the default agent started, claimed by new tasks of the same organization, "
+        "repository and egress policy. A repository gets a pool once a task of it was prepared (local "
+        "clone URLs only). 0: no pools.",
+    )
+    warm_pool_stage_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Deadline of each stage of preparing a warm sandbox (create, checkout, agent).",
+    )
+    warm_pool_refill_seconds: float = Field(
+        5.0, gt=0, description="Longest time between two refill passes (claims wake the refill at once)."
+    )
     create_delay_seconds: float = Field(0.0, ge=0, description="Artificial provider latency (benchmarks).")
 
 
@@ -221,6 +265,12 @@ class Settings(BaseSettings):
     call_timeout_seconds: float = Field(
         5.0, gt=0, description="Default deadline of service-to-service calls."
     )
+    credentials_key: SecretStr = Field(
+        SecretStr(_DEV_SECRET),
+        description="Key that seals secrets at rest: organizations' model API keys (organization "
+        "service) and users' GitHub OAuth tokens (github_data service); Fernet, keyed by its SHA-256. "
+        "Changing it makes the stored values unreadable: set the keys again, users sign in again.",
+    )
     local_roots: list[str] | None = Field(
         None,
         description="Directories under which users may connect local organizations (JSON list; `{user}` "
@@ -243,11 +293,30 @@ class Settings(BaseSettings):
                 ("FOUNDRY_INTERNAL_AUTH_SECRET", self.internal_auth_secret),
                 ("FOUNDRY_GATEWAY__SESSION_SECRET", self.gateway.session_secret),
             ):
-                if secret.get_secret_value() == _DEV_SECRET:
-                    raise ValueError(f"{name} must be set in production")
+                value = secret.get_secret_value()
+                if value == _DEV_SECRET or len(value) < _MIN_SECRET_CHARS or "CHANGE-ME" in value.upper():
+                    raise ValueError(
+                        f"{name} must be set in production to a random value of at least "
+                        f"{_MIN_SECRET_CHARS} characters (not empty, not a CHANGE-ME placeholder)"
+                    )
             if self.gateway.dev_sign_in:
                 raise ValueError("FOUNDRY_GATEWAY__DEV_SIGN_IN must be false in production")
         return self
+
+    def require_credentials_key(self) -> None:
+        """The organization and github_data services' start check: in production `credentials_key`
+        must be a real key (random, at least 32 characters, not a CHANGE-ME placeholder), as the
+        signing keys must.
+
+        Raises ValueError otherwise."""
+        value = self.credentials_key.get_secret_value()
+        if self.environment == "production" and (
+            value == _DEV_SECRET or len(value) < _MIN_SECRET_CHARS or "CHANGE-ME" in value.upper()
+        ):
+            raise ValueError(
+                f"FOUNDRY_CREDENTIALS_KEY must be set in production to a random value of at least "
+                f"{_MIN_SECRET_CHARS} characters (not empty, not a CHANGE-ME placeholder)"
+            )
 
     @property
     def embedded(self) -> bool:

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +181,21 @@ class PrivateRabbit:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def private_rabbit(prefix: str = "foundry-rabbit-") -> Iterator[PrivateRabbit]:
+    """A started RabbitMQ node of the caller's own, stopped and removed at the end: a test may stop,
+    kill and start it again (`stop()`, `start()`: same ports and data) without touching anyone else's."""
+    # Not under pytest's tmp_path: the node runs as the `rabbitmq` user when we are root.
+    with tempfile.TemporaryDirectory(prefix=prefix) as root:
+        os.chmod(root, 0o755)
+        node = PrivateRabbit(Path(root) / "node")
+        node.start()
+        try:
+            yield node
+        finally:
+            node.stop()
+
+
 def rabbitmqctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `rabbitmqctl` against the test run's broker (the private node when this run owns one)."""
     node_and_cookie = os.environ.get(RABBIT_NODE_ENV, "").split()
@@ -234,4 +250,13 @@ class TestServers:
 
 SERVERS = TestServers()  # closed by tests/conftest.py at the end of the run
 
-__all__ = ["AMQP_ENV", "PG_ENV", "SERVERS", "PrivatePostgres", "PrivateRabbit", "TestServers", "rabbitmqctl"]
+__all__ = [
+    "AMQP_ENV",
+    "PG_ENV",
+    "SERVERS",
+    "PrivatePostgres",
+    "PrivateRabbit",
+    "TestServers",
+    "private_rabbit",
+    "rabbitmqctl",
+]

@@ -9,9 +9,11 @@ from services.platform.db.tables import (
     watch_changes,
     watch_scopes,
 )
+from services.platform.db.types import UtcDateTime
 
 __all__ = [
     "Database",
+    "UtcDateTime",
     "after_commit",
     "inbox",
     "new_metadata",

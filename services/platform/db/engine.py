@@ -12,24 +12,51 @@ background writers (`transaction(background=True)`) behind foreground ones.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from services.platform.db.reads import Read
 from services.platform.db.write_queue import WriteQueue
 from services.platform.logging import get_logger
 
 log = get_logger(__name__)
 AfterCommit = Callable[[], Any]
 _AFTER_COMMIT = "foundry_after_commit"
+_DEFERRED = "foundry_deferred_rows"  # present (a dict) only in sessions of `Database.transaction`
 
 
 def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     """Run `callback` (sync, or returning an awaitable) once the session's transaction commits."""
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+async def defer_insert(session: AsyncSession, statement: Any, row: dict[str, Any]) -> None:
+    """Insert `row` with the prebuilt INSERT `statement` in this transaction, batched: in a session of
+    `Database.transaction` the rows of each statement are written just before the commit, in the
+    order given, as one executemany (one round trip, or one hop to SQLite's thread, instead of one
+    per row); elsewhere at once. For rows nothing reads back inside the transaction (outbox
+    messages, watch changes): they commit, or roll back, with it either way."""
+    deferred: dict[int, tuple[Any, list[dict[str, Any]]]] | None = session.info.get(_DEFERRED)
+    if deferred is None:
+        await session.execute(statement, row)
+    else:
+        deferred.setdefault(id(statement), (statement, []))[1].append(row)
+
+
+async def _write_deferred(session: AsyncSession) -> None:
+    deferred: dict[int, tuple[Any, list[dict[str, Any]]]] = session.info.get(_DEFERRED) or {}
+    while deferred:
+        statement, rows = deferred.pop(next(iter(deferred)))
+        await session.execute(statement, rows if len(rows) > 1 else rows[0])
 
 
 class Database:
@@ -71,6 +98,16 @@ class Database:
         )
         # SQLite has one writer at a time: queue this process's writers here (FIFO, no polling).
         self._writers: WriteQueue | None = WriteQueue() if self.is_sqlite else None
+        # `fetch` on a SQLite file: reader threads, each with its own read-only sqlite3 connection.
+        path = self.engine.url.database if self.is_sqlite and not self.engine.url.query else None
+        self._read_path = path if path and path != ":memory:" and not path.startswith("file:") else None
+        self._readers: ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._point_reader: sqlite3.Connection | None = None  # point reads, on the loop's thread
+        # `fetch` on PostgreSQL: an asyncpg pool of its own (created on first use).
+        self._pool_size, self._connect_timeout = pool_size, connect_timeout
+        self._read_pool: asyncio.Future[Any] | None = None
         self.closed = False
 
     async def ensure_schema(self) -> None:
@@ -91,8 +128,10 @@ class Database:
             raise RuntimeError("database engine is closed (the process is shutting down)")
         gate = self._writers.hold(background=background) if self._writers else contextlib.nullcontext()
         async with gate, self._sessions() as session:
+            session.info[_DEFERRED] = {}
             async with session.begin():
                 yield session
+                await _write_deferred(session)
             callbacks = session.info.pop(_AFTER_COMMIT, [])
         for callback in callbacks:
             result = callback()
@@ -107,9 +146,115 @@ class Database:
         async with self._read_sessions() as session, session.begin():
             yield session
 
+    async def fetch(self, read: Read, **params: Any) -> list[list[Any]]:
+        """The rows of one prebuilt SELECT (`services.platform.db.reads`), as one statement: on a SQLite
+        file one hop to a reader thread (its own read-only connection; a `point` read runs on the
+        loop's thread), on PostgreSQL a connection of the read pool without BEGIN/COMMIT. A single
+        statement sees one consistent committed state."""
+        if self.closed:
+            raise RuntimeError("database engine is closed (the process is shutting down)")
+        compiled = read.compiled(self.engine.dialect)
+        args = compiled.args(params)
+        if self._read_path is not None and read.point:
+            return compiled.rows(self._sqlite_point_read(compiled.sql, args))
+        if self._read_path is not None:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
+            loop = asyncio.get_running_loop()
+            return compiled.rows(
+                await loop.run_in_executor(self._readers, self._sqlite_read, compiled.sql, args)
+            )
+        if self.is_sqlite:  # in-memory: only the engine's own connection sees the data
+            async with self._read_sessions() as session, session.begin():
+                conn = await session.connection()
+                return compiled.rows((await conn.exec_driver_sql(compiled.sql, tuple(args))).all())
+        pool = await self._postgres_read_pool()
+        return compiled.rows(await pool.fetch(compiled.sql, *args))
+
+    async def _postgres_read_pool(self) -> Any:
+        """The asyncpg pool of `fetch`: up to twice `pool_size` connections (the engine's pool plus its
+        overflow), kept open, with the engine's connect arguments, search_path and JSON decoding
+        (SQLAlchemy's asyncpg dialect decodes json/jsonb in the driver, so its result processors
+        expect decoded values). A connection the server dropped fails one call (UNAVAILABLE, see
+        the ErrorMapping interceptor) and is replaced on the next acquire."""
+        if self._read_pool is None:
+            self._read_pool = asyncio.get_running_loop().create_future()
+            try:
+                pool = await self._create_read_pool()
+            except BaseException as exc:
+                future, self._read_pool = self._read_pool, None
+                future.set_exception(exc)
+                future.exception()  # retrieved: the next call retries
+                raise
+            self._read_pool.set_result(pool)
+        return await asyncio.shield(self._read_pool)
+
+    async def _create_read_pool(self) -> Any:
+        import asyncpg  # local: the SQLite shape does not need it
+
+        _, opts = self.engine.dialect.create_connect_args(self.engine.url)
+        for key in ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback"):
+            opts.pop(key, None)
+        if self.schema:
+            opts["server_settings"] = {"search_path": self.schema}
+
+        async def init(conn: Any) -> None:
+            await conn.set_type_codec(
+                "json",
+                encoder=str.encode,
+                decoder=lambda b: json.loads(b.decode()),
+                schema="pg_catalog",
+                format="binary",
+            )
+            await conn.set_type_codec(
+                "jsonb",
+                encoder=lambda s: b"\x01" + s.encode(),
+                decoder=lambda b: json.loads(b[1:].decode()),
+                schema="pg_catalog",
+                format="binary",
+            )
+
+        return await asyncpg.create_pool(
+            min_size=0,
+            max_size=2 * self._pool_size,
+            timeout=self._connect_timeout,
+            init=init,
+            **opts,
+        )
+
+    def _sqlite_point_read(self, sql: str, args: list[Any]) -> list[Any]:
+        conn = self._point_reader
+        if conn is None:
+            assert self._read_path is not None
+            conn = sqlite3.connect(self._read_path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+            self._point_reader = conn
+        return conn.execute(sql, args).fetchall()
+
+    def _sqlite_read(self, sql: str, args: list[Any]) -> list[Any]:
+        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            assert self._read_path is not None
+            conn = sqlite3.connect(self._read_path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+            self._reader_local.conn = conn
+            self._reader_connections.append(conn)
+        return conn.execute(sql, args).fetchall()
+
     async def dispose(self) -> None:
         """Close every pooled connection. Called last in the drain, when no handler is active."""
         self.closed = True
+        if self._readers is not None:
+            await asyncio.to_thread(self._readers.shutdown, True)
+            for conn in self._reader_connections:
+                conn.close()
+            self._reader_connections.clear()
+        if self._point_reader is not None:
+            self._point_reader.close()
+            self._point_reader = None
+        read_pool, self._read_pool = self._read_pool, None
+        if read_pool is not None and read_pool.done() and not read_pool.exception():
+            await read_pool.result().close()
         await self.engine.dispose()
 
 

@@ -11,7 +11,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -20,6 +19,8 @@ from sqlalchemy import (
     Table,
     Text,
 )
+
+from services.platform.db.types import UtcDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -47,8 +48,8 @@ outbox = Table(
     Column("routing_key", String(200), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("headers", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("published_at", UtcDateTime(), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=True),
 )
@@ -60,7 +61,7 @@ inbox = Table(
     platform_metadata,
     Column("consumer", String(200), primary_key=True),
     Column("message_id", String(64), primary_key=True),
-    Column("processed_at", DateTime(timezone=True), nullable=False),
+    Column("processed_at", UtcDateTime(), nullable=False),
 )
 
 # One row per watch scope; `version` is bumped under the row lock in the writer's transaction, so
@@ -83,6 +84,6 @@ watch_changes = Table(
     Column("name", String(500), nullable=False),
     Column("type_url", String(300), nullable=False),
     Column("payload", LargeBinary, nullable=True),
-    Column("committed_at", DateTime(timezone=True), nullable=False),
+    Column("committed_at", UtcDateTime(), nullable=False),
 )
 Index("ix_watch_changes_committed_at", watch_changes.c.committed_at)

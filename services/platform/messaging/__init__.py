@@ -6,6 +6,7 @@ from services.platform.messaging import AmqpBroker, MemoryBroker, QueueSpec, Wor
 from services.platform.messaging.amqp import AmqpBroker
 from services.platform.messaging.broker import (
     ATTEMPT,
+    ENQUEUED_AT,
     MESSAGE_TYPE,
     REQUEST_ID,
     BroadcastHandler,
@@ -21,6 +22,7 @@ from services.platform.messaging.memory import MemoryBroker
 
 __all__ = [
     "ATTEMPT",
+    "ENQUEUED_AT",
     "MESSAGE_TYPE",
     "REQUEST_ID",
     "AmqpBroker",

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, cast
 
 import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
@@ -33,16 +34,16 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldTable
 
-from services.platform.context import request_id
 from services.platform.errors import Unavailable
 from services.platform.logging import get_logger
 from services.platform.messaging.broker import (
     ATTEMPT,
-    REQUEST_ID,
     BroadcastHandler,
+    ConnectionListener,
     DeliveryHandler,
     Message,
     QueueSpec,
+    outgoing_headers,
     retry_ladder,
 )
 from services.platform.settings import MessagingSettings
@@ -59,6 +60,9 @@ POISON_DELIVERY_LIMIT = 20
 _PUBLISH_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError)
 
 
+# Longest wait for the broker's answer to a call made on the way out (basic.cancel, queue.delete,
+# connection.close). Once one went unanswered the broker is taken for wedged: later ones are not
+# waited for, so a silent broker costs a stop at most this long once, whatever the number of consumers.
 CLOSE_TIMEOUT_SECONDS = 5.0
 
 
@@ -87,6 +91,9 @@ class AmqpBroker:
         self._consumer_channels: list[AbstractChannel] = []  # strong refs: robust restore needs them
         self._publisher_lock = asyncio.Lock()
         self._declared: set[str] = set()
+        self._unanswered = False  # a call on the way out went unanswered (see CLOSE_TIMEOUT_SECONDS)
+        self._lost = ""  # why the connection is down while aio-pika re-establishes it ("" when up)
+        self._listeners: list[ConnectionListener] = []
 
     @property
     def events_exchange(self) -> str:
@@ -99,6 +106,42 @@ class AmqpBroker:
     @property
     def broadcast_exchange(self) -> str:
         return f"{self._prefix}.broadcast"
+
+    @property
+    def unavailable_reason(self) -> str:
+        """Why the connection is down ("" while up): set when aio-pika's robust connection reports it
+        closed (broker stopped, crashed, unreachable, missed heartbeats), cleared once it has reconnected
+        and restored every channel, consumer and declaration."""
+        return self._lost
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        self._listeners.append(listener)
+
+    async def _on_connection_lost(
+        self, connection: AbstractConnection | None, exc: BaseException | None
+    ) -> None:
+        if self._connection is None or connection is None or connection.is_closed:
+            return  # our own close() (the drain), not a loss
+        first = not self._lost
+        why = (str(exc) or type(exc).__name__) if exc is not None else "closed"
+        self._lost = f"message broker connection lost ({why}); reconnecting"
+        if first:
+            log.warning("amqp_connection_lost", error=why)
+            await self._notify()
+
+    async def _on_connection_restored(self, connection: AbstractRobustConnection | None) -> None:
+        if self._connection is None or not self._lost:
+            return
+        log.info("amqp_connection_restored", was=self._lost)
+        self._lost = ""
+        await self._notify()
+
+    async def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                await listener(self._lost)
+            except Exception:
+                log.exception("amqp_connection_listener_failed")
 
     async def connect(self) -> None:
         """Open the robust connection, the publisher channel (confirms) and declare the exchanges.
@@ -129,6 +172,8 @@ class AmqpBroker:
                 timeout=timeout,
                 connection_class=cast(Any, remember),
             )
+            self._connection.close_callbacks.add(self._on_connection_lost)
+            self._connection.reconnect_callbacks.add(self._on_connection_restored)
             self._topology = await self._connection.channel(publisher_confirms=False)
             await self._topology.declare_exchange(
                 self.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
@@ -178,10 +223,7 @@ class AmqpBroker:
             target, mandatory = self.events_exchange, False
         else:
             raise ValueError(f"unknown exchange {exchange!r} (use '' or 'events')")
-        all_headers = dict(headers or {})
-        rid = request_id()
-        if rid and REQUEST_ID not in all_headers:
-            all_headers[REQUEST_ID] = rid
+        all_headers = outgoing_headers(headers)
         message = aio_pika.Message(
             body,
             message_id=message_id,
@@ -202,7 +244,7 @@ class AmqpBroker:
             await handler(_AmqpDelivery(self, spec, incoming))
 
         tag = await queue.consume(on_message, no_ack=False)
-        return _AmqpSubscription(queue, tag)
+        return _AmqpSubscription(self, queue, tag)
 
     async def broadcast(self, topic: str, body: bytes) -> None:
         """Best-effort notification on `<prefix>.broadcast` (transient, not mandatory)."""
@@ -225,7 +267,7 @@ class AmqpBroker:
                 log.exception("broadcast_handler_failed", topic=incoming.routing_key)
 
         tag = await queue.consume(on_message, no_ack=True)
-        return _AmqpSubscription(queue, tag, delete_on_cancel=True)
+        return _AmqpSubscription(self, queue, tag, delete_on_cancel=True)
 
     async def subscribe_events(self, routing_pattern: str, handler: BroadcastHandler) -> _AmqpSubscription:
         """An exclusive auto-delete queue bound to the events exchange; `handler(routing_key, body)`."""
@@ -244,16 +286,34 @@ class AmqpBroker:
                 log.exception("event_subscription_handler_failed", routing_key=incoming.routing_key)
 
         tag = await queue.consume(on_message, no_ack=True)
-        return _AmqpSubscription(queue, tag, delete_on_cancel=True)
+        return _AmqpSubscription(self, queue, tag, delete_on_cancel=True)
 
     async def close(self) -> None:
         """Close the connection (and with it every channel; unacked deliveries return to their queues)."""
         connection, self._connection = self._connection, None
         self._publisher = self._topology = self._broadcast_channel = None
         self._consumer_channels.clear()
+        self._lost = ""
         if connection is not None:
-            with contextlib.suppress(Exception):  # a broker that stopped answering must not hold the exit
-                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_SECONDS)
+            # A broker that stopped answering must not hold the exit.
+            await self.bounded(connection.close(), "connection.close")
+
+    async def bounded(self, call: Awaitable[Any], what: str) -> None:
+        """Await a call the broker must answer on the way out, at most CLOSE_TIMEOUT_SECONDS, and not at
+        all once an earlier one went unanswered (the call is then dropped, logged). Errors are swallowed:
+        whatever the broker does, a stop goes on."""
+        if self._unanswered:
+            if asyncio.iscoroutine(call):
+                call.close()  # never started: nothing is sent
+            log.info("amqp_call_skipped", call=what, reason="broker did not answer an earlier call")
+            return
+        try:
+            await asyncio.wait_for(call, CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self._unanswered = True
+            log.warning("amqp_broker_not_answering", call=what, waited_seconds=CLOSE_TIMEOUT_SECONDS)
+        except Exception as exc:
+            log.info("amqp_call_failed", call=what, error=repr(exc))
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -366,21 +426,27 @@ class AmqpBroker:
 
 
 class _AmqpSubscription:
-    def __init__(self, queue: AbstractQueue, tag: str, *, delete_on_cancel: bool = False) -> None:
+    def __init__(
+        self, broker: AmqpBroker, queue: AbstractQueue, tag: str, *, delete_on_cancel: bool = False
+    ) -> None:
+        self._broker = broker
         self._queue = queue
         self._tag = tag
         self._delete = delete_on_cancel
         self._cancelled = False
 
     async def cancel(self) -> None:
-        """basic.cancel; deliveries already handed over still settle on the channel."""
+        """basic.cancel (then queue.delete for a private queue), bounded (`AmqpBroker.bounded`);
+        deliveries already handed over still settle on the channel."""
         if self._cancelled:
             return
         self._cancelled = True
-        with contextlib.suppress(*_PUBLISH_ERRORS):
-            await self._queue.cancel(self._tag)
-            if self._delete:
-                await self._queue.delete(if_unused=False, if_empty=False)
+        await self._broker.bounded(self._cancel(), f"basic.cancel {self._queue.name}")
+
+    async def _cancel(self) -> None:
+        await self._queue.cancel(self._tag)
+        if self._delete:
+            await self._queue.delete(if_unused=False, if_empty=False)
 
 
 class _AmqpDelivery:

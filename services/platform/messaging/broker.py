@@ -19,13 +19,33 @@ Delivery is at least once: handlers must be idempotent (see `services.platform.o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.platform.context import request_id
+
 REQUEST_ID = "x-request-id"
 ATTEMPT = "x-attempt"
 MESSAGE_TYPE = "x-message-type"
+# Unix time in integer milliseconds when the message was first written: its outbox row, or the
+# publish when it bypassed the outbox. Retries keep it; the Worker measures queue latency (enqueue →
+# handler start, first attempts only) from it, so clocks of different hosts only need to agree
+# roughly. An integer because AMQP field tables carry a Python float as float32 (pamqp type 'f'),
+# which rounds today's unix seconds to a multiple of 128.
+ENQUEUED_AT = "x-enqueued-at-ms"
+
+
+def outgoing_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The headers a transport publishes: `headers` plus, unless already there, the current request
+    id (`x-request-id`) and the enqueue time (`x-enqueued-at-ms`)."""
+    out = dict(headers or {})
+    rid = request_id()
+    if rid and REQUEST_ID not in out:
+        out[REQUEST_ID] = rid
+    out.setdefault(ENQUEUED_AT, time.time_ns() // 1_000_000)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +96,9 @@ class Delivery(Protocol):
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
 BroadcastHandler = Callable[[str, bytes], Awaitable[None]]
+# Called with why the broker became unusable ("message broker connection lost (…); reconnecting"), and
+# with "" once it is usable again (see `Broker.add_connection_listener`).
+ConnectionListener = Callable[[str], Awaitable[None]]
 
 
 class Subscription(Protocol):
@@ -128,6 +151,14 @@ class Broker(Protocol):
 
     async def close(self) -> None:
         """Close channels and connections. Called last in the drain."""
+
+    @property
+    def unavailable_reason(self) -> str:
+        """Why the broker cannot be used right now (its connection was lost after connect() and is being
+        re-established), "" while it can (and before connect() or after close())."""
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """Call `listener(unavailable_reason)` whenever the connection is lost or comes back (with "")."""
 
 
 def retry_ladder(

@@ -32,6 +32,7 @@ from services.platform.errors import FoundryError, InvalidArgument
 from services.platform.identity import Caller
 from services.platform.logging import get_logger
 from services.platform.messaging.broker import (
+    ENQUEUED_AT,
     REQUEST_ID,
     Broker,
     Delivery,
@@ -52,6 +53,19 @@ HANDLED = Counter(
 )
 ACTIVE = Gauge("foundry_message_handlers_active", "Handlers running now", ["service", "queue"])
 DURATION = Histogram("foundry_message_handler_seconds", "Handler run time", ["service", "queue"])
+QUEUE_LATENCY = Histogram(
+    "foundry_message_queue_latency_seconds",
+    "Enqueue (outbox row or publish, header x-enqueued-at-ms) to handler start, first attempts only",
+    ["service", "queue"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
+def _observe_latency(service: str, queue: str, message: Message) -> None:
+    """Queue latency of a first delivery; a retry's wait is its backoff, not the queue's."""
+    enqueued = message.headers.get(ENQUEUED_AT)
+    if message.attempt == 1 and isinstance(enqueued, int) and not isinstance(enqueued, bool):
+        QUEUE_LATENCY.labels(service, queue).observe(max(0.0, time.time() - enqueued / 1000))
 
 
 class _AlreadyProcessed(Exception):
@@ -270,6 +284,7 @@ class Worker:
         with bound(request_id=str(rid) if rid else None, caller=Caller.service(self._service)):
             ctx = HandlerContext(message=message, queue=queue, service=self._service, database=self._database)
             log_ = log.bind(queue=queue, message_id=message.message_id, attempt=message.attempt)
+            _observe_latency(self._service, queue, message)
             started = time.perf_counter()
             try:
                 await reg.handler(message, ctx)

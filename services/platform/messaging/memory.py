@@ -30,17 +30,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.platform.aio import wait_event
-from services.platform.context import request_id
 from services.platform.errors import Unavailable
 from services.platform.logging import get_logger
 from services.platform.messaging._topic import topic_matches
 from services.platform.messaging.broker import (
     ATTEMPT,
-    REQUEST_ID,
     BroadcastHandler,
+    ConnectionListener,
     DeliveryHandler,
     Message,
     QueueSpec,
+    outgoing_headers,
 )
 from services.platform.settings import MessagingSettings
 
@@ -70,6 +70,14 @@ class MemoryBroker:
         """Nothing to open; re-opens a closed broker (tests reuse one instance)."""
         self._closed = self._sealed = False
 
+    @property
+    def unavailable_reason(self) -> str:
+        """Always "": there is no connection to lose."""
+        return ""
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """Nothing to report: the in-process broker cannot lose a connection."""
+
     async def declare_queue(self, spec: QueueSpec) -> None:
         """Create the queue (and its DLQ) if missing; bindings are added, never removed (idempotent)."""
         queue = self._queues.get(spec.name)
@@ -91,10 +99,7 @@ class MemoryBroker:
             raise Unavailable(
                 "in-process broker is closed" if self._closed else "in-process broker is draining"
             )
-        all_headers = dict(headers or {})
-        rid = request_id()
-        if rid and REQUEST_ID not in all_headers:
-            all_headers[REQUEST_ID] = rid
+        all_headers = outgoing_headers(headers)
         message = Message(
             message_id=message_id,
             body=bytes(body),

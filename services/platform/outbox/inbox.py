@@ -8,13 +8,14 @@ block for code that manages its own transaction.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform import clock
 from services.platform.db.tables import inbox
 
 
@@ -24,7 +25,7 @@ async def claim(session: AsyncSession, *, consumer: str, message_id: str) -> boo
     Returns False when the row already exists (the effect already committed: skip it). On PostgreSQL
     a concurrent claim of the same id waits for the other transaction and then returns False.
     """
-    values = {"consumer": consumer, "message_id": message_id, "processed_at": datetime.now(UTC)}
+    values = {"consumer": consumer, "message_id": message_id, "processed_at": clock.now()}
     if session.get_bind().dialect.name == "postgresql":
         result = await session.execute(pg_insert(inbox).values(**values).on_conflict_do_nothing())
     else:
@@ -42,6 +43,6 @@ async def was_processed(session: AsyncSession, *, consumer: str, message_id: str
 
 async def prune(session: AsyncSession, *, older_than: timedelta) -> int:
     """Delete inbox rows older than `older_than` (longer than any redelivery can lag); returns the count."""
-    cutoff = datetime.now(UTC) - older_than
+    cutoff = clock.now() - older_than
     result = await session.execute(delete(inbox).where(inbox.c.processed_at < cutoff))
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform import clock
 from services.platform.aio import wait_event
 from services.platform.db.engine import Database
 from services.platform.db.tables import outbox
@@ -144,7 +145,7 @@ class OutboxRelay:
 
     async def prune(self) -> int:
         """Delete published rows older than the retention; returns how many."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=self._retention)
+        cutoff = clock.now() - timedelta(seconds=self._retention)
         async with self._db.transaction() as session:
             result = await session.execute(
                 delete(outbox).where(outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff)
@@ -183,7 +184,7 @@ class OutboxRelay:
     ) -> tuple[int, int]:
         """Delete (or mark) the published rows and count a failed attempt on the others."""
         done = [row.id for row, result in zip(rows, results, strict=True) if result is None]
-        now = datetime.now(UTC)
+        now = clock.now()
         if done:
             if self._retention > 0:
                 await session.execute(update(outbox).where(outbox.c.id.in_(done)).values(published_at=now))

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message as ProtoMessage
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform import clock
 from services.platform.context import request_id
-from services.platform.db.engine import after_commit
+from services.platform.db.engine import after_commit, defer_insert
 from services.platform.db.tables import outbox
-from services.platform.messaging.broker import MESSAGE_TYPE, REQUEST_ID
+from services.platform.messaging.broker import ENQUEUED_AT, MESSAGE_TYPE, REQUEST_ID
 
 Body = ProtoMessage | bytes
+_INSERT = insert(outbox)  # built once; each row's values are its parameters
 
 
 class Outbox:
@@ -79,17 +80,22 @@ class Outbox:
         rid = request_id()  # the relay runs outside this request: capture the correlation id now
         if rid:
             row_headers.setdefault(REQUEST_ID, rid)
+        created = clock.now()
+        # latency counts the outbox wait too
+        row_headers.setdefault(ENQUEUED_AT, round(created.timestamp() * 1000))
         mid = message_id or uuid.uuid4().hex
-        await session.execute(
-            insert(outbox).values(
-                message_id=mid,
-                exchange=exchange,
-                routing_key=routing_key,
-                body=body,
-                headers=row_headers,
-                created_at=datetime.now(UTC),
-                attempts=0,
-            )
+        await defer_insert(
+            session,
+            _INSERT,
+            {
+                "message_id": mid,
+                "exchange": exchange,
+                "routing_key": routing_key,
+                "body": body,
+                "headers": row_headers,
+                "created_at": created,
+                "attempts": 0,
+            },
         )
         if self._notify is not None and not session.info.get("foundry_outbox_notify"):
             session.info["foundry_outbox_notify"] = True  # one wake-up per transaction

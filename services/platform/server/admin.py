@@ -2,7 +2,8 @@
 
 GET  /metrics   Prometheus exposition
 GET  /livez     200 while the process runs (also while draining)
-GET  /readyz    200 when ready, 503 before start and from the moment the drain begins
+GET  /readyz    200 when ready; 503 before start, from the moment the drain begins, and while the
+                message broker connection is lost after start-up (`reason` says which)
 POST /drain     begin the drain (the preStop hook: `python -m services.platform.prestop drain`)
 """
 
@@ -19,14 +20,16 @@ from starlette.routing import Route
 
 
 def admin_app(state: Any, request_drain: Callable[[], Awaitable[None]]) -> Starlette:
-    """`state` exposes `.ready: bool`, `.draining: bool` and `.snapshot() -> dict` (active counts)."""
+    """`state` exposes `.not_ready_reason() -> str` ("" when ready), `.draining: bool` and
+    `.snapshot() -> dict` (active counts)."""
 
     async def livez(_: Request) -> JSONResponse:
         return JSONResponse({"status": "alive", "draining": state.draining})
 
     async def readyz(_: Request) -> JSONResponse:
-        ok = state.ready and not state.draining
-        return JSONResponse({"ready": ok, **state.snapshot()}, status_code=200 if ok else 503)
+        reason = state.not_ready_reason()
+        body = {"ready": not reason, **({"reason": reason} if reason else {}), **state.snapshot()}
+        return JSONResponse(body, status_code=503 if reason else 200)
 
     async def drain(_: Request) -> JSONResponse:
         await request_drain()

@@ -86,6 +86,8 @@ class Wiring:
     on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Called once when the drain begins (SIGTERM), after new RPCs are refused and consuming stopped.
+    on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Innermost server interceptors of the service's own (after the host's; they see the verified caller).
     interceptors: list[AsyncServerInterceptor] = field(default_factory=list)
     # The service's membership cache: the host subscribes it to membership events once started (they
@@ -138,7 +140,7 @@ class ServiceHost:
             s.data_dir.mkdir(parents=True, exist_ok=True)
         if s.migrate_on_start:
             await upgrade(db, self.service)
-        peers = Channels(s, self.service)
+        peers = Channels(s, self.service, map_errors=True)
         self.relay = OutboxRelay(db, self.broker, s.messaging, name=self.service)
         outbox = Outbox(notify=self.relay.wake)
         worker = Worker(self.broker, service=self.service, settings=s.messaging, database=db)
@@ -181,6 +183,8 @@ class ServiceHost:
         for hook in wiring.on_started:
             await hook()
         await self.health.ready()
+        await self.health.broker(self.broker.unavailable_reason)
+        self.broker.add_connection_listener(self.health.broker)
         self.ready = True
         log.info(
             "service_started", service=self.service, port=self.port, database=db.engine.url.render_as_string()
@@ -221,6 +225,8 @@ class ServiceHost:
         await self.stop_accepting()
         if self.runtime:
             await self.runtime.worker.stop_consuming()
+            for hook in self.wiring.on_drain if self.wiring else []:
+                await hook()
             wait = STREAM_END_WAIT_SECONDS
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))

@@ -20,7 +20,18 @@ class _Server(uvicorn.Server):
 class HttpServer:
     """An ASGI app on host:port. `start()` returns once the socket listens (port 0 picks a free port)."""
 
-    def __init__(self, app: Any, host: str, port: int, *, name: str) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        name: str,
+        http: type[asyncio.Protocol] | str = "auto",
+        max_header_bytes: int | None = None,
+    ) -> None:
+        """`http` and `max_header_bytes` are uvicorn's `http` (protocol class) and
+        `h11_max_incomplete_event_size` (h11's default, 16 KiB, when None)."""
         self.name = name
         self.host = host
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -32,7 +43,13 @@ class HttpServer:
             raise RuntimeError(f"{name}: cannot listen on {host}:{port}: {exc.strerror}") from exc
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            app,
+            http=http,
+            h11_max_incomplete_event_size=max_header_bytes,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

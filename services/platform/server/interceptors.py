@@ -8,6 +8,10 @@
 
 Streaming handlers are async generators: each interceptor wraps the generator so it sees every message,
 mid-stream errors and client cancellation (tooling.md §3 explains why `await method(...)` is wrong).
+
+Per-call cost matters (reads are measured against a bare echo server, bench/read_throughput.py): each
+interceptor wraps a method's handler once (`_Interceptor`), not on every call as grpc_interceptor
+does, and the unary paths await the handler directly, with no context-manager coroutines.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from grpc_status import rpc_status
 from services.platform import context as request_context
 from services.platform.aio import wait_event
 from services.platform.errors import FoundryError, Unauthenticated, Unavailable, from_rpc_error
-from services.platform.identity import CALLER_HEADER, SIGNATURE_HEADER, IdentityError, verify
+from services.platform.identity import (
+    CALLER_HEADER,
+    SIGNATURE_HEADER,
+    Caller,
+    IdentityError,
+    verify_until,
+)
 from services.platform.logging import get_logger
 from services.platform.server import metrics
 
@@ -66,7 +76,42 @@ async def _call(
         return await result
 
 
-class ErrorMapping(AsyncServerInterceptor):
+class _Interceptor(AsyncServerInterceptor):
+    """An `AsyncServerInterceptor` that wraps each method's handler once and reuses the wrapper while
+    the next handler (the servicer's, or the next interceptor's cached wrapper) is the same object."""
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        next_handler = await continuation(handler_call_details)
+        if not next_handler:
+            return next_handler
+        method_name: str = handler_call_details.method
+        cache: dict[str, tuple[Any, Any]] = self.__dict__.setdefault("_wrapped", {})
+        hit = cache.get(method_name)
+        if hit is not None and hit[0] is next_handler:
+            return hit[1]
+        if next_handler.unary_unary:
+            inner = next_handler.unary_unary
+            intercept = self.intercept
+
+            async def unary(request: Any, context: Any) -> Any:
+                return await intercept(inner, request, context, method_name)
+
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=next_handler.request_deserializer,
+                response_serializer=next_handler.response_serializer,
+            )
+        else:
+
+            async def same(_details: Any) -> Any:
+                return next_handler
+
+            wrapped = await super().intercept_service(same, handler_call_details)  # type: ignore[no-untyped-call]
+        cache[method_name] = (next_handler, wrapped)
+        return wrapped
+
+
+class ErrorMapping(_Interceptor):
     """Map exceptions to precise gRPC statuses with ErrorInfo details."""
 
     async def intercept(
@@ -237,7 +282,7 @@ def _raised_in_driver(exc: BaseException) -> bool:
     return False
 
 
-class DrainGuard(AsyncServerInterceptor):
+class DrainGuard(_Interceptor):
     """Tracks in-flight RPCs and refuses new ones (UNAVAILABLE) once `start_draining()` was called."""
 
     def __init__(self, service: str) -> None:
@@ -267,28 +312,57 @@ class DrainGuard(AsyncServerInterceptor):
             return await _passthrough(method, request, context)
         if self.draining:
             raise Unavailable(f"{self.service} is draining; retry on another replica", reason="DRAINING")
-        return await _call(method, request, context, lambda _: self._track(method_name))
+        result = method(request, context)
+        if hasattr(result, "__aiter__"):
+            return await _call(lambda *_: result, request, context, lambda _: _Active(self, method_name))
+        self._enter(method_name)
+        try:
+            return await result
+        finally:
+            self._exit(method_name)
 
-    def _track(self, method_name: str) -> Any:
-        guard = self
+    def _enter(self, method_name: str) -> None:
+        self.active += 1
+        self._methods[method_name] += 1
+        self._idle.clear()
+        _child(metrics.ACTIVE_RPCS, self.service).inc()
 
-        class _Active:
-            async def __aenter__(self) -> None:
-                guard.active += 1
-                guard._methods[method_name] += 1
-                guard._idle.clear()
-                metrics.ACTIVE_RPCS.labels(guard.service).inc()
+    def _exit(self, method_name: str) -> None:
+        self.active -= 1
+        self._methods[method_name] -= 1
+        if not self._methods[method_name]:
+            del self._methods[method_name]
+        _child(metrics.ACTIVE_RPCS, self.service).dec()
+        if self.active == 0:
+            self._idle.set()
 
-            async def __aexit__(self, *exc: object) -> None:
-                guard.active -= 1
-                guard._methods[method_name] -= 1
-                if not guard._methods[method_name]:
-                    del guard._methods[method_name]
-                metrics.ACTIVE_RPCS.labels(guard.service).dec()
-                if guard.active == 0:
-                    guard._idle.set()
 
-        return _Active()
+class _Active:
+    """One in-flight RPC of a `DrainGuard` (a module-level class: no class built per call)."""
+
+    __slots__ = ("guard", "method")
+
+    def __init__(self, guard: DrainGuard, method_name: str) -> None:
+        self.guard, self.method = guard, method_name
+
+    async def __aenter__(self) -> None:
+        self.guard._enter(self.method)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.guard._exit(self.method)
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label set (prometheus_client's `labels()` takes a
+    lock and builds its key on every call); the same child, so the exported series are unchanged."""
+    key = (id(metric), labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
 
 
 async def _passthrough(method: Callable[..., Any], request: Any, context: Any) -> Any:
@@ -296,7 +370,7 @@ async def _passthrough(method: Callable[..., Any], request: Any, context: Any) -
     return result if hasattr(result, "__aiter__") else await result
 
 
-class RequestContext(AsyncServerInterceptor):
+class RequestContext(_Interceptor):
     """Bind the correlation id; log one line and record metrics per RPC (duration, status code)."""
 
     def __init__(self, service: str) -> None:
@@ -310,7 +384,18 @@ class RequestContext(AsyncServerInterceptor):
         md = _metadata(context)
         rid = md.get(request_context.REQUEST_ID_HEADER) or request_context.new_request_id()
         request_context.bind_task(request_id=rid)
-        return await _call(method, request, context, lambda _: _Observed(self.service, method_name, context))
+        result = method(request, context)
+        if hasattr(result, "__aiter__"):
+            observed = _Observed(self.service, method_name, context)
+            return await _call(lambda *_: result, request, context, lambda _: observed)
+        start = time.perf_counter()
+        try:
+            response = await result
+        except BaseException as exc:
+            _observe(self.service, method_name, context, start, exc)
+            raise
+        _observe(self.service, method_name, context, start, None)
+        return response
 
 
 class _Observed:
@@ -322,28 +407,53 @@ class _Observed:
         self.start = time.perf_counter()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
-        elapsed = time.perf_counter() - self.start
-        if exc is None:
-            code = "OK"
-        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # client went away mid-stream
-            code = "CANCELLED"
-        elif _already_aborted(exc if isinstance(exc, Exception) else Exception()):
-            code = self.context.code().name if self.context.code() else "ABORTED"
-        else:  # the code ErrorMapping (outermost) will answer with, not INTERNAL for what it maps
-            mapped = _mapped(exc)
-            code = mapped.code.name if isinstance(mapped, FoundryError) else "INTERNAL"
-        metrics.HANDLED.labels(self.service, self.method, code).inc()
-        metrics.LATENCY.labels(self.service, self.method).observe(elapsed)
-        log.info(
-            "rpc", service=self.service, method=self.method, code=code, duration_ms=round(elapsed * 1000, 2)
-        )
+        _observe(self.service, self.method, self.context, self.start, exc)
 
 
-class CallerIdentity(AsyncServerInterceptor):
-    """Require a valid signed caller identity on every service RPC and bind it to the request context."""
+def _observe(service: str, method: str, context: Any, start: float, exc: BaseException | None) -> None:
+    """Count, time and log one finished RPC (`exc`: what it raised, None when it returned)."""
+    elapsed = time.perf_counter() - start
+    if exc is None:
+        code = "OK"
+    elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # client went away mid-stream
+        code = "CANCELLED"
+    elif _already_aborted(exc if isinstance(exc, Exception) else Exception()):
+        code = context.code().name if context.code() else "ABORTED"
+    else:  # the code ErrorMapping (outermost) will answer with, not INTERNAL for what it maps
+        mapped = _mapped(exc)
+        code = mapped.code.name if isinstance(mapped, FoundryError) else "INTERNAL"
+    _child(metrics.HANDLED, service, method, code).inc()
+    _child(metrics.LATENCY, service, method).observe(elapsed)
+    log.info("rpc", service=service, method=method, code=code, duration_ms=round(elapsed * 1000, 2))
+
+
+class CallerIdentity(_Interceptor):
+    """Require a valid signed caller identity on every service RPC and bind it to the request context.
+
+    A verified (token, signature) pair is remembered until the token expires (at most `MAX_VERIFIED`
+    pairs), so a client's repeated calls skip the HMAC and JSON decoding; expiry is still checked on
+    every call, and a different signature is a different key."""
+
+    MAX_VERIFIED = 4096
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
+        self._verified: dict[tuple[str, str], tuple[Caller, float]] = {}
+
+    def caller(self, token: str | None, signature: str | None) -> Caller:
+        """The verified caller of these headers; raises Unauthenticated."""
+        key = (token or "", signature or "")
+        hit = self._verified.get(key)
+        if hit is not None and hit[1] >= time.time():
+            return hit[0]
+        try:
+            caller, expires = verify_until(token, signature, self.secret)
+        except IdentityError as exc:
+            raise Unauthenticated(str(exc), reason="CALLER_IDENTITY_INVALID") from exc
+        if len(self._verified) >= self.MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[key] = (caller, expires)
+        return caller
 
     async def intercept(
         self, method: Callable[..., Any], request: Any, context: Any, method_name: str
@@ -351,9 +461,7 @@ class CallerIdentity(AsyncServerInterceptor):
         if _is_open(method_name):
             return await _passthrough(method, request, context)
         md = _metadata(context)
-        try:
-            caller = verify(md.get(CALLER_HEADER), md.get(SIGNATURE_HEADER), self.secret)
-        except IdentityError as exc:
-            raise Unauthenticated(str(exc), reason="CALLER_IDENTITY_INVALID") from exc
+        caller = self.caller(md.get(CALLER_HEADER), md.get(SIGNATURE_HEADER))
         request_context.bind_task(caller=caller)
-        return await _passthrough(method, request, context)
+        result = method(request, context)
+        return result if hasattr(result, "__aiter__") else await result

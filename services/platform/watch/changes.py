@@ -3,9 +3,10 @@
 Tables (`services.platform.db.tables`): `watch_scopes(scope, version, compacted_through)` and
 `watch_changes(scope, version, kind, name, type_url, payload, committed_at)`.
 
-Ordering: `record_change` bumps the scope's version with `UPDATE watch_scopes SET version =
-version + 1 ... RETURNING version`. The row lock is held until the writer commits, so the versions
-of one scope commit in version order and without gaps (a rolled-back writer gives its version back).
+Ordering: `record_change` bumps the scope's version with `INSERT ... ON CONFLICT (scope) DO UPDATE
+SET version = version + 1 RETURNING version` (one statement, creating the scope at version 1). The
+row lock is held until the writer commits, so the versions of one scope commit in version order and
+without gaps (a rolled-back writer gives its version back).
 Reading `version > V ORDER BY version` therefore never skips a change that commits late, which a
 bigserial cursor would (anchors §2.3). A missing version in a read means compaction removed it.
 
@@ -23,12 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from services.platform.db.engine import Database, after_commit
+from services.platform import clock
+from services.platform.db.engine import Database, after_commit, defer_insert
 from services.platform.db.tables import watch_changes, watch_scopes
 
 UPSERT = "upsert"
@@ -94,28 +96,18 @@ async def record_change(session: AsyncSession, *, scope: str, name: str, resourc
     After commit, every `WatchHub` started on this engine is notified and tells the other replicas.
     """
     bumped = await _bump(session, scope)
-    if bumped is None:
-        insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
-        # Two writers may create the scope at once: the loser's insert waits for the winner's
-        # commit and does nothing, then both bump the row under its lock.
-        await session.execute(
-            insert(watch_scopes)
-            .values(scope=scope, version=0, compacted_through=0)
-            .on_conflict_do_nothing(index_elements=[watch_scopes.c.scope])
-        )
-        bumped = await _bump(session, scope)
-        if bumped is None:  # pragma: no cover - the row exists after the insert
-            raise RuntimeError(f"watch scope {scope!r} vanished while recording a change")
-    await session.execute(
-        watch_changes.insert().values(
-            scope=scope,
-            version=bumped,
-            kind=UPSERT if resource is not None else DELETE,
-            name=name,
-            type_url=TYPE_URL_PREFIX + resource.DESCRIPTOR.full_name if resource is not None else "",
-            payload=resource.SerializeToString() if resource is not None else None,
-            committed_at=dt.datetime.now(dt.UTC),
-        )
+    await defer_insert(
+        session,
+        _INSERT_CHANGE,
+        {
+            "scope": scope,
+            "version": bumped,
+            "kind": UPSERT if resource is not None else DELETE,
+            "name": name,
+            "type_url": TYPE_URL_PREFIX + resource.DESCRIPTOR.full_name if resource is not None else "",
+            "payload": resource.SerializeToString() if resource is not None else None,
+            "committed_at": clock.now(),
+        },
     )
     pending: dict[str, int] | None = session.info.get(_PENDING)
     if pending is None:
@@ -126,15 +118,27 @@ async def record_change(session: AsyncSession, *, scope: str, name: str, resourc
     return bumped
 
 
-async def _bump(session: AsyncSession, scope: str) -> int | None:
-    result = await session.execute(
-        update(watch_scopes)
-        .where(watch_scopes.c.scope == scope)
-        .values(version=watch_scopes.c.version + 1)
+def _bump_statement(insert: Any) -> Any:
+    """`INSERT … ON CONFLICT (scope) DO UPDATE SET version = version + 1 RETURNING version`: one
+    statement whether or not the scope exists. The row lock it takes (the update, or the insert's
+    unique entry, which a concurrent creator waits on and then updates) is held until commit."""
+    return (
+        insert(watch_scopes)
+        .values(scope=bindparam("scope"), version=1, compacted_through=0)
+        .on_conflict_do_update(
+            index_elements=[watch_scopes.c.scope], set_={"version": watch_scopes.c.version + 1}
+        )
         .returning(watch_scopes.c.version)
     )
-    version = result.scalar_one_or_none()
-    return int(version) if version is not None else None
+
+
+_BUMPS = {"postgresql": _bump_statement(postgresql.insert), "sqlite": _bump_statement(sqlite.insert)}
+_INSERT_CHANGE = watch_changes.insert()
+
+
+async def _bump(session: AsyncSession, scope: str) -> int:
+    result = await session.execute(_BUMPS[_dialect(session)], {"scope": scope})
+    return int(result.scalar_one())
 
 
 def _dialect(session: AsyncSession) -> str:

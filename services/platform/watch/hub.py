@@ -14,6 +14,7 @@ from types import TracebackType
 
 from foundry.common.v1 import watch_pb2
 
+from services.platform import clock
 from services.platform.aio import wait_event
 from services.platform.db.engine import Database
 from services.platform.logging import get_logger
@@ -268,7 +269,7 @@ class WatchHub:
 
         Returns the number of changes deleted; tokens below the new `compacted_through` get RESET.
         """
-        cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(hours=self.settings.retention_hours)
+        cutoff = (now or clock.now()) - dt.timedelta(hours=self.settings.retention_hours)
         return await compact_changes(self.db, older_than=cutoff)
 
     async def _compact_loop(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
@@ -85,6 +86,7 @@ async def watch_events(
         try:
             resume_from = codec.decode(resume_token)
         except BadToken as exc:
+            metrics.RESUMES.labels(*labels, "reset").inc()
             for event in _reset(labels, f"resume token rejected ({exc.reason}); watch again without a token"):
                 yield event
             return
@@ -95,6 +97,7 @@ async def watch_events(
     feed = host.join(scope, subscriber, kind)
     try:
         if resume_from is None:
+            started = time.perf_counter()
             async with host.db.snapshot() as session:
                 position = (await read_scope(session, scope)).version
                 items = list(await snapshot(session))
@@ -107,6 +110,7 @@ async def watch_events(
             # A buffer that overflowed while the snapshot was sent is not lagging yet: the loop
             # below catches up from the database. Lagging counts from here on.
             subscriber.overflowed = False
+            metrics.BOOTSTRAP_SECONDS.labels(*labels).observe(time.perf_counter() - started)
             yield _sent(labels, control_event(SNAPSHOT_END, token))
             target = position
         else:
@@ -119,10 +123,12 @@ async def watch_events(
                     if position > state.version
                     else "is older than retained history"
                 )
+                metrics.RESUMES.labels(*labels, "reset").inc()
                 for event in _reset(labels, f"resume token {why}; watch again without a token"):
                     yield event
                 return
             target = state.version
+            metrics.RESUMES.labels(*labels, "caught_up" if position == target else "replay").inc()
             if position == target:
                 # Nothing to replay: say "caught up" at once, so a resuming client (and the gateway's
                 # reconnect status) knows the stream is live without waiting for the next change.

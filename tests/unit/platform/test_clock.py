@@ -28,5 +28,12 @@ def test_microseconds_since_the_epoch_are_exact() -> None:
     assert clock.to_us(dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) == 0
     assert clock.to_us(dt.datetime(2024, 5, 1, 12, 0, 0, 123456)) == 1_714_564_800_123_456
     before = time.time_ns() // 1000
-    now = clock.now_us()
+    now = clock.to_us(clock.now())
     assert before <= now <= time.time_ns() // 1000
+
+
+def test_from_us_inverts_to_us() -> None:
+    for us in (0, 1, 1_714_564_800_123_456, 86_400_000_001):
+        assert clock.to_us(clock.from_us(us)) == us
+    assert clock.from_us(1_714_564_800_123_456) == dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
+    assert clock.from_us(0) == clock.EPOCH

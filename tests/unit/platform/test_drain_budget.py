@@ -96,7 +96,7 @@ async def test_prestop_hook_keeps_its_wait_when_the_drain_response_is_slow() -> 
         drain_arrived.set()
         await answer.wait()  # longer than the hook's request timeout
 
-    state = SimpleNamespace(ready=True, draining=False, snapshot=dict)
+    state = SimpleNamespace(not_ready_reason=str, draining=False, snapshot=dict)
     server = HttpServer(admin_app(state, slow_drain), "127.0.0.1", 0, name="admin")
     await server.start()
     try:

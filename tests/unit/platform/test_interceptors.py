@@ -213,3 +213,24 @@ async def test_draining_refuses_new_rpcs_but_lets_in_flight_finish(server: tuple
     release.set()
     assert await in_flight == b"slow-done"
     assert await guard.wait_idle(1.0)
+
+
+def test_verified_callers_are_reused_until_their_token_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CallerIdentity remembers a verified (token, signature) pair: the same headers again skip the
+    HMAC, yet expiry is still checked on every call, and another signature for the same token (a
+    forgery) is verified, and refused, on its own."""
+    import time as time_module
+
+    from services.platform.errors import Unauthenticated
+
+    identity = CallerIdentity(SECRET)
+    (_, token), (_, signature) = sign(Caller(subject="user/7", login="ann"), SECRET, ttl_seconds=60)
+    first = identity.caller(token, signature)
+    assert first.subject == "user/7"
+    assert identity.caller(token, signature) is first  # reused
+    with pytest.raises(Unauthenticated):
+        identity.caller(token, "0" * len(signature))
+    later = time_module.time() + 120
+    monkeypatch.setattr(time_module, "time", lambda: later)
+    with pytest.raises(Unauthenticated, match="expired"):
+        identity.caller(token, signature)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -15,7 +16,15 @@ from services.platform import context
 from services.platform.db import Database, platform_metadata
 from services.platform.errors import FailedPrecondition, Unavailable
 from services.platform.identity import Caller
-from services.platform.messaging import REQUEST_ID, HandlerContext, MemoryBroker, Message, QueueSpec, Worker
+from services.platform.messaging import (
+    ENQUEUED_AT,
+    REQUEST_ID,
+    HandlerContext,
+    MemoryBroker,
+    Message,
+    QueueSpec,
+    Worker,
+)
 from services.platform.settings import MessagingSettings
 from tests.helpers import assert_eventually
 
@@ -105,6 +114,39 @@ async def test_successful_handler_acks_once(
     assert [m.message_id for m in seen] == ["m1"]
     assert broker.unsettled_count("q.ok") == broker.ready_count("q.ok") == 0
     assert broker.dead_letters("q.ok") == []
+
+
+def latency(queue: str, sample: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            f"foundry_message_queue_latency_seconds_{sample}", {"service": "task", "queue": queue}
+        )
+        or 0.0
+    )
+
+
+async def test_queue_latency_is_observed_from_the_enqueue_time_on_first_attempts_only(
+    broker: MemoryBroker, make_worker: Callable[..., Awaitable[Worker]]
+) -> None:
+    """`x-enqueued-at-ms` (stamped by the outbox or the publish) to handler start, per queue; the
+    retries of a message wait for their backoff, which is not queue latency."""
+    attempts: list[int] = []
+
+    async def twice(message: Message, ctx: HandlerContext) -> None:
+        attempts.append(ctx.attempt)
+        if message.message_id == "late" and ctx.attempt == 1:
+            raise Unavailable("peer down")
+
+    count, total = latency("q.lat", "count"), latency("q.lat", "sum")
+    await make_worker(QueueSpec("q.lat"), twice)
+    await send(broker, "q.lat", "late", **{ENQUEUED_AT: time.time_ns() // 1_000_000 - 5000})  # 5 s ago
+    await assert_eventually(lambda: _eq(attempts, [1, 2]))
+    assert latency("q.lat", "count") - count == 1  # the retry is not counted
+    assert 5.0 <= latency("q.lat", "sum") - total < 15.0
+    await send(broker, "q.lat", "fresh")  # the broker stamps it now
+    await assert_eventually(lambda: _eq(attempts, [1, 2, 1]))
+    assert latency("q.lat", "count") - count == 2
+    assert latency("q.lat", "sum") - total < 15.0
 
 
 async def test_retryable_failure_is_retried_until_the_handler_succeeds(

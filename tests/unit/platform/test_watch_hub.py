@@ -17,6 +17,7 @@ import pytest
 from foundry.common.v1 import watch_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
+from prometheus_client import REGISTRY
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -303,6 +304,40 @@ class TestResume:
             assert watcher.versions == [2, 3, 4, 5, 6, 7]
             await watcher.drop()
 
+    async def test_bootstraps_and_resumes_are_measured_by_kind_and_outcome(self, db: Database) -> None:
+        """foundry_watch_bootstrap_seconds counts streams that took a snapshot (a resume takes
+        none); foundry_watch_resumes_total counts reconnects by outcome."""
+
+        def sample(name: str, **labels: str) -> float:
+            value = REGISTRY.get_sample_value(name, {"service": "test", "kind": "items", **labels})
+            return value or 0.0
+
+        def resumes(outcome: str) -> float:
+            return sample("foundry_watch_resumes_total", outcome=outcome)
+
+        before = {o: resumes(o) for o in ("replay", "caught_up", "reset")}
+        boots = sample("foundry_watch_bootstrap_seconds_count")
+        store = ItemStore(db)
+        await store.put("items/a", 1)
+        async with running_hub(db, None) as hub:
+            watcher = Watcher(hub, store)
+            watcher.open()
+            await watcher.converged()
+            assert sample("foundry_watch_bootstrap_seconds_count") - boots == 1
+            await watcher.drop()
+            await store.put("items/b", 2)
+            watcher.open()  # missed one change: replayed
+            await watcher.converged()
+            await watcher.drop()
+            watcher.open()  # missed nothing
+            await assert_eventually(lambda: _eq(resumes("caught_up") - before["caught_up"], 1))
+            await watcher.drop()
+            stream = hub.stream(SCOPE, resume_token="garbage", snapshot=store.snapshot, wrap=_same)
+            events = [e async for e in stream]
+            assert events[0].kind == watch_pb2.WATCH_EVENT_KIND_RESET
+        assert {o: resumes(o) - before[o] for o in before} == {"replay": 1, "caught_up": 1, "reset": 1}
+        assert sample("foundry_watch_bootstrap_seconds_count") - boots == 1
+
     async def test_expired_token_gets_reset_then_end_expired(self, db: Database) -> None:
         store = ItemStore(db)
         for i in range(3):
@@ -490,6 +525,10 @@ class TestReplicasAndProperties:
         finally:
             await reader_db.dispose()
             await writer_db.dispose()
+
+
+def _eq(actual: object, expected: object) -> None:
+    assert actual == expected, actual
 
 
 def _versions_are(watcher: Watcher, expected: list[int]) -> None:
