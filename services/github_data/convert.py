@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from foundry.github_data.v1 import connection_pb2, github_member_pb2, pull_request_pb2, repository_pb2
+from foundry.github_data.v1 import (
+    connection_pb2,
+    events_pb2,
+    github_member_pb2,
+    pull_request_pb2,
+    repository_pb2,
+)
 from foundry.github_data.v1 import sync_status_pb2 as ss_pb2
 from foundry.github_data.v1 import webhook_delivery_pb2 as wd_pb2
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.github_data.domain import names
+from services.github_data.domain.accounts import Discovery, GithubAccount, UserAccounts
 from services.github_data.domain.models import (
     Connection,
     GithubMember,
@@ -20,7 +28,6 @@ from services.github_data.domain.models import (
     SyncStatus,
     WebhookDelivery,
 )
-from services.platform import clock
 from services.platform.errors import InvalidArgument
 
 _STATES = {
@@ -61,11 +68,11 @@ _DELIVERY = {
 
 
 def ts(value: datetime | None) -> Timestamp | None:
-    """An aware (or naive UTC, as SQLite returns) datetime → Timestamp; None stays unset."""
+    """An aware UTC datetime (as every store returns) → Timestamp; None stays unset."""
     if value is None:
         return None
     out = Timestamp()
-    out.FromDatetime(clock.utc(value))
+    out.FromDatetime(value)
     return out
 
 
@@ -226,6 +233,20 @@ def pull_request_to_pb(p: PullRequest) -> pull_request_pb2.PullRequest:
     )
 
 
+def pull_request_summary(pr: pull_request_pb2.PullRequest) -> pull_request_pb2.PullRequestSummary:
+    """The small copy of `pr` that tasks and list screens keep: every PullRequestSummary field,
+    copied from the PullRequest field of the same name (the summary is that subset by design).
+    github_data is its one owner: events and responses carry it, so consumers never derive it."""
+    summary = pull_request_pb2.PullRequestSummary()
+    source: Message = pr  # looked up by field name, not by the generated attributes
+    for field in summary.DESCRIPTOR.fields:
+        if field.message_type is None:
+            setattr(summary, field.name, getattr(pr, field.name))
+        elif source.HasField(field.name):
+            getattr(summary, field.name).CopyFrom(getattr(pr, field.name))
+    return summary
+
+
 def member_to_pb(m: GithubMember) -> github_member_pb2.GithubMember:
     return github_member_pb2.GithubMember(
         name=names.member_name(m.organization, m.member_id),
@@ -252,3 +273,40 @@ def delivery_to_pb(d: WebhookDelivery) -> wd_pb2.WebhookDelivery:
         receive_time=ts(d.receive_time),
         handle_time=ts(d.handle_time),
     )
+
+
+_DISCOVERY = {
+    "pending": events_pb2.USER_ACCOUNTS_STATE_PENDING,
+    "running": events_pb2.USER_ACCOUNTS_STATE_RUNNING,
+    "done": events_pb2.USER_ACCOUNTS_STATE_DONE,
+    "error": events_pb2.USER_ACCOUNTS_STATE_ERROR,
+}
+
+
+def github_account_to_pb(a: GithubAccount) -> events_pb2.GithubAccount:
+    return events_pb2.GithubAccount(
+        login=a.login, account_id=a.account_id, display_name=a.name, avatar_url=a.avatar_url
+    )
+
+
+def user_accounts_changed(d: Discovery, accounts: UserAccounts | None) -> events_pb2.UserAccountsChanged:
+    """The event of a user's discovery (with what it found when `accounts` is given)."""
+    out = events_pb2.UserAccountsChanged(
+        user=names.user_name(d.user_id),
+        version=d.version,
+        state=_DISCOVERY[d.state],
+        error_message=d.error_message,
+        update_time=ts(d.update_time),
+        last_success_time=ts(d.last_success_time),
+    )
+    if accounts is not None:
+        out.viewer.CopyFrom(github_account_to_pb(accounts.viewer))
+        out.organizations.extend(github_account_to_pb(o) for o in accounts.organizations)
+        out.installations_listed = accounts.installations is not None
+        out.installations.extend(
+            events_pb2.GithubAppInstallation(
+                installation_id=i.installation_id, account_login=i.account_login, account_id=i.account_id
+            )
+            for i in accounts.installations or []
+        )
+    return out

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import json
 import math
@@ -43,14 +42,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import jwt
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+
+from tests.helpers.loopback_server import LoopbackServer
 
 WEB = "https://github.com"
 DOCS = "https://docs.github.com/rest"
@@ -914,13 +914,7 @@ class _Api:
         return [Route("/{owner}/{repo}.git/{rest:path}", self.git, methods=["GET", "POST"])]
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # the test process keeps its own signal handlers
-        yield
-
-
-class GithubServer:
+class GithubServer(LoopbackServer):
     """`async with GithubServer(state, prefix="/api/v3") as server:` → `server.url` is the API base URL."""
 
     def __init__(self, state: GithubState, *, prefix: str = "") -> None:
@@ -929,31 +923,9 @@ class GithubServer:
         api = _Api(state)
         routes: list[Any] = [Mount(prefix, routes=api.routes())] if prefix else api.routes()
         routes += api.git_routes()  # github.com serves git at the root, not under the API prefix
-        self._server = _Server(
-            uvicorn.Config(
-                Starlette(routes=routes),
-                host="127.0.0.1",
-                port=0,
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-            )
-        )
-        self._task: asyncio.Task[None] | None = None
-        self.url = ""
+        super().__init__(Starlette(routes=routes), suffix=prefix)
 
-    async def __aenter__(self) -> GithubServer:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}{self.prefix}"
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
         self.state.api = self.url
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task

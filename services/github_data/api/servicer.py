@@ -11,7 +11,7 @@ from foundry.github_data.v1 import github_data_service_pb2_grpc as pb_grpc
 
 from services.github_data import convert
 from services.github_data.domain import names
-from services.github_data.usecases import connections, publish, reads, tokens, webhooks
+from services.github_data.usecases import connections, publish, reads, tokens, user_accounts, webhooks
 from services.github_data.usecases.deps import Deps
 from services.platform import context as request_context
 from services.platform.authz import Membership
@@ -108,8 +108,9 @@ class GithubDataServicer(pb_grpc.GithubDataServiceServicer):
         org, repo_id, number = names.parse_pull_request(request.name)
         await self._member(org)
         pr, status = await reads.get_pull_request(self.deps, org, repo_id, number)
+        full = convert.pull_request_to_pb(pr)
         return pb.GetPullRequestResponse(
-            pull_request=convert.pull_request_to_pb(pr), freshness=convert.freshness(status)
+            pull_request=full, freshness=convert.freshness(status), summary=convert.pull_request_summary(full)
         )
 
     async def ListGithubMembers(
@@ -171,7 +172,8 @@ class GithubDataServicer(pb_grpc.GithubDataServiceServicer):
             draft=request.draft,
             user=user,
         )
-        return pb.PublishPullRequestResponse(pull_request=convert.pull_request_to_pb(pr))
+        full = convert.pull_request_to_pb(pr)
+        return pb.PublishPullRequestResponse(pull_request=full, summary=convert.pull_request_summary(full))
 
     async def GenerateRepositoryAccessToken(
         self, request: pb.GenerateRepositoryAccessTokenRequest, context: Ctx
@@ -181,3 +183,17 @@ class GithubDataServicer(pb_grpc.GithubDataServiceServicer):
         user = names.parse_user(request.user, "user") if request.user else ""
         token, expires = await tokens.repository_access_token(self.deps, org=org, repo_id=repo_id, user=user)
         return pb.GenerateRepositoryAccessTokenResponse(access_token=token, expire_time=convert.ts(expires))
+
+    async def SetGithubToken(
+        self, request: pb.SetGithubTokenRequest, context: Ctx
+    ) -> pb.SetGithubTokenResponse:
+        _require_service("SetGithubToken")
+        user_id = names.parse_user(request.user, "user").removeprefix("users/")
+        await user_accounts.set_token(
+            self.deps,
+            user_id=user_id,
+            access_token=request.access_token,
+            scopes=list(request.scopes),
+            expire_time=convert.from_ts(request.expire_time, request.HasField("expire_time")),
+        )
+        return pb.SetGithubTokenResponse()

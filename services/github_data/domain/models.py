@@ -28,6 +28,9 @@ PHASES: tuple[SyncPhase, ...] = (
     "syncing_pull_requests",
 )
 PR_BATCH_SIZE = 10  # repositories whose pull requests are listed concurrently, one commit per batch
+# A running sync's lease on its job: renewed every third of it while the runner lives; a runner that
+# died (kill -9, lost host) is taken over once it lapses, by the next sweep (STALL_SWEEP_SECONDS).
+SYNC_LEASE_SECONDS = 6.0
 
 
 @dataclass(frozen=True, slots=True)

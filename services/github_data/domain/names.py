@@ -117,6 +117,10 @@ def parse_pull_request(name: str, field: str = "name") -> tuple[str, str, int]:
     return org, repo, int(number)
 
 
+def user_name(user_id: str) -> str:
+    return f"users/{user_id}"
+
+
 def parse_user(name: str, field: str) -> str:
     """`users/{user}` → the same name, validated."""
     USER.parse(name, field)

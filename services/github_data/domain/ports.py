@@ -18,12 +18,14 @@ class ProviderError(Exception):
 
     `message` is readable by people; it becomes the sync status's error message.
     `status` is the HTTP status when there was one (0 otherwise).
+    `retryable` says whether asking again later may succeed (rate limits, 5xx, GitHub unreachable).
     """
 
-    def __init__(self, message: str, *, status: int = 0) -> None:
+    def __init__(self, message: str, *, status: int = 0, retryable: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,15 +12,29 @@ from typing import Protocol
 
 from services.github_data.domain.models import Connection
 from services.github_data.domain.ports import Provider, ProviderError
-from services.github_data.providers.github import GithubProvider, RetryPolicy, installation_auth, token_auth
+from services.github_data.providers.github import (
+    GithubProvider,
+    GithubUserAccounts,
+    RetryPolicy,
+    installation_auth,
+    token_auth,
+)
 from services.github_data.providers.local import LocalProvider
 from services.platform.settings import GithubSettings
 
-__all__ = ["GithubProvider", "LocalProvider", "RetryPolicy", "TokenSource", "open_provider"]
+__all__ = [
+    "GithubProvider",
+    "GithubUserAccounts",
+    "LocalProvider",
+    "RetryPolicy",
+    "TokenSource",
+    "open_provider",
+]
 
 
 class TokenSource(Protocol):
-    """Finds a user's OAuth token for an organization (the organization service owns tokens)."""
+    """Finds a user's OAuth token for an organization (this service stores them; see
+    `usecases.user_accounts.StoredTokens`)."""
 
     async def token_for(self, organization: str, user: str) -> str:
         """The access token; raises ProviderError when there is none."""
@@ -39,7 +53,8 @@ async def open_provider(
 
     GitHub credentials: the App installation when the connection has an installation id and the
     App is configured (`FOUNDRY_GITHUB__APP_ID`/`APP_PRIVATE_KEY`), else the OAuth token of the
-    connection's `token_user` (or any member's). Raises ProviderError when neither is available.
+    connection's `token_user` (or of a user whose token sees the account). Raises ProviderError when
+    neither is available.
     """
     if connection.provider == "local":
         yield LocalProvider(connection.root_path)

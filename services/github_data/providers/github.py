@@ -10,6 +10,12 @@ Endpoints (all paged by following the `Link: <…>; rel="next"` header, 100 item
     organization  GET /orgs/{org}/members (+ ?role=admin)         members, admins marked `admin`
     both          GET /repos/{owner}/{repo}/pulls?state=open&sort=updated&direction=desc
 
+`GithubUserAccounts` reads what one user's OAuth token sees (account discovery, same client):
+
+    GET /user                  the token's own account
+    GET /user/orgs             its organizations (needs `read:org`)
+    GET /user/installations    installations of the configured App it can access
+
 Retries (githubkit's `auto_retry` hook): rate limits (403/429 with `x-ratelimit-remaining: 0` or
 `retry-after`) wait what GitHub asks, when that is at most `max_wait_seconds`; a request still
 rate-limited after that waits at least `backoff_seconds`, doubling per further retry (GitHub's advice
@@ -23,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import re
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 from githubkit import AppInstallationAuthStrategy, BaseAuthStrategy, GitHub, TokenAuthStrategy
 from githubkit.cache import MemCacheStrategy
@@ -36,6 +42,7 @@ from githubkit.exception import (
 )
 from githubkit.typing import RetryOption
 
+from services.github_data.domain.accounts import AppInstallation, GithubAccount, UserAccounts
 from services.github_data.domain.normalize import remote_pull_request, remote_repository
 from services.github_data.domain.ports import ProviderError, RemoteMember, RemotePullRequest, RemoteRepository
 
@@ -115,6 +122,7 @@ def _describe(exc: BaseException, method: str, path: str) -> ProviderError:
         return ProviderError(
             f"GitHub rate limit exceeded for {method} {path} (retry in {wait}s)",
             status=exc.response.status_code,
+            retryable=True,
         )
     if isinstance(exc, RequestFailed):
         status = exc.response.status_code
@@ -126,39 +134,29 @@ def _describe(exc: BaseException, method: str, path: str) -> ProviderError:
         suffix = f": {detail}" if detail else ""
         url_path = exc.request.url.path
         return ProviderError(
-            f"GitHub answered {status} {phrase} for {method} {url_path}{suffix}", status=status
+            f"GitHub answered {status} {phrase} for {method} {url_path}{suffix}",
+            status=status,
+            retryable=status >= 500,
         )
     if isinstance(exc, AuthCredentialError):
         return ProviderError(f"GitHub credentials are not usable: {exc}")
     if isinstance(exc, RequestError):
-        return ProviderError(f"GitHub is unreachable for {method} {path}: {exc.exc!r}")
+        return ProviderError(f"GitHub is unreachable for {method} {path}: {exc.exc!r}", retryable=True)
     return ProviderError(f"GitHub request {method} {path} failed: {exc!r}")
 
 
-class GithubProvider:
-    """Reads one GitHub account. Use as `async with provider:` (one HTTP client for the whole sync).
-
-    Args:
-        api_url: REST base URL (`https://api.github.com`, or `https://host/api/v3`).
-        account_login: the organization or user login.
-        account_type: `organization` or `user`.
-        auth: githubkit auth strategy (installation or OAuth token); see `installation_auth`/`token_auth`.
-        retry: the retry policy.
-    """
+class _GithubClient:
+    """The service's one GitHub REST client: githubkit with the retry policy, paged GETs and readable
+    ProviderErrors. Use as `async with` (one HTTP client per sync or discovery)."""
 
     def __init__(
         self,
         *,
         api_url: str,
-        account_login: str,
-        account_type: str,
         auth: BaseAuthStrategy,
         retry: RetryPolicy | None = None,
         timeout_seconds: float = 30.0,
     ) -> None:
-        self.account_login = account_login
-        self.account_type = account_type
-        self._installation = isinstance(auth, AppInstallationAuthStrategy)
         self._auth = auth
         self._gh: GitHub[Any] = GitHub(
             auth,
@@ -171,7 +169,7 @@ class GithubProvider:
         )
         self._stack = contextlib.AsyncExitStack()
 
-    async def __aenter__(self) -> GithubProvider:
+    async def __aenter__(self) -> Self:
         await self._stack.enter_async_context(self._gh)
         return self
 
@@ -196,6 +194,33 @@ class GithubProvider:
             page = data.get(key, []) if key else data
             items.extend(page)
         return items
+
+
+class GithubProvider(_GithubClient):
+    """Reads one GitHub account. Use as `async with provider:` (one HTTP client for the whole sync).
+
+    Args:
+        api_url: REST base URL (`https://api.github.com`, or `https://host/api/v3`).
+        account_login: the organization or user login.
+        account_type: `organization` or `user`.
+        auth: githubkit auth strategy (installation or OAuth token); see `installation_auth`/`token_auth`.
+        retry: the retry policy.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        account_login: str,
+        account_type: str,
+        auth: BaseAuthStrategy,
+        retry: RetryPolicy | None = None,
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        super().__init__(api_url=api_url, auth=auth, retry=retry, timeout_seconds=timeout_seconds)
+        self.account_login = account_login
+        self.account_type = account_type
+        self._installation = isinstance(auth, AppInstallationAuthStrategy)
 
     async def list_repositories(self) -> list[RemoteRepository]:
         if self._installation:
@@ -259,6 +284,58 @@ class GithubProvider:
         data = response.json()
         expires = str(data.get("expires_at") or "")
         return str(data["token"]), datetime.fromisoformat(expires) if expires else None
+
+
+def _account(data: dict[str, Any]) -> GithubAccount:
+    return GithubAccount(
+        login=str(data["login"]),
+        account_id=int(data["id"]),
+        name=str(data.get("name") or ""),
+        avatar_url=str(data.get("avatar_url") or ""),
+    )
+
+
+class GithubUserAccounts(_GithubClient):
+    """The accounts visible to one user's OAuth token (account discovery). Use as `async with`.
+
+    Args:
+        api_url: REST base URL.
+        token: the user's OAuth access token.
+        retry: the retry policy (a failure left after it is a ProviderError; see `retryable`).
+    """
+
+    def __init__(self, *, api_url: str, token: str, retry: RetryPolicy | None = None) -> None:
+        super().__init__(api_url=api_url, auth=TokenAuthStrategy(token), retry=retry)
+
+    async def viewer(self) -> GithubAccount:
+        """The token's own account (GET /user)."""
+        data, _ = await self._get("/user")
+        return _account(data)
+
+    async def organizations(self) -> list[GithubAccount]:
+        """The user's GitHub organizations (GET /user/orgs; needs the `read:org` scope)."""
+        return [_account(o) for o in await self._paged("/user/orgs", {})]
+
+    async def installations(self, app_id: str) -> list[AppInstallation]:
+        """Installations of App `app_id` the user can access (GET /user/installations); other Apps'
+        installations are left out, one without an `app_id` is kept."""
+        raw = await self._paged("/user/installations", {}, key="installations")
+        return [
+            AppInstallation(
+                installation_id=int(i["id"]),
+                account_login=str(i["account"]["login"]),
+                account_id=int(i["account"]["id"]),
+            )
+            for i in raw
+            if i.get("account") and str(i.get("app_id", app_id)) == str(app_id)
+        ]
+
+    async def read(self, app_id: str | None) -> UserAccounts:
+        """Viewer, organizations and (when `app_id`) installations. Raises ProviderError."""
+        viewer = await self.viewer()
+        organizations = await self.organizations()
+        installations = await self.installations(app_id) if app_id else None
+        return UserAccounts(viewer=viewer, organizations=organizations, installations=installations)
 
 
 def installation_auth(app_id: str, private_key: str, installation_id: int) -> BaseAuthStrategy:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.github_data.domain.models import (
@@ -217,9 +217,11 @@ async def update_status(
     token: str | None = None,
     where_generation: int | None = None,
     where_job_states: Sequence[str] | None = None,
+    where_lease_lapsed_at: datetime | None = None,
 ) -> bool:
     """Update the status row; `version` is bumped from the counter. Conditions fence the write:
-    `token` (this runner still owns the job), `where_generation`, `where_job_states`.
+    `token` (this runner still owns the job), `where_generation`, `where_job_states`,
+    `where_lease_lapsed_at` (no runner holds a lease on the job at that time).
     Returns False when a condition did not hold (nothing written)."""
     conditions = [sync_status.c.organization == org]
     if token is not None:
@@ -228,6 +230,9 @@ async def update_status(
         conditions.append(sync_status.c.generation == where_generation)
     if where_job_states is not None:
         conditions.append(sync_status.c.job_state.in_(list(where_job_states)))
+    if where_lease_lapsed_at is not None:
+        lease = sync_status.c.job_lease_until
+        conditions.append(or_(lease.is_(None), lease <= where_lease_lapsed_at))
     stmt = (
         update(sync_status)
         .where(and_(*conditions))
@@ -237,14 +242,46 @@ async def update_status(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def active_jobs(session: AsyncSession) -> list[tuple[str, int]]:
-    """(organization, generation) of every sync queued or running."""
+async def renew_lease(session: AsyncSession, *, org: str, token: str, until: datetime | None) -> bool:
+    """Move the lease of the runner holding `token` to `until` (None: hand it back); False when that
+    runner no longer owns the job. Not a change of the status: `version` stays."""
+    stmt = (
+        update(sync_status)
+        .where(and_(sync_status.c.organization == org, sync_status.c.job_token == token))
+        .values(job_lease_until=until)
+    )
+    return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def active_jobs(session: AsyncSession, *, lease_lapsed_at: datetime) -> list[tuple[str, int]]:
+    """(organization, generation) of every sync queued, or running without a live lease at
+    `lease_lapsed_at` (its runner died, or a stop handed the lease back)."""
+    lease = sync_status.c.job_lease_until
     rows = await session.execute(
         select(sync_status.c.organization, sync_status.c.generation).where(
-            sync_status.c.job_state.in_(["queued", "running"])
+            or_(
+                sync_status.c.job_state == "queued",
+                and_(
+                    sync_status.c.job_state == "running",
+                    or_(lease.is_(None), lease <= lease_lapsed_at),
+                ),
+            )
         )
     )
     return [(r.organization, int(r.generation)) for r in rows]
+
+
+async def stalled_jobs(session: AsyncSession, *, lease_lapsed_at: datetime) -> list[tuple[str, int]]:
+    """(organization, generation) of every running sync whose lease lapsed before `lease_lapsed_at`;
+    their lease is cleared in the same statement, so the next sweep does not take them again."""
+    lease = sync_status.c.job_lease_until
+    stmt = (
+        update(sync_status)
+        .where(and_(sync_status.c.job_state == "running", lease.is_not(None), lease <= lease_lapsed_at))
+        .values(job_lease_until=None)
+        .returning(sync_status.c.organization, sync_status.c.generation)
+    )
+    return [(r.organization, int(r.generation)) for r in await session.execute(stmt)]
 
 
 async def counts(session: AsyncSession, *, org: str) -> tuple[int, int]:

@@ -8,10 +8,10 @@ counter (`sync_status.seq`), so they only grow, even for a pull request deleted 
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
 )
 
-from services.platform.db import new_metadata
+from services.platform.db import UtcDateTime, new_metadata
 
 metadata = new_metadata()
 
@@ -38,8 +38,8 @@ connections = Table(
     Column("token_user", String(200), nullable=True),
     Column("api_url", Text, nullable=True),  # GitHub Enterprise Server override; NULL = settings
     Column("installation_status", String(32), nullable=False),
-    Column("create_time", DateTime(timezone=True), nullable=False),
-    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("create_time", UtcDateTime(), nullable=False),
+    Column("update_time", UtcDateTime(), nullable=False),
 )
 Index("ix_connections_account_login", connections.c.account_login)
 
@@ -54,8 +54,8 @@ sync_status = Table(
     Column("processed", Integer, nullable=False, default=0),
     Column("total", Integer, nullable=False, default=0),
     Column("generation", BigInteger, nullable=False, default=0),
-    Column("last_sync_time", DateTime(timezone=True), nullable=True),
-    Column("last_webhook_time", DateTime(timezone=True), nullable=True),
+    Column("last_sync_time", UtcDateTime(), nullable=True),
+    Column("last_webhook_time", UtcDateTime(), nullable=True),
     Column("last_webhook_event", String(200), nullable=False, default=""),
     Column("error_message", Text, nullable=False, default=""),
     Column("version", BigInteger, nullable=False, default=0),
@@ -63,9 +63,12 @@ sync_status = Table(
     # The job: idle | queued | running. `job_token` fences concurrent runners of one generation.
     Column("job_state", String(16), nullable=False, default="idle"),
     Column("job_token", String(64), nullable=True),
+    # Until when the runner holding `job_token` is known alive (renewed while it runs): no other runner
+    # claims the job before then, so one organization's sync has one runner across replicas and restarts.
+    Column("job_lease_until", UtcDateTime(), nullable=True),
     Column("job_reason", Text, nullable=False, default=""),
-    Column("job_started_at", DateTime(timezone=True), nullable=True),
-    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("job_started_at", UtcDateTime(), nullable=True),
+    Column("update_time", UtcDateTime(), nullable=False),
 )
 
 repositories = Table(
@@ -80,10 +83,10 @@ repositories = Table(
     Column("default_branch", String(255), nullable=False),
     Column("description", Text, nullable=False, default=""),
     Column("sync_generation", BigInteger, nullable=False),
-    Column("provider_update_time", DateTime(timezone=True), nullable=True),
+    Column("provider_update_time", UtcDateTime(), nullable=True),
     Column("version", BigInteger, nullable=False),
-    Column("create_time", DateTime(timezone=True), nullable=False),
-    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("create_time", UtcDateTime(), nullable=False),
+    Column("update_time", UtcDateTime(), nullable=False),
 )
 Index("ix_repositories_org_full_name", repositories.c.organization, repositories.c.full_name)
 
@@ -102,11 +105,11 @@ pull_requests = Table(
     Column("head_branch", String(255), nullable=False),
     Column("base_branch", String(255), nullable=False),
     Column("author_login", String(200), nullable=False, default=""),
-    Column("create_time", DateTime(timezone=True), nullable=True),
-    Column("provider_update_time", DateTime(timezone=True), nullable=True),
+    Column("create_time", UtcDateTime(), nullable=True),
+    Column("provider_update_time", UtcDateTime(), nullable=True),
     Column("sync_generation", BigInteger, nullable=False),
     Column("version", BigInteger, nullable=False),
-    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("update_time", UtcDateTime(), nullable=False),
 )
 Index(
     "ix_pull_requests_org_updated",
@@ -127,7 +130,7 @@ github_members = Table(
     Column("role", String(40), nullable=False, default=""),
     Column("state", String(40), nullable=False, default=""),
     Column("sync_generation", BigInteger, nullable=False),
-    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("update_time", UtcDateTime(), nullable=False),
 )
 
 # Webhook inbox, deduplicated by the X-GitHub-Delivery id.
@@ -141,6 +144,42 @@ webhook_deliveries = Table(
     Column("organization", String(200), nullable=False, default=""),
     Column("state", String(16), nullable=False),  # queued | handled | ignored | failed
     Column("detail", Text, nullable=False, default=""),
-    Column("receive_time", DateTime(timezone=True), nullable=False),
-    Column("handle_time", DateTime(timezone=True), nullable=True),
+    Column("receive_time", UtcDateTime(), nullable=False),
+    Column("handle_time", UtcDateTime(), nullable=True),
 )
+
+# The newest OAuth token per user (`user_id` is the GitHub account id, as in `users/{user}`). Written
+# by SetGithubToken only; never returned by any read. Stored sealed (services.platform.secrets,
+# under FOUNDRY_CREDENTIALS_KEY, bound to `user_id`), never in plaintext.
+user_tokens = Table(
+    "user_tokens",
+    metadata,
+    Column("user_id", String(100), primary_key=True),
+    Column("sealed_token", LargeBinary, nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("expire_time", UtcDateTime(), nullable=True),
+    Column("update_time", UtcDateTime(), nullable=False),
+)
+
+# Where each user's account discovery is; `version` orders the user_accounts.changed events.
+user_discoveries = Table(
+    "user_discoveries",
+    metadata,
+    Column("user_id", String(100), primary_key=True),
+    Column("state", String(16), nullable=False),  # pending | running | done | error
+    Column("error_message", Text, nullable=False, default=""),
+    Column("version", BigInteger, nullable=False),
+    Column("update_time", UtcDateTime(), nullable=False),
+    Column("last_success_time", UtcDateTime(), nullable=True),
+)
+
+# The GitHub accounts (the user's own and their organizations) the user's token saw at the last
+# completed discovery: whose token may read an organization connected without a token user.
+user_accounts = Table(
+    "user_accounts",
+    metadata,
+    Column("user_id", String(100), primary_key=True),
+    Column("account_id", BigInteger, primary_key=True),
+    Column("login", String(200), nullable=False),
+)
+Index("ix_user_accounts_account", user_accounts.c.account_id)

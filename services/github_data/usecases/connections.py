@@ -67,6 +67,7 @@ async def enqueue_sync(session: AsyncSession, deps: Deps, org: str, reason: str)
             "generation": generation,
             "job_state": "queued",
             "job_token": None,
+            "job_lease_until": None,
             "job_reason": reason,
             "job_started_at": None,
             "error_message": "",
@@ -149,6 +150,7 @@ async def clear_state(
             "total": 0,
             "job_state": "idle",
             "job_token": None,
+            "job_lease_until": None,
             "error_message": "",
             "update_time": now,
         },
@@ -185,16 +187,19 @@ async def disconnect(
     return conn, status
 
 
-async def resume_jobs(deps: Deps) -> int:
-    """Re-enqueue every sync left queued or running (by a process that stopped or was killed).
-
-    The runner that claims the job last wins (`job_token` fencing), so a duplicate of a live job
-    costs a restart of its current phase, never a double effect. Returns the number re-enqueued.
-    """
+async def resume_jobs(deps: Deps, *, only_stalled: bool = False) -> int:
+    """Re-enqueue every sync left queued, or running without a live lease (its process stopped or was
+    killed), at start-up; with `only_stalled` (the periodic sweep), only running syncs whose lease
+    lapsed. A job whose runner still renews its lease (another replica) is left to it: a work item
+    for it would be dropped anyway (`SyncRun.claim`). Returns the number re-enqueued."""
+    at = deps.now()
     async with deps.db.transaction() as session:
-        jobs = await queries.active_jobs(session)
+        if only_stalled:
+            jobs = await queries.stalled_jobs(session, lease_lapsed_at=at)
+        else:
+            jobs = await queries.active_jobs(session, lease_lapsed_at=at)
         for org, generation in jobs:
             await deps.events.enqueue_sync(session, org, generation)
     for org, generation in jobs:
-        log.info("sync_resumed", organization=org, generation=generation)
+        log.info("sync_resumed", organization=org, generation=generation, stalled=only_stalled)
     return len(jobs)

@@ -12,9 +12,12 @@ Events (topic exchange `<prefix>.events`):
     github_data.member.removed             GithubMemberRemoved    these to its member rows)
     github_data.task.archive_on_branch     foundry.task.v1.ArchiveTaskOnBranch   (the task service binds
                                                                  a queue to this key)
+    github_data.user_accounts.changed      UserAccountsChanged   a user's account discovery was queued,
+                                                                 started, done or failed (the
+                                                                 organization service applies it)
 
 Work queues (own service): `<prefix>.github_data.sync` (RunSync), `<prefix>.github_data.webhook`
-(HandleWebhookDelivery).
+(HandleWebhookDelivery), `<prefix>.github_data.user_accounts` (DiscoverUserAccounts).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.github_data import convert
 from services.github_data.domain import names
+from services.github_data.domain.accounts import Discovery, UserAccounts
 from services.github_data.domain.models import GithubMember, PullRequest, Repository, SyncStatus
 from services.github_data.store import queries
 from services.platform.messaging.broker import queue_name
@@ -38,6 +42,7 @@ PULL_REQUEST_REMOVED = "github_data.pull_request.removed"
 ARCHIVE_TASK_ON_BRANCH = "github_data.task.archive_on_branch"
 MEMBER_CHANGED = "github_data.member.changed"
 MEMBER_REMOVED = "github_data.member.removed"
+USER_ACCOUNTS_CHANGED = "github_data.user_accounts.changed"
 
 
 class Events:
@@ -52,6 +57,7 @@ class Events:
         self._outbox = outbox
         self.sync_queue = queue_name(prefix, "github_data", "sync")
         self.webhook_queue = queue_name(prefix, "github_data", "webhook")
+        self.discovery_queue = queue_name(prefix, "github_data", "user_accounts")
 
     async def sync_progress(self, session: AsyncSession, org: str) -> SyncStatus:
         """Publish the organization's status as stored now (with counts); returns it."""
@@ -89,13 +95,15 @@ class Events:
         )
 
     async def pull_request_changed(self, session: AsyncSession, pr: PullRequest) -> None:
+        full = convert.pull_request_to_pb(pr)
         await self._outbox.publish(
             session,
             routing_key=PULL_REQUEST_CHANGED,
             message=events_pb2.PullRequestChanged(
-                name=names.pull_request_name(pr.organization, pr.repo_id, pr.number),
+                name=full.name,
                 version=pr.version,
-                pull_request=convert.pull_request_to_pb(pr),
+                pull_request=full,
+                summary=convert.pull_request_summary(full),
             ),
         )
 
@@ -164,4 +172,21 @@ class Events:
             session,
             queue=self.webhook_queue,
             message=events_pb2.HandleWebhookDelivery(name=names.delivery_name(delivery_id)),
+        )
+
+    async def user_accounts_changed(
+        self, session: AsyncSession, discovery: Discovery, accounts: UserAccounts | None = None
+    ) -> None:
+        """The user's discovery as stored now; `accounts` with a `done` one."""
+        await self._outbox.publish(
+            session,
+            routing_key=USER_ACCOUNTS_CHANGED,
+            message=convert.user_accounts_changed(discovery, accounts),
+        )
+
+    async def enqueue_discovery(self, session: AsyncSession, user_id: str) -> None:
+        await self._outbox.enqueue(
+            session,
+            queue=self.discovery_queue,
+            message=events_pb2.DiscoverUserAccounts(user=names.user_name(user_id)),
         )

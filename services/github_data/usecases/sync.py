@@ -11,21 +11,28 @@ Phases, each announced as SyncProgress:
     finalize                  sweep repositories and pull requests of older generations, `synced`
 
 Idempotency: a RunSync for another generation, or for a job no longer queued/running, is dropped.
-Claiming writes a fresh `job_token`; every later write of this runner is fenced on it, so when a
-second runner claims the same job (a redelivery, or the re-enqueue at start-up), the first one
-stops at its next write. A resumed job restarts at its stored phase (the pull request phase at its
-`processed` cursor). Provider failures end the sync in `error` with the message.
+One runner per job, across replicas and restarts: claiming writes a fresh `job_token` and a lease
+(`job_lease_until`, SYNC_LEASE_SECONDS), which the runner renews every third of it while it runs and
+hands back when a stop cancels it. A RunSync for a job whose lease is live (a redelivery, the
+re-enqueue at start-up, a second replica) is dropped; a runner that died (kill -9) is taken over once
+its lease lapses, by the sweep (`resume_jobs(only_stalled=True)`) that re-enqueues it. Every write
+of a runner is still fenced on its token, so one that lost its lease (stalled past it) stops at its
+next write. A resumed job restarts at its stored phase (the pull request phase at its `processed`
+cursor). Provider failures end the sync in `error` with the message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import uuid
 from typing import Any
 
 from services.github_data.domain.models import (
     PHASES,
     PR_BATCH_SIZE,
+    SYNC_LEASE_SECONDS,
     Connection,
     GithubMember,
     Repository,
@@ -64,11 +71,14 @@ def done_label(count: int) -> str:
 class SyncRun:
     """One runner of one (organization, generation) job."""
 
-    def __init__(self, deps: Deps, org: str, generation: int) -> None:
+    def __init__(
+        self, deps: Deps, org: str, generation: int, *, lease_seconds: float = SYNC_LEASE_SECONDS
+    ) -> None:
         self.deps = deps
         self.org = org
         self.generation = generation
         self.token = uuid.uuid4().hex
+        self.lease = dt.timedelta(seconds=lease_seconds)
 
     async def _step(self, values: dict[str, Any], *, session: Any = None) -> None:
         """Fenced status write + SyncProgress (in `session`, or a transaction of its own)."""
@@ -85,19 +95,24 @@ class SyncRun:
         """Take the job; returns (connection, phase to resume at, processed cursor), or None to drop."""
         async with self.deps.db.transaction() as session:
             before = await queries.get_status(session, org=self.org, with_counts=False)
+            now = self.deps.now()
             claimed = await queries.update_status(
                 session,
                 org=self.org,
                 where_generation=self.generation,
                 where_job_states=("queued", "running"),
+                where_lease_lapsed_at=now,
                 values={
                     "job_state": "running",
                     "job_token": self.token,
+                    "job_lease_until": now + self.lease,
                     "state": "syncing",
-                    "update_time": self.deps.now(),
+                    "update_time": now,
                 },
             )
             if not claimed or before is None:
+                if before is not None and before.generation == self.generation and before.job_active:
+                    log.info("sync_held_elsewhere", organization=self.org, generation=self.generation)
                 return None
             conn = await queries.get_connection(session, org=self.org)
             if conn is None:
@@ -114,7 +129,36 @@ class SyncRun:
         if claimed is None:
             log.info("sync_dropped", organization=self.org, generation=self.generation)
             return
-        conn, phase, cursor = claimed
+        beat = asyncio.create_task(self._renew_lease(), name=f"sync-lease:{self.org}")
+        try:
+            await self._run(*claimed)
+        except asyncio.CancelledError:  # a stop: hand the job back so the next runner need not wait
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._hand_back())
+            raise
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _renew_lease(self) -> None:
+        """Every third of the lease, until cancelled; a runner that lost the job stops at its next write."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                async with self.deps.db.transaction() as session:
+                    until = self.deps.now() + self.lease
+                    if not await queries.renew_lease(session, org=self.org, token=self.token, until=until):
+                        return
+            except Exception:  # a missed renewal only shortens the lease; the next one may succeed
+                log.warning("sync_lease_renew_failed", organization=self.org, exc_info=True)
+
+    async def _hand_back(self) -> None:
+        async with self.deps.db.transaction() as session:
+            await queries.renew_lease(session, org=self.org, token=self.token, until=None)
+        log.info("sync_lease_handed_back", organization=self.org, generation=self.generation)
+
+    async def _run(self, conn: Connection, phase: SyncPhase | None, cursor: int) -> None:
         start = PHASES.index(phase) if phase else 0
         log.info(
             "sync_started",
@@ -246,6 +290,7 @@ class SyncRun:
                     "last_sync_time": started or self.deps.now(),
                     "job_state": "idle",
                     "job_token": None,
+                    "job_lease_until": None,
                     "error_message": "",
                 },
                 session=session,
@@ -273,6 +318,7 @@ class SyncRun:
                         "total": 0,
                         "job_state": "idle",
                         "job_token": None,
+                        "job_lease_until": None,
                     },
                     session=session,
                 )

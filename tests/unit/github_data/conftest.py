@@ -32,6 +32,7 @@ EVENT_TYPES: dict[str, type[ProtoMessage]] = {
     "github_data.task.archive_on_branch": task_events_pb2.ArchiveTaskOnBranch,
     "github_data.member.changed": events_pb2.GithubMemberChanged,
     "github_data.member.removed": events_pb2.GithubMemberRemoved,
+    "github_data.user_accounts.changed": events_pb2.UserAccountsChanged,
 }
 
 

@@ -5,6 +5,7 @@ token resolved through the real organization service."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,16 +17,21 @@ import pytest
 from foundry.github_data.v1 import connection_pb2
 from foundry.github_data.v1 import github_data_service_pb2 as pb
 from foundry.github_data.v1 import sync_status_pb2 as ss
-from foundry.organization.v1 import organization_service_pb2 as org_pb
 from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
 from githubkit.exception import PrimaryRateLimitExceeded, RateLimitExceeded, SecondaryRateLimitExceeded
 from githubkit.response import Response as GithubResponse
+from sqlalchemy import update
 
+from services.github_data.app import build_deps
 from services.github_data.providers import RetryPolicy
+from services.github_data.store.tables import sync_status
+from services.github_data.usecases.connections import resume_jobs
+from services.github_data.usecases.sync import run_sync
 from services.platform.identity import Caller
 from services.platform.settings import Settings
 from tests.helpers import assert_eventually
 from tests.helpers.github_server import DOCS, GithubServer, GithubState
+from tests.helpers.github_sign_in import sign_in_with_github
 from tests.helpers.mesh import Mesh, running
 from tests.unit.github_data.conftest import EventLog, stub
 
@@ -263,9 +269,9 @@ async def test_an_organization_synced_with_a_members_oauth_token_has_its_reposit
     settings: Settings, gh: GithubServer
 ) -> None:
     """No GitHub App, so no installation: signing in discovers the GitHub organization and connects
-    it with the member's OAuth token; github-data resolves that token through the organization
-    service and reads `GET /user/repos` (kept to the organization's repositories) and
-    `GET /orgs/{org}/members`."""
+    it with the member's OAuth token; github-data uses the token it stored at sign-in (it asks the
+    organization service for nothing) and reads `GET /user/repos` (kept to the organization's
+    repositories) and `GET /orgs/{org}/members`."""
     s = gh.state
     lead = s.add_account("octo-lead", "User")
     token = f"gho_{uuid.uuid4().hex}"
@@ -280,15 +286,12 @@ async def test_an_organization_synced_with_a_members_oauth_token_has_its_reposit
     no_app = settings.github.model_copy(update={"api_url": gh.url, "app_id": None, "app_private_key": None})
     no_app_settings = settings.model_copy(update={"github": no_app})
     async with running(no_app_settings, ["organization", "github_data"]) as mesh:
-        org = org_grpc.OrganizationServiceStub(mesh.channel("organization", GATEWAY))
-        await org.SignInWithGithub(
-            org_pb.SignInWithGithubRequest(
-                github_account_id=int(lead["id"]),
-                login="octo-lead",
-                access_token=token,
-                scopes=["read:org", "repo"],
-                user_agent="pytest",
-            )
+        await sign_in_with_github(
+            org_grpc.OrganizationServiceStub(mesh.channel("organization", GATEWAY)),
+            stub(mesh, GATEWAY),
+            github_account_id=int(lead["id"]),
+            login="octo-lead",
+            access_token=token,
         )
         status = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
         assert (status.repository_count, status.open_pull_request_count) == (2, 1)
@@ -442,13 +445,68 @@ async def test_publish_pull_request_opens_it_on_github_and_stores_it(
             body="Details",
             draft=True,
         )
-        created = (await client.PublishPullRequest(request)).pull_request
+        published = await client.PublishPullRequest(request)
+        created = published.pull_request
+        assert (published.summary.name, published.summary.title) == (created.name, "Fix the flaky test")
+        assert published.summary.repository == repo.name and published.summary.draft
         assert (created.number, created.head_branch, created.base_branch) == (1, "task/fix-flaky", "trunk")
         assert created.draft and created.state == 2  # PULL_REQUEST_STATE_DRAFT
         assert gh.state.pulls["acme/repo-000"][0]["title"] == "Fix the flaky test"
         stored = await client.GetPullRequest(pb.GetPullRequestRequest(name=created.name))
         assert stored.pull_request.title == "Fix the flaky test"
+        assert stored.summary == published.summary
 
         with pytest.raises(grpc.aio.AioRpcError) as again:
             await client.PublishPullRequest(request)
         assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.mark.parametrize("runner_died", [False, True], ids=["runner alive", "runner died"])
+async def test_a_sync_has_one_runner_until_its_lease_lapses(
+    settings: Settings, gh: GithubServer, runner_died: bool
+) -> None:
+    """One runner per organization's sync, across replicas and restarts: while a runner holds the
+    job's lease, a second RunSync for it (a redelivery, the re-enqueue at another replica's start-up)
+    is dropped instead of claiming the job from under it, and neither the start-up resume nor the
+    stall sweep re-enqueues it; a runner whose lease lapsed (it died) is taken over by the sweep."""
+    organization(gh.state, 30)  # three batches of pull-request listings
+    settings = with_api(settings, gh)
+    async with running(settings, ["github_data"]) as mesh:
+        client = stub(mesh)
+        gate = gh.state.hold("/pulls")  # the runner waits in its first pull-request batch
+        await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+
+        async def listing_pull_requests() -> None:
+            status = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+            assert status.phase == ss.SYNC_PHASE_SYNCING_PULL_REQUESTS, status
+
+        try:
+            await assert_eventually(listing_pull_requests, timeout=20)
+            host = mesh.hosts["github_data"]
+            assert host.runtime is not None
+            deps = build_deps(host.runtime)
+
+            # Another delivery of the same job while its runner is alive: dropped at once, not run.
+            await asyncio.wait_for(run_sync(deps, ORG, 1), 5)
+            assert await resume_jobs(deps) == 0  # another replica's start-up leaves it to its runner
+            assert await resume_jobs(deps, only_stalled=True) == 0
+
+            if runner_died:  # as if its process were gone: its lease lapsed, a RunSync may take over
+                async with deps.db.transaction() as session:
+                    await session.execute(
+                        update(sync_status)
+                        .where(sync_status.c.organization == ORG)
+                        .values(job_lease_until=deps.now() - timedelta(seconds=1))
+                    )
+                assert await resume_jobs(deps, only_stalled=True) == 1  # the sweep's take-over
+                assert await resume_jobs(deps, only_stalled=True) == 0  # once
+        finally:
+            gate.set()
+            gh.state.gates.clear()
+        status = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        assert (status.generation, status.repository_count) == (1, 30)
+        listed = gh.state.count("/pulls?")
+        if runner_died:  # the first runner stops at its next write; the new one resumed at the cursor
+            assert 30 <= listed <= 30 + 10, listed
+        else:
+            assert listed == 30, f"{listed} pull-request listings for {30} repositories"

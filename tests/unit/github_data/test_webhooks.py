@@ -264,6 +264,13 @@ async def test_pull_request_converted_to_draft_is_stored_as_draft(mesh: Any) -> 
             (pull_request_pb2.PULL_REQUEST_STATE_OPEN, False),
             (pull_request_pb2.PULL_REQUEST_STATE_DRAFT, True),
         ]
+        # The event carries the summary consumers keep, derived by github_data (its one owner).
+        assert [(e.summary.name, e.summary.state, e.summary.draft) for e in changed] == [
+            (pr.name, pull_request_pb2.PULL_REQUEST_STATE_OPEN, False),
+            (pr.name, pull_request_pb2.PULL_REQUEST_STATE_DRAFT, True),
+        ]
+        assert changed[-1].summary.update_time == changed[-1].pull_request.update_time
+        assert changed[-1].summary.HasField("update_time")
         assert log.of("github_data.pull_request.removed") == []
         assert log.of("github_data.task.archive_on_branch") == []
 
