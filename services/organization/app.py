@@ -6,8 +6,9 @@ Queues consumed:
     <prefix>.organization.audit            AppendAuditEvent work items from every service
     <prefix>.organization.connect_provider ConnectOrganization calls to github-data, written in the
                                            ConnectLocalOrganization and discovery transactions
-    <prefix>.organization.github_user_sync SyncGithubUser: GitHub organization discovery, written in
-                                           the SignInWithGithub transaction
+    <prefix>.organization.github_discovery github-data's `github_data.user_accounts.changed` events:
+                                           GitHub account discoveries, applied to organizations and
+                                           memberships (`usecases.github_discovery`)
     <prefix>.organization.github_members   github-data's GitHub member events, applied to the member
                                            rows (`usecases.members`)
 
@@ -24,6 +25,7 @@ from services.organization.usecases.accounts import Accounts
 from services.organization.usecases.audit import AuditLog
 from services.organization.usecases.github_discovery import GithubDiscovery
 from services.organization.usecases.members import GITHUB_MEMBER_KEYS, GithubMembers
+from services.organization.usecases.model_credentials import ModelCredentials
 from services.organization.usecases.organizations import Organizations, member_check
 from services.organization.usecases.projection import ROUTING_KEYS
 from services.organization.usecases.settings import SettingsWrites
@@ -32,8 +34,8 @@ from services.organization.usecases.task_index import TaskIndex
 from services.organization.workers import (
     audit,
     connect_provider,
+    github_discovery,
     github_members,
-    github_user_sync,
     summary_events,
 )
 from services.platform.authz import Membership
@@ -50,20 +52,15 @@ def queue(rt: Runtime, name: str) -> str:
 
 
 def wire(rt: Runtime) -> Wiring:
-    """Build the organization service on `rt`: use cases over its database, watch hub and outbox."""
+    """Build the organization service on `rt`: use cases over its database, watch hub and outbox.
+
+    Raises ValueError in production without a real `credentials_key` (it encrypts model API keys)."""
+    rt.settings.require_credentials_key()
     membership = Membership(member_check(rt.db), ttl_seconds=5.0)
     connect_queue = queue(rt, "connect_provider")
-    discovery = GithubDiscovery(
-        rt.db,
-        rt.outbox,
-        membership,
-        github=rt.settings.github,
-        sync_queue=queue(rt, "github_user_sync"),
-        connect_queue=connect_queue,
-    )
-    discovery_spec = QueueSpec(name=queue(rt, "github_user_sync"), prefetch=4)
+    discovery = GithubDiscovery(rt.outbox, membership, connect_queue=connect_queue)
     servicer = OrganizationServicer(
-        accounts=Accounts(rt.db, rt.hub, rt.settings, on_github_sign_in=discovery.enqueue),
+        accounts=Accounts(rt.db, rt.hub, rt.settings),
         organizations=Organizations(
             rt.db,
             rt.outbox,
@@ -76,6 +73,12 @@ def wire(rt: Runtime) -> Wiring:
         summaries=Summaries(rt.db, rt.hub, membership),
         audit=AuditLog(rt.db, membership),
         settings=SettingsWrites(rt.db),
+        model_credentials=ModelCredentials(
+            rt.db,
+            membership,
+            variables=[v for names in rt.settings.sandbox.agent_credentials.values() for v in names],
+            secret=rt.settings.credentials_key.get_secret_value(),
+        ),
     )
     return Wiring(
         membership=membership,
@@ -93,14 +96,10 @@ def wire(rt: Runtime) -> Wiring:
                 QueueSpec(name=queue(rt, "github_members"), bindings=GITHUB_MEMBER_KEYS),
                 github_members.handler(GithubMembers(rt.outbox)),
             ),
-            # Slow GitHub reads, off every request path; the last attempt records a failure.
+            # github-data reads GitHub; this service applies what it found (versions decide).
             (
-                discovery_spec,
-                github_user_sync.handler(
-                    discovery,
-                    rt.db,
-                    max_attempts=discovery_spec.max_attempts or rt.settings.messaging.max_attempts,
-                ),
+                QueueSpec(name=queue(rt, "github_discovery"), bindings=github_discovery.ROUTING_KEYS),
+                github_discovery.handler(discovery),
             ),
         ],
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from foundry.github_data.v1 import events_pb2 as gh_events_pb2
 from foundry.github_data.v1 import pull_request_pb2 as pr_pb2
 from foundry.github_data.v1 import sync_status_pb2
 from foundry.organization.v1 import (
@@ -16,6 +18,8 @@ from foundry.organization.v1 import (
 )
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.organization.domain.github_accounts import AppInstallation, GithubAccount
 
 # github_discoveries.state → GithubDiscoveryState
 _DISCOVERY_STATES = {
@@ -34,14 +38,37 @@ def github_discovery(row: Any) -> app_snapshot_pb2.GithubDiscovery:
         state=state,
         message=row.error_message if state == app_snapshot_pb2.GITHUB_DISCOVERY_STATE_ERROR else "",
     )
-    d.update_time.CopyFrom(from_us(row.update_us))
-    if row.synced_us is not None:
-        d.last_success_time.CopyFrom(from_us(row.synced_us))
+    d.update_time.CopyFrom(timestamp(row.update_time))
+    if row.synced_time is not None:
+        d.last_success_time.CopyFrom(timestamp(row.synced_time))
     return d
 
 
 def github_discovery_name(user_id: str) -> str:
     return f"users/{user_id}/githubDiscovery"
+
+
+def _github_account(a: gh_events_pb2.GithubAccount) -> GithubAccount:
+    return GithubAccount(login=a.login, account_id=a.account_id, name=a.display_name, avatar_url=a.avatar_url)
+
+
+def discovered_accounts(
+    event: gh_events_pb2.UserAccountsChanged,
+) -> tuple[GithubAccount, list[GithubAccount], list[AppInstallation] | None]:
+    """(viewer, organizations, installations or None when none were read) of a DONE discovery."""
+    installations = None
+    if event.installations_listed:
+        installations = [
+            AppInstallation(
+                installation_id=i.installation_id, account_login=i.account_login, account_id=i.account_id
+            )
+            for i in event.installations
+        ]
+    return (
+        _github_account(event.viewer),
+        [_github_account(o) for o in event.organizations],
+        installations,
+    )
 
 
 def organization(row: Any, sync_status: bytes | None = None) -> organization_pb2.Organization:
@@ -58,11 +85,12 @@ def organization(row: Any, sync_status: bytes | None = None) -> organization_pb2
         github_account_id=row.github_account_id,
         local_root_path=row.local_root_path,
         sandbox_egress=row.sandbox_egress,
+        permission_policy=row.permission_policy,
     )
     if sync_status is not None:
         org.sync_status.CopyFrom(sync_status_pb2.SyncStatus.FromString(sync_status))
-    org.create_time.CopyFrom(from_us(row.create_us))
-    org.update_time.CopyFrom(from_us(row.update_us))
+    org.create_time.CopyFrom(timestamp(row.create_time))
+    org.update_time.CopyFrom(timestamp(row.update_time))
     return org
 
 
@@ -77,8 +105,8 @@ def member(row: Any) -> member_pb2.Member:
         role=row.role,
         state=row.state,
     )
-    m.create_time.CopyFrom(from_us(row.create_us))
-    m.update_time.CopyFrom(from_us(row.update_us))
+    m.create_time.CopyFrom(timestamp(row.create_time))
+    m.update_time.CopyFrom(timestamp(row.update_time))
     return m
 
 
@@ -95,9 +123,9 @@ def user(row: Any, eligible: list[str]) -> user_pb2.User:
         default_model=row.default_model,
         eligible_organizations=[f"organizations/{o}" for o in eligible],
     )
-    u.create_time.CopyFrom(from_us(row.create_us))
-    u.update_time.CopyFrom(from_us(row.update_us))
-    u.last_sign_in_time.CopyFrom(from_us(row.last_sign_in_us))
+    u.create_time.CopyFrom(timestamp(row.create_time))
+    u.update_time.CopyFrom(timestamp(row.update_time))
+    u.last_sign_in_time.CopyFrom(timestamp(row.last_sign_in_time))
     return u
 
 
@@ -107,10 +135,10 @@ def auth_session(row: Any) -> user_pb2.AuthSession:
         active_organization=row.active_organization,
         user_agent=row.user_agent,
     )
-    s.create_time.CopyFrom(from_us(row.create_us))
-    s.expire_time.CopyFrom(from_us(row.expire_us))
-    if row.revoke_us is not None:
-        s.revoke_time.CopyFrom(from_us(row.revoke_us))
+    s.create_time.CopyFrom(timestamp(row.create_time))
+    s.expire_time.CopyFrom(timestamp(row.expire_time))
+    if row.revoke_time is not None:
+        s.revoke_time.CopyFrom(timestamp(row.revoke_time))
     return s
 
 
@@ -126,8 +154,8 @@ def task_index_entry(row: Any) -> task_index_pb2.TaskIndexEntry:
     )
     if row.pull_request is not None:
         entry.pull_request.CopyFrom(pr_pb2.PullRequestSummary.FromString(row.pull_request))
-    entry.create_time.CopyFrom(from_us(row.create_us))
-    entry.update_time.CopyFrom(from_us(row.update_us))
+    entry.create_time.CopyFrom(timestamp(row.create_time))
+    entry.update_time.CopyFrom(timestamp(row.update_time))
     return entry
 
 
@@ -143,18 +171,20 @@ def audit_event(row: Any) -> audit_event_pb2.AuditEvent:
     payload = struct_pb2.Struct()
     payload.update(row.payload or {})
     event.payload.CopyFrom(payload)
-    event.create_time.CopyFrom(from_us(row.create_us))
+    event.create_time.CopyFrom(timestamp(row.create_time))
     return event
 
 
-def to_us(ts: Timestamp) -> int:
-    """A proto Timestamp as integer microseconds since the epoch (the organization tables' time type)."""
-    return ts.seconds * 1_000_000 + ts.nanos // 1000
+def timestamp(value: dt.datetime | None) -> Timestamp:
+    """An aware datetime as a proto Timestamp (None, like the epoch, gives the unset Timestamp)."""
+    out = Timestamp()
+    if value is not None:
+        out.FromDatetime(value)
+    return out
 
 
-def from_us(us: int) -> Timestamp:
-    """Integer microseconds since the epoch as a proto Timestamp."""
-    ts = Timestamp()
-    ts.seconds, rest = divmod(us, 1_000_000)
-    ts.nanos = rest * 1000
-    return ts
+def to_time(ts: Timestamp) -> dt.datetime | None:
+    """A proto Timestamp as an aware UTC datetime (whole microseconds); None when it is unset."""
+    if not ts.seconds and not ts.nanos:
+        return None
+    return ts.ToDatetime(tzinfo=dt.UTC)

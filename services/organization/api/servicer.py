@@ -11,9 +11,9 @@ from typing import Any
 from foundry.organization.v1 import organization_service_pb2 as pb
 from foundry.organization.v1 import organization_service_pb2_grpc as pb_grpc
 
-from services.organization.convert import from_us, to_us
 from services.organization.usecases.accounts import Accounts
 from services.organization.usecases.audit import AuditLog
+from services.organization.usecases.model_credentials import ModelCredentials
 from services.organization.usecases.organizations import Organizations
 from services.organization.usecases.settings import SettingsWrites
 from services.organization.usecases.summary import Summaries
@@ -32,6 +32,7 @@ class OrganizationServicer(pb_grpc.OrganizationServiceServicer):
         summaries: Summaries,
         audit: AuditLog,
         settings: SettingsWrites,
+        model_credentials: ModelCredentials,
     ) -> None:
         self.accounts = accounts
         self.organizations = organizations
@@ -39,6 +40,7 @@ class OrganizationServicer(pb_grpc.OrganizationServiceServicer):
         self.summaries = summaries
         self.audit = audit
         self.settings = settings
+        self.model_credentials = model_credentials
 
     # -- app shell and sign-in --------------------------------------------------------------------
 
@@ -83,11 +85,6 @@ class OrganizationServicer(pb_grpc.OrganizationServiceServicer):
             display_name=request.display_name,
             email=request.email,
             avatar_url=request.avatar_url,
-            access_token=request.access_token,
-            scopes=list(request.scopes),
-            token_expire_us=to_us(request.token_expire_time)
-            if request.HasField("token_expire_time")
-            else None,
             user_agent=request.user_agent,
         )
         return pb.SignInWithGithubResponse(user=user, auth_session=session)
@@ -108,18 +105,31 @@ class OrganizationServicer(pb_grpc.OrganizationServiceServicer):
         user = await self.settings.update_user(request.user, list(request.update_mask.paths))
         return pb.UpdateUserResponse(user=user)
 
-    async def ResolveGithubToken(
-        self, request: pb.ResolveGithubTokenRequest, context: Ctx
-    ) -> pb.ResolveGithubTokenResponse:
-        token, scopes, user, expire_us = await self.settings.resolve_github_token(
-            organization=request.organization,
-            user=request.user,
-            require_repo_scope=request.require_repo_scope,
-        )
-        response = pb.ResolveGithubTokenResponse(access_token=token, scopes=scopes, user=user)
-        if expire_us is not None:
-            response.expire_time.CopyFrom(from_us(expire_us))
-        return response
+    # -- model API keys (write-only for users; values only to services) ---------------------------
+
+    async def SetModelCredential(
+        self, request: pb.SetModelCredentialRequest, context: Ctx
+    ) -> pb.SetModelCredentialResponse:
+        credential = await self.model_credentials.set(request.parent, request.variable, request.value)
+        return pb.SetModelCredentialResponse(model_credential=credential)
+
+    async def DeleteModelCredential(
+        self, request: pb.DeleteModelCredentialRequest, context: Ctx
+    ) -> pb.DeleteModelCredentialResponse:
+        await self.model_credentials.delete(request.name)
+        return pb.DeleteModelCredentialResponse()
+
+    async def ListModelCredentials(
+        self, request: pb.ListModelCredentialsRequest, context: Ctx
+    ) -> pb.ListModelCredentialsResponse:
+        credentials = await self.model_credentials.list(request.parent)
+        return pb.ListModelCredentialsResponse(model_credentials=credentials)
+
+    async def ResolveModelCredentials(
+        self, request: pb.ResolveModelCredentialsRequest, context: Ctx
+    ) -> pb.ResolveModelCredentialsResponse:
+        environment = await self.model_credentials.resolve(request.organization)
+        return pb.ResolveModelCredentialsResponse(environment=environment)
 
     # -- organizations and members ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.organization.store._sql import insert
-from services.organization.store.tables import auth_sessions, github_tokens, members, organizations, users
+from services.organization.store.tables import auth_sessions, members, organizations, users
 
 ACTIVE = 1  # MemberState.MEMBER_STATE_ACTIVE
 
@@ -69,9 +69,9 @@ async def get_member(session: AsyncSession, *, org_id: str, user_id: str) -> Row
 
 async def put_member(session: AsyncSession, *, org_id: str, user_id: str, **values: Any) -> None:
     """Insert or update a membership (`values`: login, display_name, email, avatar_url, role, state,
-    create_us, update_us; create_us is kept on update)."""
+    create_time, update_time; create_time is kept on update)."""
     stmt = insert(session, members).values(organization_id=org_id, user_id=user_id, **values)
-    changes = {k: v for k, v in values.items() if k != "create_us"}
+    changes = {k: v for k, v in values.items() if k != "create_time"}
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=[members.c.organization_id, members.c.user_id], set_=changes
@@ -115,23 +115,14 @@ async def get_user(session: AsyncSession, *, user_id: str) -> Row[Any] | None:
 
 
 async def put_user(session: AsyncSession, *, user_id: str, **values: Any) -> None:
-    """Insert or update a user; `create_us` is kept on update."""
+    """Insert or update a user; `create_time` is kept on update."""
     stmt = insert(session, users).values(id=user_id, **values)
-    changes = {k: v for k, v in values.items() if k != "create_us"}
+    changes = {k: v for k, v in values.items() if k != "create_time"}
     await session.execute(stmt.on_conflict_do_update(index_elements=[users.c.id], set_=changes))
 
 
 async def update_user(session: AsyncSession, *, user_id: str, **values: Any) -> None:
     await session.execute(update(users).where(users.c.id == user_id).values(**values))
-
-
-async def put_github_token(session: AsyncSession, *, user_id: str, **values: Any) -> None:
-    stmt = insert(session, github_tokens).values(user_id=user_id, **values)
-    await session.execute(stmt.on_conflict_do_update(index_elements=[github_tokens.c.user_id], set_=values))
-
-
-async def get_github_token(session: AsyncSession, *, user_id: str) -> Row[Any] | None:
-    return (await session.execute(select(github_tokens).where(github_tokens.c.user_id == user_id))).first()
 
 
 # -- auth sessions -------------------------------------------------------------------------------
@@ -147,15 +138,3 @@ async def insert_auth_session(session: AsyncSession, **values: Any) -> None:
 
 async def update_auth_session(session: AsyncSession, *, session_id: str, **values: Any) -> None:
     await session.execute(update(auth_sessions).where(auth_sessions.c.id == session_id).values(**values))
-
-
-async def member_tokens(session: AsyncSession, *, org_id: str) -> list[Row[Any]]:
-    """GitHub tokens of the organization's active members, newest first (user_id, access_token, scopes,
-    expire_us, update_us)."""
-    rows = await session.execute(
-        select(github_tokens)
-        .join(members, members.c.user_id == github_tokens.c.user_id)
-        .where(members.c.organization_id == org_id, members.c.state == ACTIVE)
-        .order_by(github_tokens.c.update_us.desc())
-    )
-    return list(rows)

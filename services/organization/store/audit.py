@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import Row, and_, or_, select
@@ -28,10 +29,10 @@ async def list_events(
     repository: str,
     branch: str,
     task: str,
-    before: tuple[int, int] | None,
+    before: tuple[dt.datetime, int] | None,
     limit: int,
 ) -> list[Row[Any]]:
-    """Events newest first (create_us, id descending), strictly before `before`, at most `limit`."""
+    """Events newest first (create_time, id descending), strictly before `before`, at most `limit`."""
     query = select(audit_events).where(audit_events.c.organization_id == org_id)
     if repository:
         query = query.where(audit_events.c.repository == repository)
@@ -43,9 +44,9 @@ async def list_events(
         at, row_id = before
         query = query.where(
             or_(
-                audit_events.c.create_us < at,
-                and_(audit_events.c.create_us == at, audit_events.c.id < row_id),
+                audit_events.c.create_time < at,
+                and_(audit_events.c.create_time == at, audit_events.c.id < row_id),
             )
         )
-    query = query.order_by(audit_events.c.create_us.desc(), audit_events.c.id.desc()).limit(limit)
+    query = query.order_by(audit_events.c.create_time.desc(), audit_events.c.id.desc()).limit(limit)
     return list(await session.execute(query))

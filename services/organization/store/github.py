@@ -22,7 +22,8 @@ PROVIDER_GITHUB = 2  # github_data Provider.PROVIDER_GITHUB
 
 
 async def put_discovery(session: AsyncSession, *, user_id: str, **values: Any) -> None:
-    """Insert or update a user's discovery record (`values`: state, error_message, update_us, synced_us)."""
+    """Insert or update a user's discovery record (`values`: state, error_message, update_time,
+    synced_time)."""
     stmt = insert(session, github_discoveries).values(user_id=user_id, **values)
     await session.execute(
         stmt.on_conflict_do_update(index_elements=[github_discoveries.c.user_id], set_=values)
@@ -45,7 +46,7 @@ async def get_installation(session: AsyncSession, *, org_id: str) -> Row[Any] | 
 
 async def put_installation(session: AsyncSession, *, org_id: str, **values: Any) -> None:
     """Insert or update (`values`: installation_status, installation_id, connected_installation_id,
-    update_us)."""
+    update_time)."""
     stmt = insert(session, github_installations).values(organization_id=org_id, **values)
     await session.execute(
         stmt.on_conflict_do_update(index_elements=[github_installations.c.organization_id], set_=values)
@@ -61,7 +62,7 @@ async def find_github_organization(session: AsyncSession, *, account_id: int, ki
             organizations.c.github_account_id == account_id,
             organizations.c.kind == kind,
         )
-        .order_by(organizations.c.create_us)
+        .order_by(organizations.c.create_time)
         .limit(1)
     )
     return rows.first()

@@ -3,6 +3,7 @@ sync status, applied event versions). Keyword-only functions taking the caller's
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import Row, delete, func, or_, select, update
@@ -16,6 +17,7 @@ from services.organization.store.tables import (
     sync_statuses,
     task_summaries,
 )
+from services.platform.clock import EPOCH
 
 
 async def accept_version(session: AsyncSession, *, name: str, version: int) -> bool:
@@ -37,7 +39,7 @@ async def accept_version(session: AsyncSession, *, name: str, version: int) -> b
 
 
 async def get_task_summary(session: AsyncSession, *, org_id: str, task_id: str) -> Row[Any] | None:
-    """The stored row (repository, counted, update_us, summary) or None."""
+    """The stored row (repository, counted, update_time, summary) or None."""
     return (
         await session.execute(
             select(task_summaries).where(
@@ -54,11 +56,11 @@ async def put_task_summary(
     task_id: str,
     repository: str,
     counted: bool,
-    update_us: int,
+    update_time: dt.datetime,
     summary: bytes,
 ) -> None:
     """Insert or replace one task summary row."""
-    values = {"repository": repository, "counted": counted, "update_us": update_us, "summary": summary}
+    values = {"repository": repository, "counted": counted, "update_time": update_time, "summary": summary}
     stmt = insert(session, task_summaries).values(organization_id=org_id, task_id=task_id, **values)
     await session.execute(
         stmt.on_conflict_do_update(
@@ -77,17 +79,19 @@ async def delete_task_summary(session: AsyncSession, *, org_id: str, task_id: st
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def repository_task_stats(session: AsyncSession, *, org_id: str, repository: str) -> tuple[int, int]:
-    """(number of counted tasks, newest task update_us or 0) of one repository."""
+async def repository_task_stats(
+    session: AsyncSession, *, org_id: str, repository: str
+) -> tuple[int, dt.datetime | None]:
+    """(number of counted tasks, newest task update_time or None) of one repository."""
     row = (
         await session.execute(
             select(
                 func.count().filter(task_summaries.c.counted.is_(True)),
-                func.max(task_summaries.c.update_us),
+                func.max(task_summaries.c.update_time),
             ).where(task_summaries.c.organization_id == org_id, task_summaries.c.repository == repository)
         )
     ).one()
-    return int(row[0] or 0), int(row[1] or 0)
+    return int(row[0] or 0), row[1]
 
 
 async def list_task_summaries(session: AsyncSession, *, org_id: str) -> list[bytes]:
@@ -95,7 +99,7 @@ async def list_task_summaries(session: AsyncSession, *, org_id: str) -> list[byt
     rows = await session.execute(
         select(task_summaries.c.summary)
         .where(task_summaries.c.organization_id == org_id)
-        .order_by(task_summaries.c.update_us.desc(), task_summaries.c.task_id)
+        .order_by(task_summaries.c.update_time.desc(), task_summaries.c.task_id)
     )
     return [r[0] for r in rows]
 
@@ -135,7 +139,7 @@ async def list_repositories(session: AsyncSession, *, org_id: str) -> list[Row[A
             repositories.c.organization_id == org_id,
             or_(repositories.c.listed.is_(True), repositories.c.task_count > 0),
         )
-        .order_by(repositories.c.latest_activity_us.desc(), repositories.c.name)
+        .order_by(repositories.c.latest_activity_time.desc(), repositories.c.name)
     )
     return list(rows)
 
@@ -150,14 +154,14 @@ async def put_open_pull_request(
     org_id: str,
     repository: str,
     head_branch: str,
-    update_us: int,
+    update_time: dt.datetime,
     summary: bytes,
 ) -> None:
     values = {
         "organization_id": org_id,
         "repository": repository,
         "head_branch": head_branch,
-        "update_us": update_us,
+        "update_time": update_time,
         "summary": summary,
     }
     stmt = insert(session, open_pull_requests).values(name=name, **values)
@@ -174,7 +178,7 @@ async def list_open_pull_requests(session: AsyncSession, *, org_id: str) -> list
     rows = await session.execute(
         select(open_pull_requests.c.summary)
         .where(open_pull_requests.c.organization_id == org_id)
-        .order_by(open_pull_requests.c.update_us.desc(), open_pull_requests.c.name)
+        .order_by(open_pull_requests.c.update_time.desc(), open_pull_requests.c.name)
     )
     return [r[0] for r in rows]
 
@@ -224,9 +228,9 @@ async def lock_repository(session: AsyncSession, *, org_id: str, name: str, full
         full_name=full_name,
         default_branch="",
         listed=False,
-        own_update_us=0,
+        own_update_time=EPOCH,
         task_count=0,
-        latest_activity_us=0,
+        latest_activity_time=EPOCH,
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=[repositories.c.organization_id, repositories.c.name],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import Row, delete, select, update
@@ -42,7 +43,7 @@ async def insert_entry(
     title: str,
     virtual: bool,
     pull_request: bytes | None,
-    now_us: int,
+    now: dt.datetime,
 ) -> None:
     """Insert an entry; raises IntegrityError when the (repository, branch) or task id is taken."""
     await session.execute(
@@ -54,14 +55,14 @@ async def insert_entry(
             title=title,
             virtual=virtual,
             pull_request=pull_request,
-            create_us=now_us,
-            update_us=now_us,
+            create_time=now,
+            update_time=now,
         )
     )
 
 
 async def update_entry(session: AsyncSession, *, org_id: str, task_id: str, **values: Any) -> None:
-    """Change columns of one entry (e.g. `virtual=False`, `pull_request=...`, `update_us=...`)."""
+    """Change columns of one entry (e.g. `virtual=False`, `pull_request=...`, `update_time=...`)."""
     await session.execute(
         update(task_index)
         .where(task_index.c.organization_id == org_id, task_index.c.task_id == task_id)

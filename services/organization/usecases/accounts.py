@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from foundry.common.v1 import watch_pb2
@@ -28,7 +29,7 @@ from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.usecases import _caller, app_feed
-from services.platform.clock import now_us
+from services.platform import clock
 from services.platform.db import Database
 from services.platform.errors import NotFound, PermissionDenied, Unauthenticated, require
 from services.platform.settings import Settings
@@ -84,15 +85,10 @@ class Accounts:
         db: Database,
         hub: WatchHub,
         settings: Settings,
-        *,
-        on_github_sign_in: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
     ) -> None:
-        """`on_github_sign_in(session, user_id)` runs in every GitHub sign-in's transaction (it
-        enqueues organization discovery; see usecases.github_discovery)."""
         self._db = db
         self._hub = hub
         self._settings = settings
-        self._on_github_sign_in = on_github_sign_in
 
     # -- sign-in ----------------------------------------------------------------------------------
 
@@ -128,21 +124,17 @@ class Accounts:
         display_name: str,
         email: str,
         avatar_url: str,
-        access_token: str,
-        scopes: list[str],
-        token_expire_us: int | None,
         user_agent: str,
     ) -> tuple[user_pb2.User, user_pb2.AuthSession]:
-        """Create or update the GitHub user (id = GitHub account id), store its token, open a session
-        and (through `on_github_sign_in`, same transaction) enqueue discovery of their organizations."""
+        """Create or update the GitHub user (id = GitHub account id) and open a session. The OAuth
+        token goes to github-data (the gateway calls its SetGithubToken), which discovers the user's
+        accounts; `usecases.github_discovery` applies what it found."""
         require(github_account_id > 0, "github_account_id", "must be positive", domain=DOMAIN)
         check_login(login)
-        require(bool(access_token), "access_token", "is required", domain=DOMAIN)
         user_id = str(github_account_id)
         return await self._sign_in(
             user_id,
             user_agent,
-            token=(access_token, scopes, token_expire_us),
             identity_provider=user_pb2.IDENTITY_PROVIDER_GITHUB,
             login=login,
             display_name=display_name or login,
@@ -156,44 +148,30 @@ class Accounts:
         self,
         user_id: str,
         user_agent: str,
-        *,
-        token: tuple[str, list[str], int | None] | None = None,
         **profile: Any,
     ) -> tuple[user_pb2.User, user_pb2.AuthSession]:
-        now = now_us()
-        ttl_us = int(self._settings.gateway.session_ttl_hours * 3600 * 1_000_000)
+        now = clock.now()
+        ttl = dt.timedelta(hours=self._settings.gateway.session_ttl_hours)
         session_id = secrets.token_hex(16)
         async with self._db.transaction() as session:
             await a.put_user(
                 session,
                 user_id=user_id,
                 default_model="",
-                create_us=now,
-                update_us=now,
-                last_sign_in_us=now,
+                create_time=now,
+                update_time=now,
+                last_sign_in_time=now,
                 **profile,
             )
-            if token is not None:
-                access_token, scopes, expire_us = token
-                await a.put_github_token(
-                    session,
-                    user_id=user_id,
-                    access_token=access_token,
-                    scopes=list(scopes),
-                    expire_us=expire_us,
-                    update_us=now,
-                )
-                if self._on_github_sign_in is not None:
-                    await self._on_github_sign_in(session, user_id)
             await a.insert_auth_session(
                 session,
                 id=session_id,
                 user_id=user_id,
                 active_organization="",
                 user_agent=user_agent,
-                create_us=now,
-                expire_us=now + ttl_us,
-                revoke_us=None,
+                create_time=now,
+                expire_time=now + ttl,
+                revoke_time=None,
             )
             row = await a.get_auth_session(session, session_id=session_id)
             await app_feed.user_changed(session, user_id=user_id)
@@ -210,9 +188,9 @@ class Accounts:
         row = await a.get_auth_session(session, session_id=session_id)
         if row is None or row.user_id != user_id:
             raise NotFound(f"auth session {name} not found", reason="SESSION_NOT_FOUND", domain=DOMAIN)
-        if row.revoke_us is not None:
+        if row.revoke_time is not None:
             raise session_invalid("SESSION_REVOKED", "the auth session was revoked")
-        if row.expire_us <= now_us():
+        if row.expire_time <= clock.now():
             raise session_invalid("SESSION_EXPIRED", "the auth session expired")
         return row
 
@@ -236,8 +214,8 @@ class Accounts:
             row = await a.get_auth_session(session, session_id=session_id)
             if row is None or row.user_id != user_id:
                 raise NotFound(f"auth session {name} not found", reason="SESSION_NOT_FOUND", domain=DOMAIN)
-            if row.revoke_us is None:
-                await a.update_auth_session(session, session_id=session_id, revoke_us=now_us())
+            if row.revoke_time is None:
+                await a.update_auth_session(session, session_id=session_id, revoke_time=clock.now())
                 row = await a.get_auth_session(session, session_id=session_id)
                 await app_feed.auth_session_changed(session, row=row)
         return convert.auth_session(row)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from foundry.organization.v1 import audit_event_pb2
 from foundry.organization.v1 import events_pb2 as org_events
 from google.protobuf import json_format
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.organization import convert
-from services.organization.convert import to_us
+from services.organization.convert import to_time
 from services.organization.domain.errors import DOMAIN
 from services.organization.domain.names import organization_name, parse_child, parse_organization
 from services.organization.store import audit as store
+from services.platform import clock
 from services.platform.authz import Membership
-from services.platform.clock import now_us
 from services.platform.db import Database
 from services.platform.errors import require
 
@@ -36,8 +38,11 @@ async def append(session: AsyncSession, message: org_events.AppendAuditEvent, *,
         branch=event.branch,
         actor=event.actor,
         payload=json_format.MessageToDict(event.payload) if event.HasField("payload") else {},
-        create_us=to_us(event.create_time) or now_us(),
+        create_time=to_time(event.create_time) or clock.now(),
     )
+
+
+_LATEST_US = clock.to_us(dt.datetime.max.replace(tzinfo=dt.UTC))  # a token's time is an instant
 
 
 class AuditLog:
@@ -59,13 +64,16 @@ class AuditLog:
         if task:
             parse_child(task, "tasks", "task")
         require(page_size >= 0, "page_size", "must not be negative", domain=DOMAIN)
-        before: tuple[int, int] | None = None
-        if page_token:
+        before: tuple[dt.datetime, int] | None = None
+        if page_token:  # "{create_time in µs since the epoch}.{id}" of the last event of the page before
             at, _, row_id = page_token.partition(".")
             require(
-                at.isdigit() and row_id.isdigit(), "page_token", "is not a token of this list", domain=DOMAIN
+                at.isdigit() and row_id.isdigit() and int(at) <= _LATEST_US,
+                "page_token",
+                "is not a token of this list",
+                domain=DOMAIN,
             )
-            before = (int(at), int(row_id))
+            before = (clock.from_us(int(at)), int(row_id))
         await self._membership.require(organization_name(org_id))
         limit = min(page_size or 20, 500)
         async with self._db.snapshot() as session:
@@ -78,5 +86,8 @@ class AuditLog:
                 before=before,
                 limit=limit + 1,
             )
-        token = f"{rows[limit - 1].create_us}.{rows[limit - 1].id}" if len(rows) > limit else ""
+        token = ""
+        if len(rows) > limit:  # more after this page: resume after its last event
+            last = rows[limit - 1]
+            token = f"{clock.to_us(last.create_time)}.{last.id}"
         return [convert.audit_event(r) for r in rows[:limit]], token

@@ -1,6 +1,7 @@
-"""GitHub organization discovery: SignInWithGithub enqueues `SyncGithubUser`; its worker reads the
-user's GitHub accounts (`discover`) and applies them in one transaction (`apply`), or records a
-persistent failure (`record_failure`).
+"""GitHub organization discovery, as github-data reports it: github-data owns users' OAuth tokens and
+reads the accounts a token sees; its `github_data.user_accounts.changed` events (applied here by
+`apply_event`, newer versions only) say where the discovery is and, once done, what it found. This
+service stays the only writer of organizations and memberships.
 
 `apply` is idempotent: an organization, membership or installation that is already as discovered is
 not written again (no Watch change, no second connect). It creates or updates the personal
@@ -10,36 +11,38 @@ left, and enqueues github-data's ConnectOrganization (queue `organization.connec
 connected organization whose connection is new or changed. A connected organization is never
 downgraded to `install_required` by one user's view (installations visible to users differ; removals
 arrive as webhooks at github-data). An organization id already used by a non-GitHub organization or
-another GitHub account is skipped and logged.
+another GitHub account is skipped and logged. A failed discovery (`record_failure`) shows its error.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
 from foundry.github_data.v1 import connection_pb2, sync_status_pb2
+from foundry.github_data.v1 import events_pb2 as gh_events_pb2
 from foundry.github_data.v1 import github_data_service_pb2 as gh_pb2
-from foundry.organization.v1 import events_pb2, member_pb2, organization_pb2
+from foundry.organization.v1 import member_pb2, organization_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.organization import convert
-from services.organization.convert import from_us
-from services.organization.domain.errors import DOMAIN
 from services.organization.domain.github_accounts import Discovered, GithubAccount, personal_id, plan
-from services.organization.domain.names import app_scope, organization_name, summary_scope, sync_status_name
-from services.organization.providers.github import GithubAccounts
+from services.organization.domain.names import (
+    app_scope,
+    organization_name,
+    parse_user,
+    summary_scope,
+    sync_status_name,
+)
 from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.usecases import app_feed, members
+from services.platform import clock
 from services.platform.authz import Membership
-from services.platform.clock import now_us
-from services.platform.db import Database
-from services.platform.errors import FailedPrecondition
 from services.platform.logging import get_logger
 from services.platform.outbox import Outbox
-from services.platform.settings import GithubSettings
 from services.platform.watch import record_change
 
 log = get_logger(__name__)
@@ -54,74 +57,39 @@ _INSTALLATION = {"connected": CONNECTED, "install_required": INSTALL_REQUIRED}
 
 
 class GithubDiscovery:
-    """Discovery of a GitHub user's organizations.
+    """Applies github-data's account discoveries to organizations and memberships.
 
     Args:
-        github: API base URL (`api_url`) and App id (installations are read only when `app_id` is set).
-        sync_queue: full name of this service's `github_user_sync` work queue.
         connect_queue: full name of this service's `connect_provider` work queue.
     """
 
-    def __init__(
-        self,
-        db: Database,
-        outbox: Outbox,
-        membership: Membership,
-        *,
-        github: GithubSettings,
-        sync_queue: str,
-        connect_queue: str,
-    ) -> None:
-        self._db = db
+    def __init__(self, outbox: Outbox, membership: Membership, *, connect_queue: str) -> None:
         self._outbox = outbox
         self._membership = membership
-        self._github = github
-        self._sync_queue = sync_queue
         self._connect_queue = connect_queue
 
-    async def enqueue(self, session: AsyncSession, user_id: str) -> None:
-        """In the sign-in transaction: mark the discovery queued and enqueue `SyncGithubUser`."""
-        await g.put_discovery(session, user_id=user_id, state="queued", error_message="", update_us=now_us())
-        await app_feed.discovery_changed(session, user_id=user_id)
-        await self._outbox.enqueue(
-            session, queue=self._sync_queue, message=events_pb2.SyncGithubUser(user=f"users/{user_id}")
-        )
-
-    async def mark_running(self, user_id: str) -> None:
-        """Before reading GitHub: the discovery record says `running` (shown as RUNNING on WatchApp)."""
-        async with self._db.transaction() as session:
-            row = await g.get_discovery(session, user_id=user_id)
-            if row is not None and row.state == "running":
-                return
-            await g.put_discovery(
-                session, user_id=user_id, state="running", error_message="", update_us=now_us()
+    async def apply_event(self, session: AsyncSession, event: gh_events_pb2.UserAccountsChanged) -> bool:
+        """Apply one `github_data.user_accounts.changed` event unless a newer one was applied; True
+        when it was applied. PENDING/RUNNING update the app shell's discovery state, DONE creates or
+        updates the organizations and memberships it implies, ERROR records the failure."""
+        user_id = parse_user(event.user, "user")
+        name = convert.github_discovery_name(user_id)
+        if not await q.accept_version(session, name=name, version=event.version):
+            return False
+        at = (convert.to_time(event.update_time) if event.HasField("update_time") else None) or clock.now()
+        if event.state == gh_events_pb2.USER_ACCOUNTS_STATE_DONE:
+            viewer, organizations, installations = convert.discovered_accounts(event)
+            kept = await self.apply(
+                session, user_id=user_id, found=plan(viewer, organizations, installations)
             )
+            log.info("github_discovery_applied", user=user_id, organizations=kept)
+        elif event.state == gh_events_pb2.USER_ACCOUNTS_STATE_ERROR:
+            await self.record_failure(session, user_id=user_id, error=event.error_message)
+        else:
+            state = "running" if event.state == gh_events_pb2.USER_ACCOUNTS_STATE_RUNNING else "queued"
+            await g.put_discovery(session, user_id=user_id, state=state, error_message="", update_time=at)
             await app_feed.discovery_changed(session, user_id=user_id)
-
-    # -- reading GitHub -----------------------------------------------------------------------------
-
-    async def discover(self, user_id: str) -> list[Discovered]:
-        """Read the viewer, their organizations and (App configured) installations with their token.
-
-        Raises FailedPrecondition `NO_GITHUB_TOKEN` / `GITHUB_TOKEN_EXPIRED`, and the FoundryErrors of
-        `providers.github` (rate limit and 5xx are retryable).
-        """
-        async with self._db.snapshot() as session:
-            token = await a.get_github_token(session, user_id=user_id)
-        if token is None:
-            raise FailedPrecondition(
-                f"users/{user_id} has no GitHub token", reason="NO_GITHUB_TOKEN", domain=DOMAIN
-            )
-        if token.expire_us is not None and token.expire_us <= now_us():
-            raise FailedPrecondition(
-                "the GitHub token expired; sign in again", reason="GITHUB_TOKEN_EXPIRED", domain=DOMAIN
-            )
-        async with GithubAccounts(api_url=self._github.api_url, token=token.access_token) as gh:
-            viewer = await gh.viewer()
-            orgs = await gh.organizations()
-            app_id = self._github.app_id
-            installations = await gh.installations(app_id) if app_id else None
-        return plan(viewer, orgs, installations)
+        return True
 
     # -- applying a discovery -----------------------------------------------------------------------
 
@@ -133,7 +101,7 @@ class GithubDiscovery:
         user = await a.get_user(session, user_id=user_id)
         if user is None:
             return []
-        now = now_us()
+        now = clock.now()
         kept: list[str] = []
         memberships_changed = False
         for item in found:
@@ -161,7 +129,7 @@ class GithubDiscovery:
         if memberships_changed:
             await app_feed.user_changed(session, user_id=user_id)
         await g.put_discovery(
-            session, user_id=user_id, state="synced", error_message="", update_us=now, synced_us=now
+            session, user_id=user_id, state="synced", error_message="", update_time=now, synced_time=now
         )
         await app_feed.discovery_changed(session, user_id=user_id)
         return kept
@@ -171,7 +139,7 @@ class GithubDiscovery:
         self._membership.forget()
 
     async def _organization(
-        self, session: AsyncSession, item: Discovered, now: int
+        self, session: AsyncSession, item: Discovered, now: dt.datetime
     ) -> tuple[str | None, bool]:
         """(id, changed) of the organization backing `item`, created if missing; id None on a conflict."""
         kind = PERSONAL if item.kind == "user" else SHARED
@@ -180,7 +148,7 @@ class GithubDiscovery:
             if row.github_login == item.account.login:
                 return row.id, False
             await a.update_organization(
-                session, org_id=row.id, github_login=item.account.login, update_us=now
+                session, org_id=row.id, github_login=item.account.login, update_time=now
             )
             return row.id, True
         if await a.get_organization(session, org_id=item.organization_id) is not None:
@@ -205,12 +173,14 @@ class GithubDiscovery:
             github_account_id=item.account.account_id,
             local_root_path="",
             request_id=None,
-            create_us=now,
-            update_us=now,
+            create_time=now,
+            update_time=now,
         )
         return item.organization_id, True
 
-    async def _member(self, session: AsyncSession, org_id: str, user: Any, role: int, now: int) -> bool:
+    async def _member(
+        self, session: AsyncSession, org_id: str, user: Any, role: int, now: dt.datetime
+    ) -> bool:
         """Make the user an active member with `role` unless they already are one (role kept)."""
         member = await a.get_member(session, org_id=org_id, user_id=user.id)
         if member is not None and member.state == ACTIVE:
@@ -231,7 +201,7 @@ class GithubDiscovery:
         return True
 
     async def _installation(
-        self, session: AsyncSession, org_id: str, item: Discovered, user_id: str, now: int
+        self, session: AsyncSession, org_id: str, item: Discovered, user_id: str, now: dt.datetime
     ) -> bool:
         """Record the installation status; enqueue a connect when newly connected or its installation
         changed. True when the organization's visible status changed."""
@@ -258,7 +228,7 @@ class GithubDiscovery:
             installation_status=status,
             installation_id=installation_id,
             connected_installation_id=connected_id,
-            update_us=now,
+            update_time=now,
         )
         if stored is not None and stored.installation_status == status:
             return False
@@ -307,7 +277,7 @@ class GithubDiscovery:
         installation: sync_status_pb2.InstallationStatus.ValueType,
         account: str,
         label: str,
-        now: int,
+        now: dt.datetime,
         error: str = "",
     ) -> bool:
         """Write our own sync status (version 0) until github-data reports one; True when written."""
@@ -323,7 +293,7 @@ class GithubDiscovery:
             label=label,
             error_message=error,
         )
-        status.update_time.CopyFrom(from_us(now))
+        status.update_time.CopyFrom(convert.timestamp(now))
         await q.put_sync_status(session, org_id=org_id, status=status.SerializeToString())
         await record_change(session, scope=summary_scope(org_id), name=name, resource=status)
         return True
@@ -340,8 +310,8 @@ class GithubDiscovery:
         `github_discovery`, state ERROR with the message) and as an ERROR sync status of their
         personal organization (created from the sign-in profile if missing; only while github-data
         has not reported a status of its own)."""
-        now = now_us()
-        await g.put_discovery(session, user_id=user_id, state="failed", error_message=error, update_us=now)
+        now = clock.now()
+        await g.put_discovery(session, user_id=user_id, state="failed", error_message=error, update_time=now)
         await app_feed.discovery_changed(session, user_id=user_id)
         user = await a.get_user(session, user_id=user_id)
         if user is None or not user.github_account_id:

@@ -24,6 +24,7 @@ version is newer than the last applied one of that GitHub member (`applied_versi
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from foundry.github_data.v1 import events_pb2 as gh_events
@@ -38,7 +39,7 @@ from services.organization.store import accounts as a
 from services.organization.store import github as g
 from services.organization.store import projection as q
 from services.organization.usecases import app_feed
-from services.platform.clock import now_us
+from services.platform import clock
 from services.platform.errors import InvalidArgument
 from services.platform.logging import get_logger
 from services.platform.outbox import Outbox
@@ -59,10 +60,12 @@ ACTIVE = member_pb2.MEMBER_STATE_ACTIVE
 INVITED = member_pb2.MEMBER_STATE_INVITED
 
 
-def next_version(previous_us: int | None) -> int:
-    """Microseconds now, or just above `previous_us` (a clock step back never lowers a version)."""
-    now = now_us()
-    return now if previous_us is None else max(now, int(previous_us) + 1)
+def next_version(previous: dt.datetime | None) -> int:
+    """A membership's next version: microseconds since the epoch now, or just above the previous
+    version (`previous`, the row's update_time, is that version's instant), so a clock step back never
+    lowers a version. The row's times are stored as `clock.from_us(version)`."""
+    now = clock.to_us(clock.now())
+    return now if previous is None else max(now, clock.to_us(previous) + 1)
 
 
 async def put_member(
@@ -70,10 +73,9 @@ async def put_member(
 ) -> None:
     """Insert or update the membership (`values` as `store.accounts.put_member`, without the times)
     and publish MemberChanged. `existing` is the row read in this transaction (None if absent)."""
-    version = next_version(existing.update_us if existing is not None else None)
-    await a.put_member(
-        session, org_id=org_id, user_id=user_id, create_us=version, update_us=version, **values
-    )
+    version = next_version(existing.update_time if existing is not None else None)
+    at = clock.from_us(version)
+    await a.put_member(session, org_id=org_id, user_id=user_id, create_time=at, update_time=at, **values)
     row = await a.get_member(session, org_id=org_id, user_id=user_id)
     member = convert.member(row)
     await outbox.publish(
@@ -91,7 +93,7 @@ async def delete_member(outbox: Outbox, session: AsyncSession, *, org_id: str, e
         routing_key=MEMBER_REMOVED,
         message=events_pb2.MemberRemoved(
             name=f"organizations/{org_id}/members/{existing.user_id}",
-            version=next_version(existing.update_us),
+            version=next_version(existing.update_time),
             user=f"users/{existing.user_id}",
         ),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 from collections.abc import Sequence
 from pathlib import PurePosixPath
@@ -14,7 +15,7 @@ from foundry.organization.v1 import member_pb2, organization_pb2
 from sqlalchemy.exc import IntegrityError
 
 from services.organization import convert
-from services.organization.convert import from_us
+from services.organization.convert import timestamp
 from services.organization.domain.errors import DOMAIN, organization_not_found
 from services.organization.domain.local_roots import check_local_root, expand_roots, overlaps
 from services.organization.domain.names import (
@@ -30,8 +31,8 @@ from services.organization.domain.names import (
 from services.organization.store import accounts as a
 from services.organization.store import projection as q
 from services.organization.usecases import _caller, app_feed, members
+from services.platform import clock
 from services.platform.authz import Membership
-from services.platform.clock import now_us
 from services.platform.db import Database
 from services.platform.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, require
 from services.platform.outbox import Outbox
@@ -112,7 +113,7 @@ class Organizations:
         base = os.path.basename(root) or "root"
         org_id = check_organization_id(organization_id or f"local-{slugify(base) or 'root'}")
         require(len(request_id) <= 64, "request_id", "must be at most 64 characters", domain=DOMAIN)
-        now = now_us()
+        now = clock.now()
         try:
             async with self._db.transaction() as session:
                 by_request = (
@@ -159,7 +160,13 @@ class Organizations:
                 )
 
     async def _create(
-        self, session: Any, org_id: str, display_name: str, root: str, request_id: str | None, now: int
+        self,
+        session: Any,
+        org_id: str,
+        display_name: str,
+        root: str,
+        request_id: str | None,
+        now: dt.datetime,
     ) -> None:
         await a.insert_organization(
             session,
@@ -175,8 +182,8 @@ class Organizations:
             github_account_id=0,
             local_root_path=root,
             request_id=request_id,
-            create_us=now,
-            update_us=now,
+            create_time=now,
+            update_time=now,
         )
         # Until github-data reports progress the organization shows PENDING (its own event versions
         # start at 1, so our version-0 placeholder never hides a real report).
@@ -188,7 +195,7 @@ class Organizations:
             connected_account=root,
             label="Waiting for the first sync",
         )
-        status.update_time.CopyFrom(from_us(now))
+        status.update_time.CopyFrom(timestamp(now))
         await q.put_sync_status(session, org_id=org_id, status=status.SerializeToString())
         connection = connection_pb2.Connection(
             name=f"organizations/{org_id}/connection",
@@ -202,7 +209,7 @@ class Organizations:
         )
         await record_change(session, scope=summary_scope(org_id), name=status.name, resource=status)
 
-    async def _add_owner(self, session: Any, org_id: str, user_id: str, now: int) -> None:
+    async def _add_owner(self, session: Any, org_id: str, user_id: str, now: dt.datetime) -> None:
         member = await a.get_member(session, org_id=org_id, user_id=user_id)
         if member is None or member.state != ACTIVE:
             await self._activate(

@@ -1,4 +1,4 @@
-"""UpdateOrganization, UpdateUser and ResolveGithubToken: settings writes and the token lookup."""
+"""UpdateOrganization and UpdateUser: settings writes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from services.organization.domain.names import (
 from services.organization.store import accounts as a
 from services.organization.store import projection as q
 from services.organization.usecases import _caller, app_feed
-from services.platform.clock import now_us
+from services.platform import clock
 from services.platform.db import Database
 from services.platform.errors import InvalidArgument, NotFound, PermissionDenied, require
 
@@ -28,6 +28,7 @@ ORGANIZATION_FIELDS = (
     "default_model",
     "auto_import_repositories",
     "sandbox_egress",
+    "permission_policy",
 )
 USER_FIELDS = ("display_name", "default_model")
 _ADMINS = (member_pb2.MEMBER_ROLE_OWNER, member_pb2.MEMBER_ROLE_ADMIN)
@@ -46,7 +47,7 @@ def _mask(paths: list[str], allowed: tuple[str, ...]) -> list[str]:
 
 
 class SettingsWrites:
-    """Writes of organization and user settings, and the GitHub token lookup for services."""
+    """Writes of organization and user settings."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -64,6 +65,13 @@ class SettingsWrites:
                 values["sandbox_egress"] in organization_pb2.SandboxEgress.values(),
                 "organization.sandbox_egress",
                 f"unknown policy {values['sandbox_egress']}",
+                domain=DOMAIN,
+            )
+        if "permission_policy" in values:
+            require(
+                values["permission_policy"] in organization_pb2.PermissionPolicy.values(),
+                "organization.permission_policy",
+                f"unknown policy {values['permission_policy']}",
                 domain=DOMAIN,
             )
         if "slug" in values:
@@ -92,7 +100,7 @@ class SettingsWrites:
                         domain=DOMAIN,
                         metadata={"organization": organization_name(org_id)},
                     )
-            await a.update_organization(session, org_id=org_id, update_us=now_us(), **values)
+            await a.update_organization(session, org_id=org_id, update_time=clock.now(), **values)
             await app_feed.organization_changed(session, org_id=org_id)
             row = await a.get_organization(session, org_id=org_id)
             status = await q.get_sync_status(session, org_id=org_id)
@@ -107,34 +115,8 @@ class SettingsWrites:
         async with self._db.transaction() as session:
             if await a.get_user(session, user_id=user_id) is None:
                 raise NotFound(f"user {user_id!r} not found", reason="USER_NOT_FOUND", domain=DOMAIN)
-            await a.update_user(session, user_id=user_id, update_us=now_us(), **values)
+            await a.update_user(session, user_id=user_id, update_time=clock.now(), **values)
             await app_feed.user_changed(session, user_id=user_id)
             row = await a.get_user(session, user_id=user_id)
             eligible = await a.eligible_organization_ids(session, user_id=user_id)
         return convert.user(row, eligible)
-
-    async def resolve_github_token(
-        self, *, organization: str, user: str, require_repo_scope: bool
-    ) -> tuple[str, list[str], str, int | None]:
-        """(token, scopes, `users/{id}`, expire_us) usable for the organization: `user`'s own token,
-        or the newest one of an active member. Service callers only.
-
-        Raises PermissionDenied (user caller), NotFound `NO_GITHUB_TOKEN`."""
-        if not _caller.current().is_service:
-            raise PermissionDenied(
-                "only services resolve tokens", reason="SERVICE_CALLER_REQUIRED", domain=DOMAIN
-            )
-        org_id = parse_organization(organization, "organization")
-        wanted = parse_user(user, "user") if user else None
-        now = now_us()
-        async with self._db.snapshot() as session:
-            rows = await a.member_tokens(session, org_id=org_id)
-        for row in rows:
-            if wanted is not None and row.user_id != wanted:
-                continue
-            if row.expire_us is not None and row.expire_us <= now:
-                continue
-            if require_repo_scope and "repo" not in row.scopes:
-                continue
-            return row.access_token, list(row.scopes), f"users/{row.user_id}", row.expire_us
-        raise NotFound(f"no usable GitHub token for {organization}", reason="NO_GITHUB_TOKEN", domain=DOMAIN)

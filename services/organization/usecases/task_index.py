@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from foundry.organization.v1 import task_index_pb2
@@ -20,8 +21,8 @@ from services.organization.domain.names import (
 from services.organization.store import projection as q
 from services.organization.store import task_index as ix
 from services.organization.usecases.projection.apply import recount_repository
+from services.platform import clock
 from services.platform.authz import Membership
-from services.platform.clock import now_us
 from services.platform.db import Database
 from services.platform.errors import NotFound, require
 from services.platform.watch import record_change
@@ -110,12 +111,12 @@ class TaskIndex:
                         task_id=task_id,
                         virtual=False,
                         title=title or mine.title,
-                        update_us=now_us(),
+                        update_time=clock.now(),
                     )
                     mine = await ix.get_entry(session, org_id=org_id, task_id=task_id)
                 return convert.task_index_entry(mine)
             owner = await ix.get_entry_by_branch(session, org_id=org_id, repository=repository, branch=branch)
-            now = now_us()
+            now = clock.now()
             if owner is not None:
                 if mode == GENERATE:
                     raise _BranchInUse(branch)
@@ -132,13 +133,13 @@ class TaskIndex:
                     title=title,
                     virtual=False,
                     pull_request=None,
-                    now_us=now,
+                    now=now,
                 )
             entry = await ix.get_entry(session, org_id=org_id, task_id=task_id)
             return convert.task_index_entry(entry)
 
     async def _hand_over(
-        self, session: Any, org_id: str, owner: Any, task_id: str, title: str, now: int
+        self, session: Any, org_id: str, owner: Any, task_id: str, title: str, now: dt.datetime
     ) -> None:
         """Give a virtual task's branch (and pull request) to a new real task; drop the virtual summary."""
         await q.delete_task_summary(session, org_id=org_id, task_id=owner.task_id)
@@ -152,7 +153,7 @@ class TaskIndex:
             title=title or owner.title,
             virtual=False,
             pull_request=owner.pull_request,
-            now_us=now,
+            now=now,
         )
         changes: list[tuple[str, Any]] = [(f"organizations/{org_id}/tasks/{owner.task_id}", None)]
         repo_change = await recount_repository(session, org_id, owner.repository, "", force=False)

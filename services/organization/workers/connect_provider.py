@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import grpc
 from foundry.github_data.v1 import github_data_service_pb2 as gh_pb2
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gh_grpc
 
 from services.platform.channels import Channels
-from services.platform.errors import from_rpc_error
 from services.platform.messaging.broker import Message
 from services.platform.messaging.consumer import HandlerContext
 
@@ -22,9 +20,6 @@ def handler(peers: Channels) -> Callable[[Message, HandlerContext], Awaitable[No
     async def handle(message: Message, ctx: HandlerContext) -> None:
         request = gh_pb2.ConnectOrganizationRequest.FromString(message.body)
         stub = gh_grpc.GithubDataServiceStub(peers.channel("github_data"))
-        try:
-            await stub.ConnectOrganization(request)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, context="github_data.ConnectOrganization") from exc
+        await stub.ConnectOrganization(request)  # a peer error raises as FoundryError (Channels)
 
     return handle

@@ -1,7 +1,8 @@
-"""GitHub organization discovery on PostgreSQL + RabbitMQ: SignInWithGithub returns before GitHub is
-asked; the discovery worker (fed through the outbox and a RabbitMQ work queue) creates the personal
-and GitHub organizations seen on WatchApp, the real github-data service syncs the connected ones, and
-a redelivered message has no second effect."""
+"""GitHub organization discovery on PostgreSQL + RabbitMQ: the sign-in returns before GitHub is asked;
+github-data's discovery worker (fed through the outbox and a RabbitMQ work queue) publishes what the
+token sees, the organization service creates the personal and GitHub organizations seen on WatchApp,
+the real github-data service syncs the connected ones, and a redelivered message has no second
+effect."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from foundry.github_data.v1 import events_pb2 as gh_events_pb2
 from foundry.github_data.v1 import sync_status_pb2 as ss
-from foundry.organization.v1 import events_pb2, member_pb2
+from foundry.organization.v1 import member_pb2
 from foundry.organization.v1 import organization_service_pb2 as pb
 
 from services.platform.settings import Settings
@@ -68,7 +70,7 @@ async def test_github_sign_in_discovers_and_connects_organizations_on_postgres_a
         await world.mesh.broker.publish(
             exchange="",
             routing_key=world.sync_queue,
-            body=events_pb2.SyncGithubUser(user=f"users/{person.account_id}").SerializeToString(),
+            body=gh_events_pb2.DiscoverUserAccounts(user=f"users/{person.account_id}").SerializeToString(),
             message_id=await processed_message_id(world),
         )
 

@@ -21,6 +21,7 @@ from foundry.organization.v1 import organization_service_pb2 as pb
 from foundry.organization.v1 import organization_service_pb2_grpc as pb_grpc
 from foundry.task.v1 import events_pb2 as task_events
 from foundry.task.v1 import session_pb2, task_pb2
+from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -92,7 +93,7 @@ def pr_changed(
     at: int = 0,
 ) -> tuple[str, Message]:
     name = f"{repo_name(org, repo)}/pullRequests/{number}"
-    pr = pull_request_pb2.PullRequest(
+    summary = pull_request_pb2.PullRequestSummary(
         name=name,
         number=number,
         repository=repo_name(org, repo),
@@ -104,7 +105,12 @@ def pr_changed(
         update_time=ts(at or version),
     )
     return "github_data.pull_request.changed", gh_events.PullRequestChanged(
-        name=name, version=version, pull_request=pr
+        name=name,
+        version=version,
+        pull_request=json_format.ParseDict(
+            json_format.MessageToDict(summary), pull_request_pb2.PullRequest()
+        ),
+        summary=summary,
     )
 
 

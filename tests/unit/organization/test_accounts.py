@@ -318,7 +318,7 @@ async def test_redelivered_audit_event_is_stored_once_and_listed_newest_first(
     assert [e.kind for e in rest.audit_events] == ["task.created"] and not rest.next_page_token
 
 
-async def test_settings_updates_need_an_owner_and_tokens_resolve_for_services_only(
+async def test_settings_updates_need_an_owner_and_github_users_sign_in_without_a_token_here(
     env: OrgEnv, tmp_path: Path
 ) -> None:
     org = await env.new_org(tmp_path)
@@ -347,14 +347,42 @@ async def test_settings_updates_need_an_owner_and_tokens_resolve_for_services_on
         )
     assert bad_mask.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    signed = await env.stub(GATEWAY).SignInWithGithub(
-        pb.SignInWithGithubRequest(
-            github_account_id=4242, login="octo", access_token="gho_secret", scopes=["read:org", "repo"]
+    # The permission policy: unset (allow) until an admin sets it; unknown values are refused.
+    assert updated.organization.permission_policy == organization_pb2.PERMISSION_POLICY_UNSPECIFIED
+    policy_mask = field_mask_pb2.FieldMask(paths=["permission_policy"])
+    asked = await owner.UpdateOrganization(
+        pb.UpdateOrganizationRequest(
+            organization=organization_pb2.Organization(
+                name=f"organizations/{org}", permission_policy=organization_pb2.PERMISSION_POLICY_ASK
+            ),
+            update_mask=policy_mask,
         )
+    )
+    assert asked.organization.permission_policy == organization_pb2.PERMISSION_POLICY_ASK
+    for caller, policy, code in (
+        (None, 42, grpc.StatusCode.INVALID_ARGUMENT),
+        (BOB, organization_pb2.PERMISSION_POLICY_ALLOW, grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await (env.stub(caller) if caller else owner).UpdateOrganization(
+                pb.UpdateOrganizationRequest(
+                    organization=organization_pb2.Organization(
+                        name=f"organizations/{org}",
+                        permission_policy=policy,  # type: ignore[arg-type]
+                    ),
+                    update_mask=policy_mask,
+                )
+            )
+        assert refused.value.code() == code
+    got = await owner.GetOrganization(pb.GetOrganizationRequest(name=f"organizations/{org}"))
+    assert got.organization.permission_policy == organization_pb2.PERMISSION_POLICY_ASK
+
+    signed = await env.stub(GATEWAY).SignInWithGithub(
+        pb.SignInWithGithubRequest(github_account_id=4242, login="octo")
     )
     octo = _as(signed.user)
     assert signed.user.name == "users/4242"
-    octo_org = await env.new_org(tmp_path, caller=octo)
+    await env.new_org(tmp_path, caller=octo)  # a GitHub user connects a local organization too
     renamed = await env.stub(octo).UpdateUser(
         pb.UpdateUserRequest(
             user=user_pb2.User(name="users/me", display_name="Octo Cat"),
@@ -362,17 +390,7 @@ async def test_settings_updates_need_an_owner_and_tokens_resolve_for_services_on
         )
     )
     assert renamed.user.display_name == "Octo Cat"
-    token = await env.stub(Caller.service("task")).ResolveGithubToken(
-        pb.ResolveGithubTokenRequest(organization=f"organizations/{octo_org}", require_repo_scope=True)
-    )
-    assert (token.access_token, token.user) == ("gho_secret", "users/4242")
-    with pytest.raises(grpc.aio.AioRpcError) as user_caller:
-        await env.stub(octo).ResolveGithubToken(
-            pb.ResolveGithubTokenRequest(organization=f"organizations/{octo_org}")
-        )
-    assert user_caller.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    with pytest.raises(grpc.aio.AioRpcError) as none:
-        await env.stub(Caller.service("task")).ResolveGithubToken(
-            pb.ResolveGithubTokenRequest(organization=f"organizations/{org}")
-        )
-    assert none.value.code() == grpc.StatusCode.NOT_FOUND
+    # GitHub tokens are github-data's (SetGithubToken; tests/unit/github_data/test_user_tokens.py):
+    # this service neither takes nor hands out one.
+    assert "access_token" not in pb.SignInWithGithubRequest.DESCRIPTOR.fields_by_name
+    assert not hasattr(pb, "ResolveGithubTokenRequest")

@@ -1,8 +1,11 @@
-"""GitHub organization discovery after SignInWithGithub: the sign-in returns before GitHub is asked;
-a worker reads /user, /user/orgs and /user/installations from a local GitHub and creates the
-personal and GitHub organizations (seen on an open WatchApp stream), with the right roles and
-installation status; connected ones are synced by the real github-data service; redelivery has no
-second effect; outages are retried and a persistent one leaves a readable error."""
+"""GitHub organization discovery after a GitHub sign-in: SignInWithGithub (organization) and
+SetGithubToken (github-data) return before GitHub is asked; github-data's worker reads /user,
+/user/orgs and /user/installations from a local GitHub with the stored token and publishes
+`github_data.user_accounts.changed`; the organization service applies it and creates the personal
+and GitHub organizations (seen on an open WatchApp stream), with the right roles and installation
+status; connected ones are synced by the real github-data service; redelivery has no second effect;
+outages are retried and a persistent one leaves a readable error. The token RPC is for services only
+and no read returns a token."""
 
 from __future__ import annotations
 
@@ -15,23 +18,29 @@ from typing import Any
 
 import grpc
 import pytest
+from foundry.github_data.v1 import events_pb2 as gh_events_pb2
 from foundry.github_data.v1 import github_data_service_pb2 as gh_pb2
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gh_grpc
 from foundry.github_data.v1 import sync_status_pb2 as ss
-from foundry.organization.v1 import app_snapshot_pb2, events_pb2, member_pb2, organization_pb2, user_pb2
+from foundry.organization.v1 import app_snapshot_pb2, member_pb2, organization_pb2, user_pb2
 from foundry.organization.v1 import organization_service_pb2 as pb
 from foundry.organization.v1 import organization_service_pb2_grpc as pb_grpc
 from prometheus_client import REGISTRY
+from sqlalchemy import inspect
 
+from services.github_data.store import user_accounts as stored
 from services.organization.domain.github_accounts import AppInstallation, GithubAccount, plan
 from services.platform.identity import Caller
 from services.platform.messaging.broker import queue_name
+from services.platform.secrets import SecretBox
 from services.platform.settings import GithubSettings, MessagingSettings, Settings, WatchSettings
 from services.platform.watch.testing import WatchClient
 from tests.helpers import assert_eventually
 from tests.helpers.github_server import GithubServer, GithubState, app_key_pair
+from tests.helpers.github_sign_in import sign_in_with_github
 from tests.helpers.infra import unique_name
 from tests.helpers.mesh import Mesh, running
+from tests.unit.github_data.conftest import EventLog
 from tests.unit.organization.support import resources_of
 
 GATEWAY = Caller.service("gateway")
@@ -50,12 +59,15 @@ class World:
     def org_stub(self, caller: Caller = GATEWAY) -> pb_grpc.OrganizationServiceAsyncStub:
         return pb_grpc.OrganizationServiceStub(self.mesh.channel("organization", caller))
 
-    def github_data(self) -> gh_grpc.GithubDataServiceAsyncStub:
-        return gh_grpc.GithubDataServiceStub(self.mesh.channel("github_data", Caller.service("organization")))
+    def github_data(
+        self, caller: Caller = Caller.service("organization")
+    ) -> gh_grpc.GithubDataServiceAsyncStub:
+        return gh_grpc.GithubDataServiceStub(self.mesh.channel("github_data", caller))
 
     @property
     def sync_queue(self) -> str:
-        return queue_name(self.mesh.settings.name_prefix, "organization", "github_user_sync")
+        """github-data's discovery work queue (DiscoverUserAccounts)."""
+        return queue_name(self.mesh.settings.name_prefix, "github_data", "user_accounts")
 
 
 def world_settings(base: Settings, github: GithubServer, private_key: str) -> Settings:
@@ -149,14 +161,12 @@ def new_person(github: GithubState, *, orgs: int = 0, installed: int = 0, repos:
 
 
 async def sign_in(world: World, person: Person) -> pb.SignInWithGithubResponse:
-    return await world.org_stub().SignInWithGithub(
-        pb.SignInWithGithubRequest(
-            github_account_id=person.account_id,
-            login=person.login,
-            access_token=person.token,
-            scopes=["read:org", "repo"],
-            user_agent="pytest",
-        )
+    return await sign_in_with_github(
+        world.org_stub(),
+        world.github_data(GATEWAY),
+        github_account_id=person.account_id,
+        login=person.login,
+        access_token=person.token,
     )
 
 
@@ -224,7 +234,7 @@ def _true(condition: bool) -> None:
 
 def handled(world: World, outcome: str) -> float:
     """Deliveries of the discovery queue the Worker settled with `outcome` so far."""
-    labels = {"service": "organization", "queue": world.sync_queue, "outcome": outcome}
+    labels = {"service": "github_data", "queue": world.sync_queue, "outcome": outcome}
     return REGISTRY.get_sample_value("foundry_messages_handled_total", labels) or 0.0
 
 
@@ -307,7 +317,7 @@ async def test_redelivered_discovery_has_no_second_effect(world: World) -> None:
         await world.mesh.broker.publish(
             exchange="",
             routing_key=world.sync_queue,
-            body=events_pb2.SyncGithubUser(user=f"users/{person.account_id}").SerializeToString(),
+            body=gh_events_pb2.DiscoverUserAccounts(user=f"users/{person.account_id}").SerializeToString(),
             message_id=message_id,
         )
         await assert_eventually(lambda: _true(handled(world, "ack") > acked))
@@ -327,14 +337,14 @@ async def test_redelivered_discovery_has_no_second_effect(world: World) -> None:
 
 
 async def processed_message_id(world: World) -> str:
-    """The id of the discovery message the organization service processed last (from its inbox;
-    the outbox forgets published rows)."""
+    """The id of the discovery message github-data processed last (from its inbox; the outbox
+    forgets published rows)."""
     from sqlalchemy import select
 
     from services.platform.db.tables import inbox
 
-    host = world.mesh.hosts["organization"]
-    consumer = f"organization:{world.sync_queue}"
+    host = world.mesh.hosts["github_data"]
+    consumer = f"github_data:{world.sync_queue}"
     assert host.db is not None
     async with host.db.snapshot() as session:
         row = (
@@ -423,18 +433,22 @@ def _discovery(watcher: AppWatcher) -> app_snapshot_pb2.GithubDiscovery:
 async def _pending_then_done(world: World, person: Person, gate: asyncio.Event) -> None:
     signed = await sign_in(world, person)
     me = world.org_stub(person.caller)
-    snap = (
-        await me.GetAppSnapshot(
-            pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+
+    async def pending_or_running() -> None:  # github-data's first events reach the app shell
+        snap = (
+            await me.GetAppSnapshot(
+                pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+            )
+        ).app_snapshot
+        discovery = snap.github_discovery
+        assert discovery.name == f"users/{person.account_id}/githubDiscovery"
+        assert discovery.state in (
+            app_snapshot_pb2.GITHUB_DISCOVERY_STATE_PENDING,
+            app_snapshot_pb2.GITHUB_DISCOVERY_STATE_RUNNING,
         )
-    ).app_snapshot
-    discovery = snap.github_discovery
-    assert discovery.name == f"users/{person.account_id}/githubDiscovery"
-    assert discovery.state in (
-        app_snapshot_pb2.GITHUB_DISCOVERY_STATE_PENDING,
-        app_snapshot_pb2.GITHUB_DISCOVERY_STATE_RUNNING,
-    )
-    assert discovery.HasField("update_time") and not discovery.HasField("last_success_time")
+        assert discovery.HasField("update_time") and not discovery.HasField("last_success_time")
+
+    await assert_eventually(pending_or_running)
     async with AppWatcher(world, person, signed.auth_session.name) as watcher:
         await assert_eventually(
             lambda: _true(_discovery(watcher).state == app_snapshot_pb2.GITHUB_DISCOVERY_STATE_RUNNING)
@@ -473,6 +487,98 @@ async def test_the_app_shell_carries_the_github_discovery_state_from_pending_to_
         )
     ).app_snapshot
     assert snap.github_discovery == failed
+
+
+async def test_the_token_goes_to_github_data_and_organization_learns_the_accounts_from_its_event(
+    world: World,
+) -> None:
+    """The event path end to end: the token is stored by github-data (the organization service has
+    no token table and no ResolveGithubToken any more), github-data's discovery publishes
+    `github_data.user_accounts.changed` with what the token sees, and the organization service,
+    which consumes only that event, creates the organization and the membership."""
+    log = EventLog()
+    await log.attach(world.mesh.broker, world.mesh.settings.name_prefix)
+    person = new_person(world.github, orgs=1, installed=1)
+    acme = f"organizations/{person.orgs[0]}"
+    signed = await sign_in(world, person)
+    async with AppWatcher(world, person, signed.auth_session.name) as watcher:
+        await watcher.until({person.personal, acme})
+
+    def published() -> gh_events_pb2.UserAccountsChanged:
+        mine = [e for e in log.of("github_data.user_accounts.changed") if e.user == signed.user.name]
+        states = [e.state for e in mine]
+        assert states[:1] == [gh_events_pb2.USER_ACCOUNTS_STATE_PENDING], states
+        assert states[-1] == gh_events_pb2.USER_ACCOUNTS_STATE_DONE, states
+        assert [e.version for e in mine] == sorted({e.version for e in mine})  # versions only grow
+        last: gh_events_pb2.UserAccountsChanged = mine[-1]
+        return last
+
+    done = await assert_eventually(published)
+    assert (done.viewer.login, done.viewer.account_id) == (person.login, person.account_id)
+    assert [o.login for o in done.organizations] == person.orgs
+    assert done.installations_listed and [i.account_login for i in done.installations] == person.orgs
+    assert person.token.encode() not in done.SerializeToString()  # events never carry the token
+
+    member = await world.org_stub(person.caller).GetMember(
+        pb.GetMemberRequest(name=f"{acme}/members/{person.account_id}")
+    )
+    assert member.member.role == member_pb2.MEMBER_ROLE_ADMIN
+    assert not hasattr(pb, "ResolveGithubTokenRequest")
+    org_db, gh_db = world.mesh.hosts["organization"].db, world.mesh.hosts["github_data"].db
+    assert org_db is not None and gh_db is not None
+    async with org_db.snapshot() as session:
+        tables = await session.run_sync(lambda s: inspect(s.connection()).get_table_names())
+    assert "github_tokens" not in tables
+    async with gh_db.snapshot() as session:
+        tables = await session.run_sync(lambda s: inspect(s.connection()).get_table_names())
+    assert "user_tokens" in tables
+
+
+async def test_only_services_store_tokens_and_no_read_returns_one(world: World) -> None:
+    """A user-context caller (even the token's own user) cannot call SetGithubToken
+    (PERMISSION_DENIED, nothing stored or queued); the stored token is in no answer of the token RPC
+    or of github-data's and the organization service's reads."""
+    person = new_person(world.github, orgs=1, installed=0)
+    signed = await sign_in(world, person)
+    acme = f"organizations/{person.orgs[0]}"
+    async with AppWatcher(world, person, signed.auth_session.name) as watcher:
+        await watcher.until({person.personal, acme})
+        await watcher.synced({person.personal})
+    asks = world.github.count("GET /api/v3/user?")
+    hostile = "gho_planted_by_the_user"
+    for caller in (person.caller, Caller(subject="user/1", login="mallory")):
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await world.github_data(caller).SetGithubToken(
+                gh_pb2.SetGithubTokenRequest(user=signed.user.name, access_token=hostile, scopes=["repo"])
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    gh_db = world.mesh.hosts["github_data"].db
+    assert gh_db is not None
+    async with gh_db.snapshot() as session:
+        box = SecretBox(world.mesh.settings.credentials_key.get_secret_value())
+        token = await stored.get_token(session, box, user_id=str(person.account_id))
+    assert token is not None and token.access_token == person.token  # the denied calls changed nothing
+    assert world.github.count("GET /api/v3/user?") == asks  # and queued no discovery
+
+    answer = await world.github_data(GATEWAY).SetGithubToken(
+        gh_pb2.SetGithubTokenRequest(user=signed.user.name, access_token=person.token, scopes=["repo"])
+    )
+    service = world.github_data()
+    user = world.github_data(person.caller)
+    reads = [
+        answer,
+        await service.GetConnection(gh_pb2.GetConnectionRequest(name=f"{person.personal}/connection")),
+        await user.GetConnection(gh_pb2.GetConnectionRequest(name=f"{person.personal}/connection")),
+        await user.GetSyncStatus(gh_pb2.GetSyncStatusRequest(name=f"{person.personal}/syncStatus")),
+        await user.ListRepositories(_repos(person.personal)),
+        await user.ListGithubMembers(gh_pb2.ListGithubMembersRequest(parent=acme)),
+        await world.org_stub(person.caller).GetAppSnapshot(
+            pb.GetAppSnapshotRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+        ),
+        await world.org_stub(person.caller).GetUser(pb.GetUserRequest(name="users/me")),
+    ]
+    for response in reads:
+        assert person.token.encode() not in response.SerializeToString(), type(response).__name__
 
 
 def _repos(organization: str) -> gh_pb2.ListRepositoriesRequest:

@@ -11,6 +11,7 @@ from foundry.organization.v1 import organization_service_pb2 as pb
 from foundry.organization.v1 import organization_summary_pb2 as summary_pb2
 from foundry.organization.v1 import task_index_pb2
 from foundry.task.v1 import task_pb2
+from prometheus_client import REGISTRY
 
 from tests.helpers import assert_eventually
 from tests.helpers.mesh import BOB
@@ -79,6 +80,27 @@ async def test_repeated_and_older_versions_of_a_task_are_ignored(env: OrgEnv, tm
         task_updated(org, "t1", 4, title="fourth"),
     )
     await assert_eventually(lambda: title_is("fourth"))  # 4 applied after 2 and the repeated 3 were seen
+
+
+async def test_projection_updates_are_timed_by_routing_key_and_outcome(env: OrgEnv, tmp_path: Path) -> None:
+    """foundry_projection_update_seconds: one sample per event handled, `stale` for a repeated or
+    older version."""
+    org = await env.new_org(tmp_path)
+    key = task_updated(org, "t1", 1)[0]
+
+    def count(outcome: str) -> float:
+        labels = {"projection": "organization_summary", "routing_key": key, "outcome": outcome}
+        return REGISTRY.get_sample_value("foundry_projection_update_seconds_count", labels) or 0.0
+
+    applied, stale = count("applied"), count("stale")
+    await env.publish(task_updated(org, "t1", 3))
+
+    def counted(expected_applied: float, expected_stale: float) -> None:
+        assert (count("applied") - applied, count("stale") - stale) == (expected_applied, expected_stale)
+
+    await assert_eventually(lambda: counted(1, 0))
+    await env.publish(task_updated(org, "t1", 2), task_updated(org, "t1", 3), task_updated(org, "t1", 4))
+    await assert_eventually(lambda: counted(2, 2))
 
 
 async def test_removed_task_leaves_summary_and_a_late_older_update_does_not_revive_it(

@@ -27,7 +27,7 @@ from foundry.task.v1 import task_pb2
 from google.protobuf.message import DecodeError, Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.organization.convert import from_us, to_us
+from services.organization.convert import timestamp, to_time
 from services.organization.domain.errors import DOMAIN
 from services.organization.domain.names import (
     parse_child,
@@ -40,7 +40,7 @@ from services.organization.domain.names import (
 from services.organization.store import projection as q
 from services.organization.store import task_index as ix
 from services.organization.usecases import app_feed
-from services.platform.clock import now_us
+from services.platform import clock
 from services.platform.errors import InvalidArgument
 from services.platform.watch import record_change
 
@@ -125,12 +125,12 @@ async def _task_updated(session: AsyncSession, body: bytes) -> _Effects | None:
         task_id=task_id,
         repository=summary.repository,
         counted=summary.status not in UNCOUNTED,
-        update_us=to_us(summary.update_time) or now_us(),
+        update_time=to_time(summary.update_time) or clock.now(),
         summary=summary.SerializeToString(),
     )
     entry = await ix.get_entry(session, org_id=org_id, task_id=task_id)
     if entry is not None and entry.virtual:  # the task service materialized the virtual task
-        await ix.update_entry(session, org_id=org_id, task_id=task_id, virtual=False, update_us=now_us())
+        await ix.update_entry(session, org_id=org_id, task_id=task_id, virtual=False, update_time=clock.now())
     effects.changes.append((event.name, summary))
     effects.touch(summary.repository, summary.repository_full_name)
     if old is not None and old.repository != summary.repository:
@@ -157,24 +157,6 @@ async def _task_removed(session: AsyncSession, body: bytes) -> _Effects | None:
 # -- pull requests -------------------------------------------------------------------------------
 
 
-def pull_request_summary(pr: pr_pb2.PullRequest) -> pr_pb2.PullRequestSummary:
-    """The small copy of a pull request that task summaries and the open list carry."""
-    return pr_pb2.PullRequestSummary(
-        name=pr.name,
-        number=pr.number,
-        repository=pr.repository,
-        repository_full_name=pr.repository_full_name,
-        title=pr.title,
-        state=pr.state,
-        draft=pr.draft,
-        url=pr.url,
-        head_branch=pr.head_branch,
-        base_branch=pr.base_branch,
-        author_login=pr.author_login,
-        update_time=pr.update_time,
-    )
-
-
 def virtual_summary(org_id: str, task_id: str, pr: pr_pb2.PullRequestSummary) -> task_pb2.TaskSummary:
     """The summary of the virtual task standing for `pr` until a real task owns its branch."""
     summary = task_pb2.TaskSummary(
@@ -187,7 +169,7 @@ def virtual_summary(org_id: str, task_id: str, pr: pr_pb2.PullRequestSummary) ->
         pull_request=pr,
         virtual=True,
     )
-    summary.update_time.CopyFrom(pr.update_time if to_us(pr.update_time) else from_us(now_us()))
+    summary.update_time.CopyFrom(pr.update_time if to_time(pr.update_time) else timestamp(clock.now()))
     return summary
 
 
@@ -196,7 +178,8 @@ async def _pr_changed(session: AsyncSession, body: bytes) -> _Effects | None:
     org_id, repository = parse_pull_request(event.name)
     if not await q.accept_version(session, name=event.name, version=event.version):
         return None
-    pr = pull_request_summary(event.pull_request)
+    pr = pr_pb2.PullRequestSummary()
+    pr.CopyFrom(event.summary)
     pr.name, pr.repository = event.name, repository
     if pr.state not in _OPEN_STATES:  # not open any more: same as a removal
         return await _pr_gone(session, org_id, event.name, repository, pr.head_branch)
@@ -207,14 +190,14 @@ async def _pr_changed(session: AsyncSession, body: bytes) -> _Effects | None:
         org_id=org_id,
         repository=repository,
         head_branch=pr.head_branch,
-        update_us=to_us(pr.update_time),
+        update_time=to_time(pr.update_time) or clock.EPOCH,
         summary=pr.SerializeToString(),
     )
     effects.changes.append((event.name, pr))
     if not pr.head_branch:
         return effects
     entry = await ix.get_entry_by_branch(session, org_id=org_id, repository=repository, branch=pr.head_branch)
-    now = now_us()
+    now = clock.now()
     if entry is None or entry.virtual:
         task_id = entry.task_id if entry is not None else virtual_task_id(repository, pr.head_branch)
         summary = virtual_summary(org_id, task_id, pr)
@@ -224,7 +207,7 @@ async def _pr_changed(session: AsyncSession, body: bytes) -> _Effects | None:
             task_id=task_id,
             repository=repository,
             counted=True,
-            update_us=to_us(summary.update_time),
+            update_time=to_time(summary.update_time) or now,
             summary=summary.SerializeToString(),
         )
         if entry is None:
@@ -237,7 +220,7 @@ async def _pr_changed(session: AsyncSession, body: bytes) -> _Effects | None:
                 title=summary.title,
                 virtual=True,
                 pull_request=pr.SerializeToString(),
-                now_us=now,
+                now=now,
             )
         else:
             await ix.update_entry(
@@ -246,13 +229,17 @@ async def _pr_changed(session: AsyncSession, body: bytes) -> _Effects | None:
                 task_id=task_id,
                 title=summary.title,
                 pull_request=pr.SerializeToString(),
-                update_us=now,
+                update_time=now,
             )
         effects.changes.append((summary.name, summary))
         effects.touch(repository, pr.repository_full_name)
     else:  # a real task owns the branch; the task service keeps its summary's pull request
         await ix.update_entry(
-            session, org_id=org_id, task_id=entry.task_id, pull_request=pr.SerializeToString(), update_us=now
+            session,
+            org_id=org_id,
+            task_id=entry.task_id,
+            pull_request=pr.SerializeToString(),
+            update_time=now,
         )
     return effects
 
@@ -282,7 +269,7 @@ async def _pr_gone(session: AsyncSession, org_id: str, name: str, repository: st
         effects.touch(repository)
     else:
         await ix.update_entry(
-            session, org_id=org_id, task_id=entry.task_id, pull_request=None, update_us=now_us()
+            session, org_id=org_id, task_id=entry.task_id, pull_request=None, update_time=clock.now()
         )
     return effects
 
@@ -296,7 +283,7 @@ async def _repo_changed(session: AsyncSession, body: bytes) -> _Effects | None:
     if not await q.accept_version(session, name=event.name, version=event.version):
         return None
     repo = event.repository
-    own = to_us(repo.provider_update_time) or to_us(repo.update_time)
+    own = to_time(repo.provider_update_time) or to_time(repo.update_time) or clock.EPOCH
     row = await q.get_repository(session, org_id=org_id, name=event.name)
     await q.put_repository(
         session,
@@ -305,9 +292,9 @@ async def _repo_changed(session: AsyncSession, body: bytes) -> _Effects | None:
         full_name=repo.full_name,
         default_branch=repo.default_branch,
         listed=True,
-        own_update_us=own,
+        own_update_time=own,
         task_count=row.task_count if row else 0,
-        latest_activity_us=row.latest_activity_us if row else own,
+        latest_activity_time=row.latest_activity_time if row else own,
     )
     effects = _Effects(org_id)
     effects.touch(event.name, repo.full_name, force=True)
@@ -362,7 +349,7 @@ def repository_summary(row: Any) -> summary_pb2.RepositorySummary:
     summary = summary_pb2.RepositorySummary(
         name=row.name, full_name=row.full_name, default_branch=row.default_branch, task_count=row.task_count
     )
-    summary.latest_activity_time.CopyFrom(from_us(row.latest_activity_us))
+    summary.latest_activity_time.CopyFrom(timestamp(row.latest_activity_time))
     return summary
 
 
@@ -394,16 +381,18 @@ async def recount_repository(
         session, org_id=org_id, name=name, full_name=full_name or name.rsplit("/", 1)[-1]
     )
     count, latest_task = await q.repository_task_stats(session, org_id=org_id, repository=name)
-    latest = latest_task or row.own_update_us
+    latest = latest_task or row.own_update_time
     visible_before = row.listed or row.task_count > 0
     visible_after = row.listed or count > 0
     if not visible_after:
         await q.delete_repository(session, org_id=org_id, name=name)
         return (name, None) if visible_before or force else None
-    if not force and count == row.task_count and latest == row.latest_activity_us:
+    if not force and count == row.task_count and latest == row.latest_activity_time:
         return None
-    await q.update_repository(session, org_id=org_id, name=name, task_count=count, latest_activity_us=latest)
+    await q.update_repository(
+        session, org_id=org_id, name=name, task_count=count, latest_activity_time=latest
+    )
     summary = repository_summary(row)
     summary.task_count = count
-    summary.latest_activity_time.CopyFrom(from_us(latest))
+    summary.latest_activity_time.CopyFrom(timestamp(latest))
     return name, summary
