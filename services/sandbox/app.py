@@ -4,9 +4,12 @@ servicer and queue handlers from the host's Runtime.
 Work queues: `<prefix>.sandbox.turn` (RunTurn) and `<prefix>.sandbox.git_state` (RefreshGitStateWork),
 suffixed with the replica's address when `sandbox.replica_address` is set (api/placement.py: each
 sandbox belongs to the replica that created it).
-On start, turns left running by a crashed process are failed with a readable message and sessions
-with queued turns are kicked; processes found running are adopted; each replica does this for the
+On start, turns left running by a crashed process end INTERRUPTED with a readable notice (their
+sessions resume on the next turn, `session/load` where the agent offers it) and sessions with
+queued turns are kicked; processes found running are adopted; each replica does this for the
 sandboxes it owns. Every 30 s the same check runs again (a turn whose runner stopped heartbeating).
+With `sandbox.warm_pool_size` > 0 the warm pool (usecases/warm_pool.py) refills in the background
+and drains (stops refilling, cancels preparations) when the host's drain begins.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ from services.sandbox.api.servicer import SandboxServicer
 from services.sandbox.providers import build_provider
 from services.sandbox.providers.agents.pool import AgentPool, venv_bin
 from services.sandbox.store.logs import LogRecords
+from services.sandbox.store.permissions import PermissionRecords
 from services.sandbox.store.sandboxes import Queues, SandboxRecords
+from services.sandbox.store.warm_pool import WarmPoolRecords
 from services.sandbox.usecases.checkout import Checkouts
+from services.sandbox.usecases.permissions import Permissions
 from services.sandbox.usecases.processes import Processes
 from services.sandbox.usecases.sandboxes import Sandboxes
 from services.sandbox.usecases.sessions import Sessions
 from services.sandbox.usecases.turns import TurnRunner, runner_id
+from services.sandbox.usecases.warm_pool import WarmPool
 from services.sandbox.workers import refresh_git_state, run_turn
 
 log = get_logger(__name__)
@@ -50,7 +57,14 @@ def wire(rt: Runtime) -> Wiring:
     queues = Queues(settings.name_prefix, replica)
     records = SandboxRecords(rt.db, rt.outbox, queues)
     logs = LogRecords(rt.db, rt.outbox)
-    pool = AgentPool(provider, settings.sandbox.agents, append=logs.append_events, extra_path=[venv_bin()])
+    permission_records = PermissionRecords(rt.db, rt.outbox)
+    pool = AgentPool(
+        provider,
+        settings.sandbox.agents,
+        append=logs.append_events,
+        extra_path=[venv_bin()],
+        permissions=permission_records,
+    )
     sandboxes = Sandboxes(records, provider, pool, replica=replica)
     sessions = Sessions(
         sandboxes,
@@ -59,10 +73,21 @@ def wire(rt: Runtime) -> Wiring:
         pool,
         configured=settings.sandbox.agents,
         default_agent=settings.sandbox.default_agent,
+        models=settings.sandbox.agent_models,
+        credentials=settings.sandbox.agent_credentials,
     )
     checkouts = Checkouts(sandboxes, logs)
     processes = Processes(sandboxes, logs)
     sandboxes.before_destroy.append(processes.remove_all)
+    warm = WarmPool(
+        sandboxes,
+        WarmPoolRecords(rt.db, records),
+        size=settings.sandbox.warm_pool_size,
+        agent=settings.sandbox.default_agent,
+        stage_seconds=settings.sandbox.warm_pool_stage_seconds,
+        refill_seconds=settings.sandbox.warm_pool_refill_seconds,
+    )
+    warm.attach()
     runner = TurnRunner(sandboxes, records, logs, pool, runner=runner_id())
     membership = Membership.via_peer(rt.peers)
     servicer = SandboxServicer(
@@ -73,12 +98,13 @@ def wire(rt: Runtime) -> Wiring:
         logs=logs,
         hub=rt.hub,
         membership=membership,
+        permissions=Permissions(permission_records, pool),
     )
 
     async def recover() -> None:
-        failed = await runner.recover()
+        interrupted = await runner.recover()
         await processes.recover()
-        log.info("sandbox_recovered", turns_failed=failed)
+        log.info("sandbox_recovered", turns_interrupted=interrupted)
 
     async def recover_periodically() -> None:
         while True:
@@ -88,7 +114,11 @@ def wire(rt: Runtime) -> Wiring:
             except Exception:  # retried at the next interval
                 log.warning("sandbox_recover_failed", exc_info=True)
 
+    async def keep_warm() -> None:
+        await warm.run()
+
     async def close() -> None:
+        await warm.drain()
         await processes.close()
         await pool.close()
         await provider.close()
@@ -105,7 +135,8 @@ def wire(rt: Runtime) -> Wiring:
             (QueueSpec(queues.git_state), refresh_git_state.handler(checkouts)),
         ],
         on_started=[recover],
-        background=[recover_periodically],
+        background=[recover_periodically, keep_warm],
         on_close=[close],
+        on_drain=[warm.drain],
         interceptors=[OwnerGuard(records, replica)] if replica else [],
     )

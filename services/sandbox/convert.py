@@ -16,15 +16,15 @@ from foundry.sandbox.v1 import (
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
 
-from services.platform import clock
 from services.sandbox.domain import models as m
+from services.sandbox.domain.permissions import PermissionOutcome, PermissionRequest
 
 
 def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     out = timestamp_pb2.Timestamp()
-    out.FromDatetime(clock.utc(value))
+    out.FromDatetime(value)
     return out
 
 
@@ -45,6 +45,7 @@ def sandbox(s: m.Sandbox) -> sandbox_pb2.Sandbox:
         update_time=ts(s.update_time),
         destroy_time=ts(s.destroy_time),
         replica=s.replica,
+        from_warm_pool=s.from_warm_pool,
     )
     if s.checkout is not None:
         c = s.checkout
@@ -145,6 +146,8 @@ def git_state(g: m.GitState) -> git_state_pb2.GitState:
         name=f"{g.sandbox.name}/gitState",
         branch=g.branch,
         head_commit=g.head_commit,
+        base_branch=g.base_branch,
+        base_commit=g.base_commit,
         file_changes=[
             git_state_pb2.FileChange(
                 path=c.path,
@@ -191,13 +194,22 @@ def process_spec(p: process_pb2.Process) -> m.ProcessSpec:
     )
 
 
+_DISPLAY_NAMES = {"fake": "Fake agent (offline)", "claude": "Claude Code", "codex": "Codex"}
+
+
 def agent(a: m.AgentInfo) -> agent_pb2.Agent:
     return agent_pb2.Agent(
         name=f"agents/{a.name}",
-        display_name=a.name.capitalize(),
+        display_name=_DISPLAY_NAMES.get(a.name, a.name.capitalize()),
         command=a.command,
         available=a.available,
+        models=[agent_pb2.AgentModel(id=model, label=model.capitalize()) for model in a.models],
+        default_model=a.models[0] if a.models else "",
         default=a.default,
+        installed=a.installed,
+        credential_variables=a.credentials,
+        credentials_present=a.credentials_present,
+        unavailable_reason=a.unavailable_reason,
     )
 
 
@@ -206,7 +218,37 @@ def permission_policy(value: int) -> m.PermissionPolicy | None:
         return m.PermissionPolicy.ALLOW
     if value == agent_session_pb2.PERMISSION_POLICY_REJECT:
         return m.PermissionPolicy.REJECT
+    if value == agent_session_pb2.PERMISSION_POLICY_ASK:
+        return m.PermissionPolicy.ASK
     return None
+
+
+_OUTCOMES: dict[int, PermissionOutcome] = {
+    agent_session_pb2.PERMISSION_OUTCOME_ALLOW_ONCE: PermissionOutcome.ALLOW_ONCE,
+    agent_session_pb2.PERMISSION_OUTCOME_ALLOW_ALWAYS: PermissionOutcome.ALLOW_ALWAYS,
+    agent_session_pb2.PERMISSION_OUTCOME_REJECT: PermissionOutcome.REJECT,
+    agent_session_pb2.PERMISSION_OUTCOME_CANCELLED: PermissionOutcome.CANCELLED,
+}
+
+
+def permission_outcome(value: int) -> PermissionOutcome | None:
+    """A PermissionOutcome enum value → the domain outcome (None for unspecified or unknown)."""
+    return _OUTCOMES.get(int(value))
+
+
+def permission_request(r: PermissionRequest) -> agent_session_pb2.PermissionRequest:
+    return agent_session_pb2.PermissionRequest(
+        name=r.name,
+        turn=r.session.turn_name(r.turn_id) if r.turn_id else "",
+        title=r.title,
+        state=_enum(agent_session_pb2.PermissionRequestState, "PERMISSION_REQUEST_STATE", r.state),
+        outcome=_enum(agent_session_pb2.PermissionOutcome, "PERMISSION_OUTCOME", r.outcome or ""),
+        option_id=r.option_id,
+        answered_by=r.answered_by,
+        delivered=r.delivered,
+        create_time=ts(r.create_time),
+        answer_time=ts(r.answer_time),
+    )
 
 
 def attachments(items: Any) -> list[m.Attachment]:

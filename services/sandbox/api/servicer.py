@@ -1,9 +1,16 @@
 """`SandboxService` over gRPC: decode → one domain call → encode. Errors are domain exceptions, mapped
-by the platform's first interceptor; every organization-scoped call checks membership first."""
+by the platform's first interceptor; every organization-scoped call checks membership first.
+
+The commands that run git or a provider (create/destroy a sandbox, prepare, start an agent or a
+session, prompt, cancel, set the model, close, refresh git state, revert, push) are the execution
+steps of the task service's queue workers (ARCHITECTURE flow 2): service callers only
+(`require_service`, PERMISSION_DENIED `SERVICE_ONLY` for a user). A user's request reaches them only
+as a command the task service records and enqueues. Users read here directly (sandboxes, git state,
+files, transcripts) and drive their own terminal (processes)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from foundry.sandbox.v1 import process_pb2
@@ -12,12 +19,15 @@ from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform import context as request_context
 from services.platform.authz import Membership, require_service
 from services.platform.watch import WatchHub
 from services.sandbox import convert
 from services.sandbox.domain import names
-from services.sandbox.store.logs import LogRecords, events_scope, processes_scope
+from services.sandbox.domain.models import SandboxKey
+from services.sandbox.store.logs import LogRecords, events_scope, output_chunk, output_scope, processes_scope
 from services.sandbox.usecases.checkout import Checkouts
+from services.sandbox.usecases.permissions import Permissions
 from services.sandbox.usecases.processes import Processes
 from services.sandbox.usecases.sandboxes import Sandboxes
 from services.sandbox.usecases.sessions import Sessions
@@ -42,6 +52,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         logs: LogRecords,
         hub: WatchHub,
         membership: Membership,
+        permissions: Permissions,
     ) -> None:
         self.sandboxes = sandboxes
         self.sessions = sessions
@@ -50,9 +61,23 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         self.logs = logs
         self.hub = hub
         self.membership = membership
+        self.permissions = permissions
 
     async def _member(self, name: str) -> None:
         await self.membership.require(_org(name))
+
+    def _environment(
+        self, key: SandboxKey, environment: Mapping[str, str], *, keep_when_empty: bool = False
+    ) -> None:
+        """Keep the organization's model API keys the task service sends for the sandbox's agents.
+        Only a service may send them (a user never names an agent's environment); a call without
+        them from a user changes nothing."""
+        caller = request_context.caller()
+        if caller is not None and caller.is_service:
+            if environment or not keep_when_empty:
+                self.sessions.use_environment(key, environment)
+        elif environment:
+            require_service("an agent environment")
 
     # -- agents and sandboxes --------------------------------------------------------------------
 
@@ -67,6 +92,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     ) -> pb.CreateSandboxResponse:
         names.organization(request.parent)
         key = names.sandbox(f"{request.parent}/sandboxes/{request.sandbox_id}", "sandbox_id")
+        require_service("CreateSandbox")
         await self.membership.require(request.parent)
         sandbox, created = await self.sandboxes.create(
             key,
@@ -99,6 +125,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         self, request: pb.DestroySandboxRequest, context: Context
     ) -> pb.DestroySandboxResponse:
         key = names.sandbox(request.name)
+        require_service("DestroySandbox")
         await self._member(request.name)
         return pb.DestroySandboxResponse(
             sandbox=convert.sandbox(await self.sandboxes.destroy(key, request.reason))
@@ -125,6 +152,8 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     async def StartAgent(self, request: pb.StartAgentRequest, context: Context) -> pb.StartAgentResponse:
         key = names.sandbox(request.parent, "parent")
         agent = names.agent(request.agent)
+        require_service("StartAgent")
+        self._environment(key, request.environment)  # refused before anything else for a user
         await self._member(request.parent)
         connection = await self.sessions.start_agent(key, agent)
         return pb.StartAgentResponse(agent_connection=convert.agent_connection(connection))
@@ -134,6 +163,8 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     ) -> pb.StartAgentSessionResponse:
         key = names.sandbox(request.parent, "parent")
         agent = names.agent(request.agent)
+        require_service("StartAgentSession")
+        self._environment(key, request.environment)  # refused before anything else for a user
         await self._member(request.parent)
         session = await self.sessions.start_session(
             key,
@@ -156,6 +187,9 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         self, request: pb.PromptSessionRequest, context: Context
     ) -> pb.PromptSessionResponse:
         key = names.session(request.name)
+        require_service("PromptSession")
+        # Empty: the task service could not read them this time; the sandbox keeps the ones it has.
+        self._environment(key.sandbox, request.environment, keep_when_empty=True)
         await self._member(request.name)
         turn = await self.sessions.prompt(
             key,
@@ -163,18 +197,40 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
             text=request.text,
             attachments=convert.attachments(request.attachments),
             user=request.user,
+            permission_policy=convert.permission_policy(request.permission_policy),
         )
         return pb.PromptSessionResponse(turn=convert.turn(turn))
 
     async def CancelTurn(self, request: pb.CancelTurnRequest, context: Context) -> pb.CancelTurnResponse:
         key, turn_id = names.turn(request.name)
+        require_service("CancelTurn")
         await self._member(request.name)
         return pb.CancelTurnResponse(turn=convert.turn(await self.sessions.cancel_turn(key, turn_id)))
+
+    async def AnswerPermissionRequest(
+        self, request: pb.AnswerPermissionRequestRequest, context: Context
+    ) -> pb.AnswerPermissionRequestResponse:
+        key, request_id = names.permission_request(request.name)
+        await self._member(request.name)
+        caller = request_context.caller()
+        # A user answers as themselves; only a service (the task service) names the user it serves.
+        user = (
+            request.user
+            if caller is not None and caller.is_service
+            else f"users/{caller.user_id}"
+            if caller
+            else ""
+        )
+        answered = await self.permissions.answer(
+            key, request_id, convert.permission_outcome(request.outcome), user=user
+        )
+        return pb.AnswerPermissionRequestResponse(permission_request=convert.permission_request(answered))
 
     async def SetAgentSessionModel(
         self, request: pb.SetAgentSessionModelRequest, context: Context
     ) -> pb.SetAgentSessionModelResponse:
         key = names.session(request.name)
+        require_service("SetAgentSessionModel")
         await self._member(request.name)
         session = await self.sessions.set_model(key, request.model)
         return pb.SetAgentSessionModelResponse(agent_session=convert.agent_session(session))
@@ -183,6 +239,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         self, request: pb.CloseAgentSessionRequest, context: Context
     ) -> pb.CloseAgentSessionResponse:
         key = names.session(request.name)
+        require_service("CloseAgentSession")
         await self._member(request.name)
         return pb.CloseAgentSessionResponse(
             agent_session=convert.agent_session(await self.sessions.close(key))
@@ -230,14 +287,30 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         self, request: pb.RefreshGitStateRequest, context: Context
     ) -> pb.RefreshGitStateResponse:
         key = names.git_state(request.name)
+        require_service("RefreshGitState")
         await self._member(request.name)
         return pb.RefreshGitStateResponse(git_state=convert.git_state(await self.checkouts.refresh(key)))
 
     async def RevertFile(self, request: pb.RevertFileRequest, context: Context) -> pb.RevertFileResponse:
         key = names.sandbox(request.name)
+        require_service("RevertFile")
         await self._member(request.name)
         return pb.RevertFileResponse(
             git_state=convert.git_state(await self.checkouts.revert_file(key, request.path))
+        )
+
+    async def GetFileContent(
+        self, request: pb.GetFileContentRequest, context: Context
+    ) -> pb.GetFileContentResponse:
+        key = names.sandbox(request.name)
+        await self._member(request.name)
+        file = await self.checkouts.read_file(key, request.path)
+        return pb.GetFileContentResponse(
+            path=file.path,
+            content=file.content,
+            size_bytes=file.size,
+            truncated=file.truncated,
+            binary=file.binary,
         )
 
     async def PushBranch(self, request: pb.PushBranchRequest, context: Context) -> pb.PushBranchResponse:
@@ -258,7 +331,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     ) -> pb.CreateProcessResponse:
         key = names.sandbox(request.parent, "parent")
         await self._member(request.parent)
-        process = await self.processes.create(key, convert.process_spec(request.process), request.request_id)
+        size = request.terminal_size
+        process = await self.processes.create(
+            key, convert.process_spec(request.process), request.request_id, (size.rows, size.columns)
+        )
         return pb.CreateProcessResponse(process=convert.process(process))
 
     async def GetProcess(self, request: pb.GetProcessRequest, context: Context) -> pb.GetProcessResponse:
@@ -341,5 +417,44 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
             snapshot=snapshot,
             authorize=lambda: self._member(request.parent),
             wrap=lambda event: pb.WatchProcessesResponse(event=event),
+        ):
+            yield response
+
+    # -- terminals (tty processes) -----------------------------------------------------------------
+
+    async def WriteProcessInput(
+        self, request: pb.WriteProcessInputRequest, context: Context
+    ) -> pb.WriteProcessInputResponse:
+        key, process_id = names.process(request.name)
+        await self._member(request.name)
+        await self.processes.write_input(key, process_id, request.data)
+        return pb.WriteProcessInputResponse()
+
+    async def ResizeProcess(
+        self, request: pb.ResizeProcessRequest, context: Context
+    ) -> pb.ResizeProcessResponse:
+        key, process_id = names.process(request.name)
+        await self._member(request.name)
+        size = request.terminal_size
+        process = await self.processes.resize(key, process_id, size.rows, size.columns)
+        return pb.ResizeProcessResponse(process=convert.process(process))
+
+    async def WatchProcessOutput(
+        self, request: pb.WatchProcessOutputRequest, context: Context
+    ) -> AsyncIterator[pb.WatchProcessOutputResponse]:
+        key, process_id = names.process(request.name)
+        await self._member(request.name)
+        await self.processes.get(key, process_id)
+
+        async def snapshot(s: AsyncSession) -> Sequence[tuple[str, Message]]:
+            items = await self.processes.output_items(key, process_id)
+            return [(name, output_chunk(c.offset, c.data, c.capture_time)) for name, c in items]
+
+        async for response in self.hub.stream(
+            output_scope(request.name),
+            resume_token=request.resume_token,
+            snapshot=snapshot,
+            authorize=lambda: self._member(request.name),
+            wrap=lambda event: pb.WatchProcessOutputResponse(event=event),
         ):
             yield response

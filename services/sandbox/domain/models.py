@@ -33,15 +33,17 @@ class TurnState(StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the service stopped while it ran (not a failure of the session)
 
     @property
     def ended(self) -> bool:
-        return self in (TurnState.COMPLETED, TurnState.CANCELLED, TurnState.FAILED)
+        return self in (TurnState.COMPLETED, TurnState.CANCELLED, TurnState.FAILED, TurnState.INTERRUPTED)
 
 
 class PermissionPolicy(StrEnum):
     ALLOW = "allow"
     REJECT = "reject"
+    ASK = "ask"  # recorded as a PermissionRequest; the agent waits for a user's answer
 
 
 class EventKind(StrEnum):
@@ -64,6 +66,17 @@ class EventKind(StrEnum):
     TURN_COMPLETED = "turn_completed"
     ERROR = "error"
     OTHER = "other"
+    NOTICE = "notice"  # what the service did to the session (interrupted turn, agent restarted)
+    MESSAGE_QUEUED = "message_queued"  # a prompt queued behind the running turn (steering)
+
+
+class Opened(StrEnum):
+    """How `Agents.open` got a live ACP session for an agent session."""
+
+    LIVE = "live"  # this process already had it
+    NEW = "new"  # `session/new`: the agent session had none yet
+    LOADED = "loaded"  # the agent process was gone; `session/load` resumed the same ACP session
+    REPLACED = "replaced"  # the agent process was gone and cannot load it; `session/new` replaced it
 
 
 class EventSender(StrEnum):
@@ -137,6 +150,12 @@ class Sandbox:
     destroy_time: dt.datetime | None
     version: int
     replica: str = ""  # address of the owning replica; "" when one replica owns every sandbox
+    pool: str = ""  # warm pool state (store/tables.py); "claimed" = taken from the warm pool
+    egress: str = ""  # the egress policy it was created with ("" = the service's default)
+
+    @property
+    def from_warm_pool(self) -> bool:
+        return self.pool == "claimed"
 
 
 @dataclass
@@ -155,6 +174,14 @@ class AgentSession:
     update_time: dt.datetime
     close_time: dt.datetime | None
     version: int
+
+    @property
+    def accepts_turns(self) -> bool:
+        """Whether a prompt may be queued (and a queued turn claimed): IDLE or RUNNING, or ERROR once
+        its ACP session existed, so the next turn restarts the dead agent and resumes the session."""
+        if self.state in (SessionState.IDLE, SessionState.RUNNING):
+            return True
+        return self.state is SessionState.ERROR and bool(self.acp_session_id)
 
 
 @dataclass
@@ -243,6 +270,8 @@ class GitState:
     directories: list[str]
     compute_time: dt.datetime
     version: int = 0
+    base_branch: str = ""  # the branch the changes are measured against ("" : HEAD)
+    base_commit: str = ""  # merge-base of HEAD and origin/<base_branch>; HEAD without one
 
 
 @dataclass
@@ -276,12 +305,31 @@ class Process:
 
 @dataclass(frozen=True)
 class AgentInfo:
-    """A configured agent: `agents/{name}` → command line."""
+    """A configured agent: `agents/{name}` → command line, whether it can run here, and its models.
+
+    `installed`: the command is found; `credentials`: the variables one of which it needs
+    (empty: none); `credentials_present`: one of them is set. Usable when both hold."""
 
     name: str
     command: str
-    available: bool
+    installed: bool
     default: bool
+    models: tuple[str, ...] = ()
+    credentials: tuple[str, ...] = ()
+    credentials_present: bool = True
+
+    @property
+    def available(self) -> bool:
+        return self.installed and self.credentials_present
+
+    @property
+    def unavailable_reason(self) -> str:
+        """Why the agent cannot run here, in words ("" when it can)."""
+        if not self.installed:
+            return f"command {self.command!r} is not installed"
+        if not self.credentials_present:
+            return f"none of {', '.join(self.credentials)} is set for the sandbox service"
+        return ""
 
 
 @dataclass

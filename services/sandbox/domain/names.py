@@ -16,6 +16,9 @@ SANDBOX = _pattern("organizations/{organization}/sandboxes/{sandbox}")
 GIT_STATE = _pattern("organizations/{organization}/sandboxes/{sandbox}/gitState")
 SESSION = _pattern("organizations/{organization}/sandboxes/{sandbox}/sessions/{session}")
 TURN = _pattern("organizations/{organization}/sandboxes/{sandbox}/sessions/{session}/turns/{turn}")
+PERMISSION_REQUEST = _pattern(
+    "organizations/{organization}/sandboxes/{sandbox}/sessions/{session}/permissionRequests/{request}"
+)
 PROCESS = _pattern("organizations/{organization}/sandboxes/{sandbox}/processes/{process}")
 AGENT = _pattern("agents/{agent}")
 
@@ -52,6 +55,12 @@ def turn(name: str, field: str = "name") -> tuple[SessionKey, str]:
     """`.../sessions/{session}/turns/{turn}` → (SessionKey, turn id)."""
     org, sid, session_id, turn_id = TURN.parse(name, field)
     return SessionKey(SandboxKey(org, sid), session_id), turn_id
+
+
+def permission_request(name: str, field: str = "name") -> tuple[SessionKey, str]:
+    """`.../sessions/{session}/permissionRequests/{request}` → (SessionKey, request id)."""
+    org, sid, session_id, request_id = PERMISSION_REQUEST.parse(name, field)
+    return SessionKey(SandboxKey(org, sid), session_id), request_id
 
 
 def process(name: str, field: str = "name") -> tuple[SandboxKey, str]:

@@ -8,6 +8,7 @@ in their own process group so a whole tree can be signalled.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from services.sandbox.domain.models import (
     AgentSession,
     GitState,
     NewEvent,
+    Opened,
     Process,
     ProcessState,
     Sandbox,
@@ -27,6 +29,7 @@ from services.sandbox.domain.models import (
     Turn,
     TurnState,
 )
+from services.sandbox.domain.permissions import PermissionOutcome, PermissionRequest
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,13 @@ class Provider(Protocol):
         cwd: str = "",
         env: Mapping[str, str] | None = None,
         stdin: bool = False,
+        tty: int | None = None,
     ) -> asyncio.subprocess.Process:
         """Start a long-running `argv` in its own process group with piped stdout/stderr (and stdin
-        when asked). Raises FileNotFoundError when the executable does not exist."""
+        when asked). Raises FileNotFoundError when the executable does not exist.
+
+        `tty`: the slave end of a pseudo-terminal, instead of pipes the command's stdin, stdout, stderr
+        and controlling terminal (a terminal: the caller keeps the master end)."""
         ...
 
     def sandbox_path(self, provider_id: str, path: str) -> str:
@@ -163,17 +170,31 @@ class Agents(Protocol):
 
     def resolve_command(self, agent: str) -> list[str] | None: ...
 
+    def set_environment(self, sandbox: SandboxKey, environment: Mapping[str, str]) -> None: ...
+
+    def environment(self, sandbox: SandboxKey) -> Mapping[str, str]: ...
+
     async def ensure(self, sandbox: Sandbox, agent: str) -> object: ...
 
     def connection(self, sandbox: SandboxKey, agent: str) -> AgentConnection: ...
 
     def live(self, key: SessionKey) -> LiveSession | None: ...
 
-    async def open(self, sandbox: Sandbox, session: AgentSession) -> tuple[LiveSession, bool]: ...
+    async def open(self, sandbox: Sandbox, session: AgentSession) -> tuple[LiveSession, Opened]: ...
 
     async def close_session(self, key: SessionKey) -> None: ...
 
     async def stop_sandbox(self, sandbox: SandboxKey) -> None: ...
+
+    def started_with(self, sandbox: SandboxKey, agent: str) -> Mapping[str, str] | None: ...
+
+    def rename(self, old: SandboxKey, new: SandboxKey) -> None: ...
+
+    async def stop_agent(self, sandbox: SandboxKey, agent: str) -> None: ...
+
+    def waiting(self, key: SessionKey, request_id: str) -> bool: ...
+
+    def answer_permission(self, key: SessionKey, request_id: str, option_id: str) -> bool: ...
 
 
 class SandboxRecords(Protocol):
@@ -227,6 +248,30 @@ class SandboxRecords(Protocol):
     async def kick(self, key: SessionKey) -> bool: ...
 
 
+class PermissionLog(Protocol):
+    """Permission requests asked of the user (see `services.sandbox.store.permissions.PermissionRecords`)."""
+
+    async def open(self, key: SessionKey, turn_id: str, request_id: str, params: dict[str, Any]) -> None:
+        """Record a PENDING request and its PERMISSION_REQUEST event."""
+        ...
+
+    async def get(self, key: SessionKey, request_id: str) -> PermissionRequest | None: ...
+
+    async def pending(self, key: SessionKey, turn_id: str | None = None) -> list[PermissionRequest]: ...
+
+    async def answer(
+        self,
+        request: PermissionRequest,
+        *,
+        outcome: PermissionOutcome,
+        option_id: str,
+        user: str,
+        delivered: bool,
+    ) -> PermissionRequest | None:
+        """Leave PENDING with the PERMISSION_RESPONSE event; None when it was no longer PENDING."""
+        ...
+
+
 class LogRecords(Protocol):
     """Event logs, git states and processes (see `services.sandbox.store.logs.LogRecords`)."""
 
@@ -262,3 +307,7 @@ class LogRecords(Protocol):
     ) -> Process: ...
 
     async def delete_process(self, key: SandboxKey, process_id: str) -> None: ...
+
+    async def record_output(
+        self, process_name: str, offset: int, data: bytes, capture_time: dt.datetime
+    ) -> None: ...

@@ -24,9 +24,16 @@ class ProviderUnavailable(RuntimeError):
 
 
 def build_provider(settings: Settings, base_env: Mapping[str, str]) -> LocalProvider:
-    """The provider `settings.sandbox.provider` names (`auto`: see the setting's description).
+    """The provider `settings.sandbox.provider` names (`auto`: see the setting's description), after
+    killing the processes an earlier life of the service left on its sandbox root (`kill_leftovers`).
 
     Raises ProviderUnavailable when bubblewrap is required and cannot confine here."""
+    provider = _choose(settings, base_env)
+    provider.kill_leftovers()
+    return provider
+
+
+def _choose(settings: Settings, base_env: Mapping[str, str]) -> LocalProvider:
     config = settings.sandbox
     root = settings.sandbox_root()
     choice = config.provider
@@ -40,6 +47,7 @@ def build_provider(settings: Settings, base_env: Mapping[str, str]) -> LocalProv
                 limits=Limits(
                     max_processes=config.max_processes,
                     memory_bytes=config.memory_mb * _MIB,
+                    sandbox_memory_bytes=config.sandbox_memory_mb * _MIB,
                     cpu_seconds=config.cpu_seconds,
                     file_size_bytes=config.file_size_mb * _MIB,
                 ),

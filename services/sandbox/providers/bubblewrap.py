@@ -13,14 +13,16 @@ and so gets (see README "Isolation"):
   dies the kernel kills every other one, which is how teardown leaves nothing behind), an
   unprivileged uid inside;
 - the environment it is given and nothing else: bwrap starts from an environment built from an
-  allowlist plus the call's own variables (the task's credentials), never the service's. Variables
-  go through the environment, never argv, so no secret shows in a process list;
+  allowlist plus the call's own variables (the task's credentials), never the service's; agents and
+  processes (not service-side commands) also get the model API keys named in `MODEL_CREDENTIALS` when
+  the service has them. Variables go through the environment, never argv, so no secret shows in a
+  process list;
 - its own network namespace (only its own loopback; nothing of the host's, so no PostgreSQL,
   RabbitMQ or mesh port). Outbound traffic, when the egress policy allows any, goes through
   `EgressProxy` on a unix socket bound in, forwarded by socat from `127.0.0.1:3128` inside;
 - limits set before exec (`Limits`, with util-linux `prlimit`): address space, CPU seconds, file
-  size, open files, no core files; the number of processes through a pids cgroup where this host
-  lets the service make one.
+  size, open files, no core files; per sandbox, the number of processes (pids cgroup) and the memory
+  of all its processes together (memory cgroup) where this host lets the service make the groups.
 
 Service-side steps that must see the host (a fresh clone, moving it into place, pushing from the
 service-owned push repository) run unconfined (`confined=False`) and never read what an agent wrote.
@@ -42,7 +44,7 @@ from pathlib import Path
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import SandboxKey
 from services.sandbox.providers.egress import EgressPolicy, EgressProxies
-from services.sandbox.providers.local import Command, LocalProvider
+from services.sandbox.providers.local import Command, LocalProvider, controlling_tty
 
 log = get_logger(__name__)
 
@@ -55,6 +57,9 @@ PROXY_PORT = 3128
 UID = 1000
 # Variables a sandbox process may inherit from the service's environment (values, not secrets).
 ENV_ALLOWLIST = ("LANG", "LC_ALL", "TERM", "TZ")
+# Model API credentials the operator gives the service for its agents: handed to what a sandbox spawns
+# (its agents, and so whatever they or a user run beside them can read), never to service-side commands.
+MODEL_CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "OPENAI_API_KEY", "CODEX_API_KEY")
 # Read-only system paths every sandbox gets (missing ones are skipped).
 SYSTEM_PATHS = ("/usr", "/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/localtime")
 _MIB = 1024 * 1024
@@ -65,7 +70,8 @@ class Limits:
     """Per-sandbox limits. Sizes in bytes, time in CPU seconds; 0 means no limit."""
 
     max_processes: int = 256
-    memory_bytes: int = 4096 * _MIB
+    memory_bytes: int = 4096 * _MIB  # address space of each process
+    sandbox_memory_bytes: int = 2048 * _MIB  # memory of all the sandbox's processes together (cgroup)
     cpu_seconds: int = 0
     file_size_bytes: int = 1024 * _MIB
     open_files: int = 4096
@@ -107,65 +113,126 @@ def toolchain_paths() -> list[str]:
     return [str(Path(p).resolve()) for p in paths if Path(p).exists()]
 
 
-class _PidsCgroup:
-    """A pids cgroup per sandbox (cgroup v1 `pids` hierarchy, or v2 with the pids controller) when
-    this host lets the service create one; inert otherwise (the README says what then holds)."""
+class _SandboxCgroups:
+    """One pids group and one memory group per sandbox, in a `foundry-sandboxes` group at the root of
+    each controller's hierarchy (cgroup v1 `/sys/fs/cgroup/<controller>/`, v2 `/sys/fs/cgroup/` with
+    the controller enabled below it; in a container with its own cgroup namespace, that root is the
+    container's group). A controller this host does not let the service write is inert, with the
+    reason (`state`; logged at start, the README says what then holds).
 
-    def __init__(self) -> None:
-        self.base = self._find()
+    pids: `pids.max`. memory: v1 `memory.limit_in_bytes` (and `memory.memsw.limit_in_bytes` where swap
+    is accounted), v2 `memory.max` (and `memory.swap.max` 0): past it the kernel reclaims, then
+    OOM-kills a process of that sandbox only.
+    """
 
-    @staticmethod
-    def _find() -> Path | None:
-        v1, v2 = Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")
-        controllers = v2 / "cgroup.controllers"
+    CONTROLLERS = ("pids", "memory")
+
+    def __init__(self, limits: Mapping[str, int], root: Path = Path("/sys/fs/cgroup")) -> None:
+        self._limits = dict(limits)
+        self._root = root
+        self.bases: dict[str, Path] = {}
+        self.state: dict[str, str] = {}
+        self._made: set[str] = set()
+        for controller in self.CONTROLLERS:
+            if self._limits.get(controller, 0) <= 0:
+                self.state[controller] = "off (no limit configured)"
+                continue
+            base, why = self._find(controller)
+            if base is None:
+                self.state[controller] = f"unavailable: {why}"
+            else:
+                self.bases[controller] = base
+                self.state[controller] = str(base)
+
+    def _find(self, controller: str) -> tuple[Path | None, str]:
+        v1 = self._root / controller
         if (v1 / "cgroup.procs").exists():
-            candidate, enable = v1, False
-        elif controllers.exists() and "pids" in controllers.read_text(errors="replace").split():
-            candidate, enable = v2, True
+            hierarchy, v2 = v1, False
+        elif controller in _read(self._root / "cgroup.controllers").split():
+            hierarchy, v2 = self._root, True
         else:
-            return None
-        base = candidate / "foundry-sandboxes"
+            return None, f"no {controller} controller in {self._root} (neither cgroup v1 nor v2 offers it)"
+        base = hierarchy / "foundry-sandboxes"
         try:
             base.mkdir(exist_ok=True)
-            if enable:
-                (base / "cgroup.subtree_control").write_text("+pids")
-        except OSError:
-            return None
-        return base
+            if v2:  # the controller must be enabled on the way down (the root's is, where delegated)
+                _enable(hierarchy, controller)
+                _enable(base, controller)
+        except OSError as exc:
+            return None, f"cannot make a {controller} group in {hierarchy}: {exc.strerror or exc}"
+        return base, ""
 
-    def path(self, sandbox_dir: Path, max_processes: int) -> Path | None:
-        if self.base is None or max_processes <= 0:
-            return None
-        group = self._group(sandbox_dir)
-        try:
-            group.mkdir(exist_ok=True)
-            (group / "pids.max").write_text(str(max_processes))
-        except OSError:
-            return None
-        return group
-
-    def _group(self, sandbox_dir: Path) -> Path:
-        """One group per sandbox directory (ids repeat across services sharing a host; paths do not)."""
-        assert self.base is not None
-        digest = hashlib.sha256(str(sandbox_dir).encode()).hexdigest()[:12]
-        return self.base / f"{sandbox_dir.name}-{digest}"
+    def join(self, sandbox_dir: Path) -> list[Path]:
+        """The `cgroup.procs` files a command of `sandbox_dir` joins (its groups made and limited)."""
+        procs: list[Path] = []
+        for controller, base in self.bases.items():
+            group = base / _group_name(sandbox_dir)
+            try:
+                group.mkdir(parents=True, exist_ok=True)
+                _limit(group, controller, self._limits[controller])
+            except OSError as exc:
+                log.warning("sandbox_cgroup_failed", controller=controller, group=str(group), error=str(exc))
+                continue
+            self._made.add(group.name)
+            procs.append(group / "cgroup.procs")
+        return procs
 
     def kill_all(self, sandbox_dir: Path) -> None:
-        if self.base is None:
-            return
-        group = self._group(sandbox_dir)
-        for _ in range(20):
-            try:
-                pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
-            except OSError:
-                return
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, 9)
-        with contextlib.suppress(OSError):
-            group.rmdir()
+        """Kill every process in the sandbox's groups, then remove the groups."""
+        for base in self.bases.values():
+            group = base / _group_name(sandbox_dir)
+            for _ in range(20):
+                pids = [int(p) for p in _read(group / "cgroup.procs").split()]
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, 9)
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+    def remove_empty(self) -> None:
+        """Remove the groups this service made that no process is in any more (a later command
+        recreates its sandbox's group); the base is shared with other services on the host: kept."""
+        for base in self.bases.values():
+            for name in self._made:
+                with contextlib.suppress(OSError):
+                    (base / name).rmdir()  # the kernel refuses while a process is in it
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _enable(group: Path, controller: str) -> None:
+    if controller not in _read(group / "cgroup.subtree_control").split():
+        (group / "cgroup.subtree_control").write_text(f"+{controller}")
+
+
+def _group_name(sandbox_dir: Path) -> str:
+    """One group per sandbox directory (ids repeat across services sharing a host; paths do not)."""
+    digest = hashlib.sha256(str(sandbox_dir).encode()).hexdigest()[:12]
+    return f"{sandbox_dir.name}-{digest}"
+
+
+def _limit(group: Path, controller: str, value: int) -> None:
+    if controller == "pids":
+        (group / "pids.max").write_text(str(value))
+    elif (group / "memory.max").exists():  # v2
+        (group / "memory.max").write_text(str(value))
+        if (group / "memory.swap.max").exists():
+            (group / "memory.swap.max").write_text("0")
+    else:  # v1: memsw (memory + swap) must stay >= the memory limit, so order the writes
+        memsw = group / "memory.memsw.limit_in_bytes"
+        current = int(_read(group / "memory.limit_in_bytes").strip() or 0)
+        if memsw.exists() and value > current:
+            memsw.write_text(str(value))
+        (group / "memory.limit_in_bytes").write_text(str(value))
+        if memsw.exists():
+            memsw.write_text(str(value))
 
 
 class BubblewrapProvider(LocalProvider):
@@ -197,16 +264,19 @@ class BubblewrapProvider(LocalProvider):
         self._toolchain = [p for p in toolchain if Path(p).exists()]
         self._limits = limits
         self._egress = egress
-        self._cgroups = _PidsCgroup()
+        self._cgroups = _SandboxCgroups({"pids": limits.max_processes, "memory": limits.sandbox_memory_bytes})
         self._system = [p for p in SYSTEM_PATHS if Path(p).exists()]
         inside_bins = [str(Path(p) / "bin") for p in self._toolchain if (Path(p) / "bin").is_dir()]
         node_bins = [str(Path(p) / "node_modules" / ".bin") for p in self._toolchain if p.endswith("/.tools")]
         self._path_var = ":".join([*inside_bins, *node_bins, "/usr/local/bin", "/usr/bin", "/bin"])
         self._host_env = {k: v for k, v in os.environ.items() if k in ENV_ALLOWLIST}
+        self._credentials = {k: v for k, v in os.environ.items() if k in MODEL_CREDENTIALS and v}
         log.info(
             "sandbox_confinement",
             provider=self.name,
-            pids_cgroup=str(self._cgroups.base) if self._cgroups.base else "unavailable (RLIMIT only)",
+            pids_cgroup=self._cgroups.state["pids"],
+            memory_cgroup=self._cgroups.state["memory"],
+            sandbox_memory_mb=limits.sandbox_memory_bytes // _MIB,
             egress=egress.policy.value,
         )
 
@@ -225,6 +295,7 @@ class BubblewrapProvider(LocalProvider):
 
     async def close(self) -> None:
         await self._egress.close_all()
+        await asyncio.to_thread(self._cgroups.remove_empty)
 
     def _policy_of(self, base: Path) -> EgressPolicy:
         try:
@@ -253,6 +324,8 @@ class BubblewrapProvider(LocalProvider):
             candidates = [f"{d}/{command}" for d in env.get("PATH", "").split(":") if d.startswith("/")]
         for inside in candidates:
             host = self._host_of(base, os.path.normpath(inside))
+            if host is not None and _through_link(base, host):
+                return  # the sandbox's own link: resolved inside only (on the host it would be an oracle)
             if host is not None and host.is_file() and os.access(host, os.X_OK):
                 return
         raise FileNotFoundError(2, "No such file or directory", command)
@@ -261,6 +334,21 @@ class BubblewrapProvider(LocalProvider):
         self._cgroups.kill_all(Path(self.root(provider_id)))
         await self._egress.close(provider_id)
         await super().destroy(provider_id)
+
+    async def spawn(
+        self,
+        provider_id: str,
+        argv: Sequence[str],
+        *,
+        cwd: str = "",
+        env: Mapping[str, str] | None = None,
+        stdin: bool = False,
+        tty: int | None = None,
+    ) -> asyncio.subprocess.Process:
+        """As `LocalProvider.spawn`, with the model API credentials (an agent needs its key to reach its
+        model; the call's own variables win)."""
+        env = {**self._credentials, **(env or {})}
+        return await super().spawn(provider_id, argv, cwd=cwd, env=env, stdin=stdin, tty=tty)
 
     def sandbox_path(self, provider_id: str, path: str) -> str:
         parts = Path(path).parts
@@ -273,10 +361,17 @@ class BubblewrapProvider(LocalProvider):
         raise ValueError(f"{path!r} is not visible inside the sandbox")
 
     async def _command(
-        self, provider_id: str, argv: Sequence[str], cwd: str, env: Mapping[str, str] | None, confined: bool
+        self,
+        provider_id: str,
+        argv: Sequence[str],
+        cwd: str,
+        env: Mapping[str, str] | None,
+        confined: bool,
+        spawned: bool = False,
+        tty: bool = False,
     ) -> Command:
         if not confined:
-            return await super()._command(provider_id, argv, cwd, env, confined)
+            return await super()._command(provider_id, argv, cwd, env, confined, spawned, tty)
         base = Path(self.root(provider_id))
         await self._egress.ensure(provider_id, await asyncio.to_thread(self._policy_of, base))
         inside_cwd = self.sandbox_path(provider_id, cwd or "work")
@@ -297,7 +392,11 @@ class BubblewrapProvider(LocalProvider):
         if (base / "work").is_dir():
             args += ["--bind", str(base / "work"), WORKSPACE]
         push = base / "push.git"
-        if push.is_dir():  # config and hooks stay the service's: only objects and refs are writable
+        # Only into the service's own `git push` to it (an exec naming it; never a spawned agent or
+        # process, nor other service-side git, which runs agent-set hooks): anything else started while
+        # a push is under way could write links into objects/ or refs/ after the service checked them.
+        # Config and hooks stay the service's: only objects and refs are writable.
+        if not spawned and PUSH_MOUNT in argv and push.is_dir():
             args += ["--ro-bind", str(push), PUSH_MOUNT]
             args += ["--bind", str(push / "objects"), f"{PUSH_MOUNT}/objects"]
             args += ["--bind", str(push / "refs"), f"{PUSH_MOUNT}/refs"]
@@ -314,6 +413,8 @@ class BubblewrapProvider(LocalProvider):
             "SHELL": "/bin/sh",
             "LANG": self._host_env.get("LANG", "C.UTF-8"),
         }
+        if tty:  # bwrap's --new-session left it without one (a terminal of its own is no TIOCSTI risk)
+            argv = controlling_tty(argv)
         socket = self._egress.socket(provider_id)
         if socket is not None:
             args += ["--bind", str(socket), EGRESS_SOCKET]
@@ -329,17 +430,32 @@ class BubblewrapProvider(LocalProvider):
         sandbox_env.update(env or {})
         self._check_executable(base, inside_cwd, command, sandbox_env)
         args += ["--chdir", inside_cwd, "--", *argv]
-        cgroup = self._cgroups.path(base, self._limits.max_processes)
-        return Command([*_limit_prefix(self._limits, cgroup), *args], base, sandbox_env)
+        groups = await asyncio.to_thread(self._cgroups.join, base)
+        return Command([*_limit_prefix(self._limits, groups), *args], base, sandbox_env)
 
 
-def _limit_prefix(limits: Limits, cgroup: Path | None) -> list[str]:
-    """The commands that start bwrap: join the sandbox's pids cgroup (a shell writing its own pid,
-    then exec), set the limits (util-linux `prlimit`). Commands rather than a preexec hook, so the
-    service never forks a copy of itself (unsafe with gRPC's threads) to start a sandbox command."""
+def _through_link(base: Path, host: Path) -> bool:
+    """True when `host`, a path in the sandbox's own (writable) folder `base`, is or passes through a
+    symlink the sandbox made (the toolchain's own links, outside `base`, are the same inside)."""
+    if not host.is_relative_to(base):
+        return False
+    current = base
+    for part in host.relative_to(base).parts:
+        current = current / part
+        if current.is_symlink():
+            return True
+    return False
+
+
+def _limit_prefix(limits: Limits, groups: Sequence[Path]) -> list[str]:
+    """The commands that start bwrap: join the sandbox's cgroups (a shell writing its own pid to each
+    `cgroup.procs`, then exec), set the limits (util-linux `prlimit`). Commands rather than a preexec
+    hook, so the service never forks a copy of itself (unsafe with gRPC's threads) to start a sandbox
+    command."""
     prefix: list[str] = []
-    if cgroup is not None:
-        prefix += ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
+    if groups:
+        join = 'n=$0; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+        prefix += ["/bin/sh", "-c", join, str(len(groups)), *map(str, groups)]
     prefix += ["prlimit", "--core=0"]
     for flag, value in (
         ("--as", limits.memory_bytes),

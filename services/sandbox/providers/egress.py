@@ -11,8 +11,11 @@ loopback). When the policy allows traffic, the sandbox's processes reach the wor
                  shared or link-local networks), connected at the address that was checked;
                  allowlisted names are reached whatever they resolve to
 
-Refused requests get `403` with a one-line reason and are logged (`egress_refused`). Allowlist entries
-are `host` (port 443) or `host:port`; names are compared case-insensitively, exactly (no wildcards).
+A TLS client in a CONNECT tunnel must name (SNI) the host it CONNECTed to, else the tunnel is closed
+before any of its bytes go up: a CDN serving an allowlisted name would otherwise reach every other site
+it serves (domain fronting). Refused requests get `403` with a one-line reason and are logged
+(`egress_refused`). Allowlist entries are `host` (port 443) or `host:port`; names are compared
+case-insensitively, exactly (no wildcards).
 """
 
 from __future__ import annotations
@@ -59,9 +62,22 @@ def _public_address(host: str, port: int) -> str | None:
     except OSError:
         return None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    if not addresses or not all(a.is_global for a in addresses):
+    if not addresses or not all(a.is_global and not _is_this_machine(a) for a in addresses):
         return None
     return str(addresses[0])
+
+
+def _is_this_machine(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True when `address` is one of this machine's own (a public one, on a host that has one, where
+    the mesh's ports may listen): the kernel lets a socket bind only to a local address. Fails closed
+    where non-local binds are allowed (`net.ipv4.ip_nonlocal_bind`): every address then counts as ours."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
 
 
 class EgressProxies:
@@ -174,9 +190,98 @@ class EgressProxies:
             return
         if forward:
             up_writer.write(forward)
-        else:
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+            return
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        # Upstream may speak first (ssh, smtp); the client's bytes go up only once its TLS ClientHello,
+        # if it sends one, names the host it was let through to.
+        downstream = asyncio.ensure_future(_pipe(up_reader, writer))
+        try:
+            first, why = await _checked_first_bytes(reader, host)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            first, why = b"", ""
+        if why:
+            log.warning("egress_refused", sandbox=provider_id, host=host, port=port, reason=why)
+        if why or not first:
+            up_writer.close()
+            writer.close()
+            downstream.cancel()
+            return
+        up_writer.write(first)
+        await asyncio.gather(_pipe(reader, up_writer), downstream, return_exceptions=True)
+
+
+async def _checked_first_bytes(reader: asyncio.StreamReader, host: str) -> tuple[bytes, str]:
+    """The client's first bytes after CONNECT (its whole first TLS record when it starts TLS), and why
+    they must not go on ('' when they may). A TLS client must name `host` (SNI): a CDN that serves an
+    allowlisted name would otherwise reach any other site it serves (domain fronting)."""
+    first = await reader.read(1)
+    if first != b"\x16":  # not a TLS handshake (or nothing): the connection goes only to `host` anyway
+        return first, ""
+    header = first + await reader.readexactly(4)
+    record = header + await reader.readexactly(int.from_bytes(header[3:5], "big"))
+    try:
+        name = server_name(record)
+    except ValueError as exc:
+        return record, f"unreadable TLS ClientHello for {host}: {exc}"
+    wanted = host.lower().strip("[]").rstrip(".")
+    if name is None:
+        if _is_address(wanted):
+            return record, ""
+        return record, f"TLS to {host} must name it (no server name sent)"
+    if name.lower().rstrip(".") != wanted:
+        return record, f"TLS server name {name} is not {host}, the host this tunnel was allowed to"
+    return record, ""
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def server_name(record: bytes) -> str | None:
+    """The host name (SNI) a TLS ClientHello record asks for; None when it names none.
+
+    Raises ValueError when `record` is not one whole ClientHello record."""
+    if len(record) < 9 or record[0] != 0x16 or record[5] != 0x01:
+        raise ValueError("not a ClientHello")
+    hello_length = int.from_bytes(record[6:9], "big")
+    hello = record[9:]
+    if len(hello) < hello_length:
+        raise ValueError("ClientHello spans several records")
+    hello = hello[:hello_length]
+    at = 2 + 32  # client version, random
+    at += 1 + _byte_at(hello, at)  # session id
+    at += 2 + int.from_bytes(_slice(hello, at, 2), "big")  # cipher suites
+    at += 1 + _byte_at(hello, at)  # compression methods
+    if at == len(hello):
+        return None  # no extensions
+    end = at + 2 + int.from_bytes(_slice(hello, at, 2), "big")
+    at += 2
+    while at + 4 <= end:
+        kind, size = int.from_bytes(hello[at : at + 2], "big"), int.from_bytes(hello[at + 2 : at + 4], "big")
+        data = _slice(hello, at + 4, size)
+        if kind == 0:  # server_name: list length, then (type 0 = host_name, length, name)
+            if len(data) < 5 or data[2] != 0:
+                raise ValueError("malformed server_name extension")
+            return _slice(data, 5, int.from_bytes(data[3:5], "big")).decode("ascii")
+        at += 4 + size
+    return None
+
+
+def _byte_at(data: bytes, at: int) -> int:
+    if at >= len(data):
+        raise ValueError("truncated ClientHello")
+    return data[at]
+
+
+def _slice(data: bytes, at: int, size: int) -> bytes:
+    if at + size > len(data):
+        raise ValueError("truncated ClientHello")
+    return data[at : at + size]
 
 
 async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> None:

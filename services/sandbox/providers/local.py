@@ -4,22 +4,51 @@ Layout of a sandbox directory `<root>/<organization>--<sandbox>/`:
 
     work/        the repository checkout (agents and processes start here)
     processes/   captured output of long-running processes, one folder each
+
+Commands run unconfined are children of the service in sessions of their own: a service killed with
+SIGKILL leaves them running (reparented to init). Each carries `FOUNDRY_SANDBOX_LIFELINE` in its
+environment (a digest of the sandbox root, inherited by everything it starts), and the next start of
+the service on that root kills every process still carrying it that is not its own descendant
+(`kill_leftovers`). Found by what the process is, not by a recorded pid, so a reused pid is never hit;
+a command that empties its environment (`env -i`) escapes it. Bubblewrap-confined commands die with
+their parent anyway (`--die-with-parent`, in a pid namespace of their own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
+import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.platform.errors import Unavailable
+from services.platform.logging import get_logger
 from services.sandbox.domain.errors import DOMAIN
 from services.sandbox.domain.models import SandboxKey
 from services.sandbox.domain.ports import ExecResult
+
+# Makes the pseudo-terminal on stdin the controlling terminal of the command it then becomes (exec, same
+# pid): job control and Ctrl-C work in a terminal. Python's own modules only (-I -S: nothing of the
+# site or the environment), so it runs wherever the service's Python is bound (inside bubblewrap too).
+_CTTY = (
+    "import fcntl, os, sys, termios\n"
+    "try:\n    os.setsid()\nexcept OSError:\n    pass\n"
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+LIFELINE_ENV = "FOUNDRY_SANDBOX_LIFELINE"
+log = get_logger(__name__)
+
+
+def controlling_tty(argv: Sequence[str]) -> list[str]:
+    """`argv` started on its stdin as controlling terminal (see `_CTTY`)."""
+    return [sys.executable, "-I", "-S", "-c", _CTTY, *argv]
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,15 @@ class LocalProvider:
         self._root = root
         self._delay = create_delay_seconds
         self._env = dict(base_env)
+        self.lifeline = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+
+    def kill_leftovers(self) -> list[int]:
+        """SIGKILL every process an earlier life of this service started on this sandbox root and left
+        behind (killed with SIGKILL, it could not stop them); returns their pids. Call at start-up."""
+        killed = kill_marked(f"{LIFELINE_ENV}={self.lifeline}".encode())
+        if killed:
+            log.warning("sandbox_leftover_processes_killed", count=len(killed), pids=killed)
+        return killed
 
     async def close(self) -> None:
         """Release what the provider holds for its sandboxes (service shutdown)."""
@@ -93,6 +131,7 @@ class LocalProvider:
     def _merged_env(self, env: Mapping[str, str] | None) -> dict[str, str]:
         merged = dict(self._env)
         merged.update(env or {})
+        merged[LIFELINE_ENV] = self.lifeline
         return merged
 
     def sandbox_path(self, provider_id: str, path: str) -> str:
@@ -100,10 +139,27 @@ class LocalProvider:
         return str(self._path(provider_id, path))
 
     async def _command(
-        self, provider_id: str, argv: Sequence[str], cwd: str, env: Mapping[str, str] | None, confined: bool
+        self,
+        provider_id: str,
+        argv: Sequence[str],
+        cwd: str,
+        env: Mapping[str, str] | None,
+        confined: bool,
+        spawned: bool = False,
+        tty: bool = False,
     ) -> Command:
-        """Unconfined: the command runs as a child of the service, in the sandbox's directory."""
-        return Command(list(argv), self._path(provider_id, cwd), self._merged_env(env))
+        """Unconfined: the command runs as a child of the service, in the sandbox's directory.
+        `spawned`: started by `spawn` (an agent or a user's process), not a service-side `exec`.
+        `tty`: on a pseudo-terminal that becomes its controlling terminal."""
+        host_cwd = self._path(provider_id, cwd)
+        merged = self._merged_env(env)
+        if not tty:
+            return Command(list(argv), host_cwd, merged)
+        # The helper would start even when the command is missing: say so as starting it would.
+        command = argv[0] if "/" not in argv[0] else str(host_cwd / argv[0])
+        if shutil.which(command, path=merged.get("PATH", os.defpath)) is None:
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+        return Command(controlling_tty(argv), host_cwd, merged)
 
     async def exec(
         self,
@@ -151,8 +207,19 @@ class LocalProvider:
         cwd: str = "",
         env: Mapping[str, str] | None = None,
         stdin: bool = False,
+        tty: int | None = None,
     ) -> asyncio.subprocess.Process:
-        command = await self._command(provider_id, argv, cwd, env, True)
+        command = await self._command(provider_id, argv, cwd, env, True, spawned=True, tty=tty is not None)
+        if tty is not None:
+            return await asyncio.create_subprocess_exec(
+                *command.argv,
+                cwd=command.cwd,
+                env=command.env,
+                stdin=tty,
+                stdout=tty,
+                stderr=tty,
+                start_new_session=True,
+            )
         return await asyncio.create_subprocess_exec(
             *command.argv,
             cwd=command.cwd,
@@ -192,3 +259,59 @@ class LocalProvider:
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, 9)
+
+
+def _proc_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _environ(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return f.read().split(b"\0")
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])  # after "pid (comm) state"
+
+
+def kill_marked(entry: bytes) -> list[int]:
+    """SIGKILL every process whose environment holds `entry` (`NAME=value`), except this process and its
+    descendants. Race-free against pid reuse: the process is pinned with a pidfd, then checked again."""
+    if not os.path.isdir("/proc"):
+        return []
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    for pid in _proc_pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[pid] = _parent(pid)
+
+    def mine(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            if pid == me:
+                return True
+            seen.add(pid)
+            pid = parents.get(pid, 0)
+        return False
+
+    killed: list[int] = []
+    for pid in parents:
+        if mine(pid):
+            continue
+        try:
+            if entry not in _environ(pid):
+                continue
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone, or not ours to read
+            continue
+        try:
+            if entry in _environ(pid):  # still the process we read (the pidfd pins it from here on)
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed.append(pid)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return killed

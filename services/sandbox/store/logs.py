@@ -2,17 +2,19 @@
 and publish their events in the same transaction.
 
 Watch scopes: `session_events:<session name>` (items: SessionEvent, upsert only) and
-`processes:<sandbox name>` (items: Process; DeleteProcess is a delete).
+`processes:<sandbox name>` (items: Process; DeleteProcess is a delete), `process_output:<process name>`
+(items: ProcessLogChunk of a tty process, upsert only).
 Routing keys: `sandbox.session.events_appended` (SessionEventsAppended), `sandbox.git_state.updated`
 (GitStateUpdated), `sandbox.processes.updated` (ProcessesUpdated).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from foundry.sandbox.v1 import events_pb2
+from foundry.sandbox.v1 import events_pb2, process_pb2
 from google.protobuf.message import Message
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +34,24 @@ PROCESSES_UPDATED = "sandbox.processes.updated"
 
 def processes_scope(key: m.SandboxKey) -> str:
     return f"processes:{key.name}"
+
+
+def output_scope(process_name: str) -> str:
+    return f"process_output:{process_name}"
+
+
+def output_name(process_name: str, offset: int) -> str:
+    return f"{process_name}/output/{offset}"
+
+
+def output_chunk(offset: int, data: bytes, capture_time: dt.datetime) -> process_pb2.ProcessLogChunk:
+    """A chunk of a terminal's output (one stream: a pseudo-terminal merges them)."""
+    return process_pb2.ProcessLogChunk(
+        stream=process_pb2.PROCESS_OUTPUT_STREAM_STDOUT,
+        offset=offset,
+        data=data,
+        capture_time=convert.ts(capture_time),
+    )
 
 
 def _events_where(key: m.SessionKey) -> Any:
@@ -216,6 +236,16 @@ class LogRecords:
             await s.execute(processes.delete().where(_process_where(key, process_id)))
             await self._process_changed(s, key, f"{key.name}/processes/{process_id}", None)
 
+    async def record_output(
+        self, process_name: str, offset: int, data: bytes, capture_time: dt.datetime
+    ) -> None:
+        """Record a chunk of a terminal's output on its watch scope (the bytes are in its log file)."""
+        chunk = output_chunk(offset, data, capture_time)
+        async with self.db.transaction() as s:
+            await record_change(
+                s, scope=output_scope(process_name), name=output_name(process_name, offset), resource=chunk
+            )
+
     async def _process_changed(
         self, s: AsyncSession, key: m.SandboxKey, name: str, resource: Message | None
     ) -> None:
@@ -238,4 +268,4 @@ class LogRecords:
         )
 
 
-__all__ = ["LogRecords", "events_scope", "processes_scope"]
+__all__ = ["LogRecords", "events_scope", "output_chunk", "output_name", "output_scope", "processes_scope"]

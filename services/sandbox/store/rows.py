@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from services.platform.clock import utc
 from services.sandbox.domain import models as m
 
 
@@ -47,11 +46,13 @@ def sandbox(r: Any) -> m.Sandbox:
         state=m.SandboxState(r.state),
         checkout=_checkout(r.checkout),
         error_message=r.error_message,
-        create_time=utc(r.create_time),
-        update_time=utc(r.update_time),
-        destroy_time=utc(r.destroy_time),
+        create_time=r.create_time,
+        update_time=r.update_time,
+        destroy_time=r.destroy_time,
         version=int(r.version),
         replica=r.replica,
+        pool=r.pool,
+        egress=r.egress_policy,
     )
 
 
@@ -71,6 +72,8 @@ def sandbox_values(s: m.Sandbox) -> dict[str, Any]:
         "destroy_time": s.destroy_time,
         "version": s.version,
         "replica": s.replica,
+        "pool": s.pool,
+        "egress_policy": s.egress,
     }
 
 
@@ -86,9 +89,9 @@ def session(r: Any) -> m.AgentSession:
         current_turn=r.current_turn,
         last_event_seq=int(r.last_event_seq),
         error_message=r.error_message,
-        create_time=utc(r.create_time),
-        update_time=utc(r.update_time),
-        close_time=utc(r.close_time),
+        create_time=r.create_time,
+        update_time=r.update_time,
+        close_time=r.close_time,
         version=int(r.version),
     )
 
@@ -133,10 +136,10 @@ def turn(r: Any) -> m.Turn:
         cancel_requested=bool(r.cancel_requested),
         runner=r.runner,
         agent_pid=int(r.agent_pid),
-        create_time=utc(r.create_time),
-        start_time=utc(r.start_time),
-        end_time=utc(r.end_time),
-        heartbeat_time=utc(r.heartbeat_time),
+        create_time=r.create_time,
+        start_time=r.start_time,
+        end_time=r.end_time,
+        heartbeat_time=r.heartbeat_time,
     )
 
 
@@ -144,7 +147,7 @@ def event(r: Any) -> m.SessionEvent:
     return m.SessionEvent(
         session=m.SessionKey(m.SandboxKey(r.organization, r.sandbox_id), r.session_id),
         seq=int(r.seq),
-        create_time=utc(r.create_time),
+        create_time=r.create_time,
         kind=m.EventKind(r.kind),
         sender=m.EventSender(r.sender),
         turn=r.turn_id,
@@ -157,6 +160,8 @@ def git_state_json(g: m.GitState) -> dict[str, Any]:
     return {
         "branch": g.branch,
         "head_commit": g.head_commit,
+        "base_branch": g.base_branch,
+        "base_commit": g.base_commit,
         "file_changes": [
             [c.path, c.type.value, c.added_lines, c.removed_lines, c.binary] for c in g.file_changes
         ],
@@ -176,8 +181,10 @@ def git_state(r: Any) -> m.GitState:
         diffs=[m.FileDiff(p, u, t) for p, u, t in s["diffs"]],
         files=list(s["files"]),
         directories=list(s["directories"]),
-        compute_time=utc(r.compute_time),
+        compute_time=r.compute_time,
         version=int(r.version),
+        base_branch=s.get("base_branch", ""),
+        base_commit=s.get("base_commit", ""),
     )
 
 
@@ -192,8 +199,8 @@ def process(r: Any) -> m.Process:
         exit_code=None if r.exit_code is None else int(r.exit_code),
         exit_signal=int(r.exit_signal),
         output_size_bytes=int(r.output_size_bytes),
-        create_time=utc(r.create_time),
-        exit_time=utc(r.exit_time),
+        create_time=r.create_time,
+        exit_time=r.exit_time,
     )
 
 

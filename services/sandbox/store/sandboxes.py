@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from foundry.sandbox.v1 import events_pb2
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform import clock
@@ -30,11 +30,21 @@ from services.sandbox.store.queries import (
     session_where,
     turn_where,
 )
-from services.sandbox.store.tables import agent_sessions, sandboxes, turns
+from services.sandbox.store.tables import agent_sessions, sandboxes, session_events, turns
 
 SANDBOX_CHANGED = "sandbox.sandbox.changed"
 SESSION_CHANGED = "sandbox.session.changed"
 TURN_COMPLETED = "sandbox.session.turn_completed"
+# What counts as the agent answering (TurnCompleted.first_output_time).
+_AGENT_OUTPUT = tuple(
+    k.value
+    for k in (
+        m.EventKind.AGENT_MESSAGE_CHUNK,
+        m.EventKind.AGENT_THOUGHT_CHUNK,
+        m.EventKind.PLAN,
+        m.EventKind.TOOL_CALL,
+    )
+)
 
 
 class Queues:
@@ -67,7 +77,8 @@ class SandboxRecords:
     async def list_sandboxes(
         self, organization: str, *, show_destroyed: bool, offset: int, limit: int
     ) -> list[m.Sandbox]:
-        query = select(sandboxes).where(sandboxes.c.organization == organization)
+        # Unclaimed warm sandboxes (no task yet) are the pool's, not the organization's to see.
+        query = select(sandboxes).where(sandboxes.c.organization == organization, sandboxes.c.task != "")
         if not show_destroyed:
             query = query.where(sandboxes.c.state != m.SandboxState.DESTROYED.value)
         query = (
@@ -111,7 +122,14 @@ class SandboxRecords:
                 await self.enqueue_git_refresh(s, key)
         return current
 
+    async def publish_sandbox(self, s: AsyncSession, sandbox: m.Sandbox) -> None:
+        """Publish SandboxChanged in the transaction `s`; nothing for an unclaimed warm sandbox (no
+        task: no consumer has anything to do with it until a task claims it)."""
+        await self._publish_sandbox(s, sandbox)
+
     async def _publish_sandbox(self, s: AsyncSession, sandbox: m.Sandbox) -> None:
+        if not sandbox.task:
+            return
         await self.outbox.publish(
             s,
             routing_key=SANDBOX_CHANGED,
@@ -239,6 +257,20 @@ class SandboxRecords:
                 )
             )
             await self.outbox.enqueue(s, queue=self.queues.turn, message=events_pb2.RunTurn(name=turn.name))
+            # Behind a running or queued turn: shown in the transcript now, in queue order (steering).
+            session_row = (await s.execute(select(agent_sessions).where(session_where(key)))).one()
+            earlier = select(func.count()).where(
+                turn_where(key), turns.c.state == m.TurnState.QUEUED.value, turns.c.position < position
+            )
+            ahead = int((await s.execute(earlier)).scalar_one()) + (1 if session_row.current_turn else 0)
+            if ahead:
+                queued = m.NewEvent(
+                    m.EventKind.MESSAGE_QUEUED,
+                    m.EventSender.CLIENT,
+                    turn.text,
+                    {"user": turn.user, "ahead": ahead},
+                )
+                await append_events(s, self.outbox, key, turn.turn_id, [queued])
             created = rows.turn((await s.execute(select(turns).where(turn_where(key, turn.turn_id)))).one())
         return created, True
 
@@ -247,11 +279,7 @@ class SandboxRecords:
         is running already, the session cannot run turns, or nothing is queued. Returns the claimed turn."""
         async with self.db.transaction() as s:
             row = (await s.execute(select(agent_sessions).where(session_where(key)))).first()
-            if (
-                row is None
-                or row.current_turn
-                or row.state not in (m.SessionState.IDLE, m.SessionState.RUNNING)
-            ):
+            if row is None or row.current_turn or not rows.session(row).accepts_turns:
                 return None
             head = (
                 await s.execute(
@@ -318,11 +346,24 @@ class SandboxRecords:
                 if session_row.state == m.SessionState.RUNNING.value:
                     changes.update(state=session_state, error_message=session_error)
             current = await self._update_session(s, key, **changes)
+            first_output = await s.scalar(
+                select(func.min(session_events.c.create_time)).where(
+                    session_events.c.organization == key.sandbox.organization,
+                    session_events.c.sandbox_id == key.sandbox.sandbox_id,
+                    session_events.c.session_id == key.session_id,
+                    session_events.c.seq.between(ended.first_event_seq, ended.last_event_seq),  # key range
+                    session_events.c.turn_id == turn.turn_id,
+                    session_events.c.kind.in_(_AGENT_OUTPUT),
+                )
+            )
             await self.outbox.publish(
                 s,
                 routing_key=TURN_COMPLETED,
                 message=events_pb2.TurnCompleted(
-                    name=key.name, version=current.version, turn=convert.turn(ended)
+                    name=key.name,
+                    version=current.version,
+                    turn=convert.turn(ended),
+                    first_output_time=convert.ts(first_output),
                 ),
             )
             if ended.start_time is not None:

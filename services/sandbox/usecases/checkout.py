@@ -1,7 +1,9 @@
-"""Work on a prepared checkout: derived git state (cached), revert of one file, push of the branch."""
+"""Work on a prepared checkout: derived git state (cached), revert of one file, one file's contents, push
+of the branch."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import PurePosixPath
 
 from services.platform.logging import get_logger
@@ -9,6 +11,7 @@ from services.sandbox.domain.errors import not_found, require
 from services.sandbox.domain.models import WORK, ChangeType, GitState, SandboxKey
 from services.sandbox.domain.ports import LogRecords
 from services.sandbox.usecases import git as gitops
+from services.sandbox.usecases.file_content import FileContent, content_path, read_beneath
 from services.sandbox.usecases.git_state import compute
 from services.sandbox.usecases.sandboxes import Sandboxes
 
@@ -50,23 +53,28 @@ class Checkouts:
         """Recompute the state in the sandbox, cache it and publish `sandbox.git_state.updated`.
         Raises FailedPrecondition (no checkout) and Unavailable (git failed)."""
         sandbox = await self.sandboxes.with_checkout(key)
-        state = await compute(gitops.Git(self.sandboxes.provider, sandbox.provider_sandbox_id), key)
+        assert sandbox.checkout is not None
+        git = gitops.Git(self.sandboxes.provider, sandbox.provider_sandbox_id)
+        state = await compute(git, key, sandbox.checkout.base_branch)
         return await self.logs.save_git_state(state, task=sandbox.task)
 
     async def revert_file(self, key: SandboxKey, path: str) -> GitState:
-        """Undo the change of `path`: restore a tracked file from HEAD (worktree and index), delete an
-        untracked or newly added one. Raises NotFound (`PATH_UNCHANGED`) when `path` has no change."""
+        """Undo the change of `path` against the base (see git_state): restore a file the base has
+        from it (worktree and index; a change the agent committed is undone as an uncommitted one),
+        delete one the base lacks. Raises NotFound (`PATH_UNCHANGED`) when `path` has no change."""
         path = safe_path(path)
         sandbox = await self.sandboxes.with_checkout(key)
+        assert sandbox.checkout is not None
         provider_id = sandbox.provider_sandbox_id
         git = gitops.Git(self.sandboxes.provider, provider_id)
-        current = await compute(git, key)
+        current = await compute(git, key, sandbox.checkout.base_branch)
         change = next((c for c in current.file_changes if c.path == path), None)
         if change is None:
             raise not_found("path", f"{path} (unchanged in {key.name})")
-        in_head = (await git.try_run("cat-file", "-e", f"HEAD:{path}")).ok
-        if in_head:
-            await git.run("restore", "--source=HEAD", "--staged", "--worktree", "--", path)
+        base = current.base_commit or "HEAD"
+        in_base = (await git.try_run("cat-file", "-e", f"{base}:{path}")).ok
+        if in_base:
+            await git.run("restore", f"--source={base}", "--staged", "--worktree", "--", path)
         else:
             if change.type is ChangeType.ADDED:
                 await git.try_run("rm", "--cached", "--quiet", "--force", "--", path)
@@ -76,6 +84,15 @@ class Checkouts:
                 raise gitops.failure(("rm",), removed)
         log.info("file_reverted", sandbox=key.name, path=path)
         return await self.refresh(key)
+
+    async def read_file(self, key: SandboxKey, path: str) -> FileContent:
+        """One file of the checkout as it is now (the first `MAX_BYTES`), read on the host without
+        following any link (file_content.py): no git, no process in the sandbox. Raises
+        FailedPrecondition (no checkout, a link, not a regular file), NotFound, InvalidArgument."""
+        content_path(path)  # a bad path is refused before the sandbox is looked up
+        sandbox = await self.sandboxes.with_checkout(key)
+        root = self.sandboxes.provider.root(sandbox.provider_sandbox_id)
+        return await asyncio.to_thread(read_beneath, root, path)
 
     async def push(
         self, key: SandboxKey, *, token: str, force_with_lease: bool, commit_message: str = ""

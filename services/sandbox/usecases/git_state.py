@@ -1,14 +1,18 @@
 """Derive a checkout's git state: changed files (M/A/D with +/- counts), per-file diffs, file tree.
 
-Tracked changes are measured against HEAD (staged and unstaged together); untracked files count as
-added, with a new-file diff. Renames are not detected (`--no-renames`): a moved file is a D and an A.
+Changes are measured against the task's base: the merge-base of HEAD and `origin/<base branch>`, so
+the branch's commits and its uncommitted work (staged and unstaged) show together, and a commit made
+by the agent does not make its work vanish. Without a base (no such remote branch, unrelated
+histories) HEAD is the base. Untracked files count as added, with a new-file diff. Renames are not
+detected (`--no-renames`): a moved file is a D and an A.
 """
 
 from __future__ import annotations
 
 from services.platform.clock import now
+from services.sandbox.domain.errors import RemoteUnusable
 from services.sandbox.domain.models import ChangeType, FileChange, FileDiff, GitState, SandboxKey
-from services.sandbox.usecases.git import Git
+from services.sandbox.usecases.git import Git, default_branch
 
 MAX_DIFF_BYTES = 256 * 1024
 MAX_DIFFED_FILES = 300
@@ -30,6 +34,22 @@ def parse_status(output: str) -> dict[str, tuple[ChangeType, bool]]:
             changes[path] = (ChangeType.ADDED, False)
         elif xy != "!!":
             changes[path] = (ChangeType.MODIFIED, False)
+    return changes
+
+
+def parse_name_status(output: str) -> dict[str, ChangeType]:
+    """`git diff --name-status -z --no-renames` → {path: type}."""
+    parts = output.split("\0")
+    changes: dict[str, ChangeType] = {}
+    for letter, path in zip(parts[::2], parts[1::2], strict=False):
+        if not path:
+            continue
+        if letter.startswith("D"):
+            changes[path] = ChangeType.DELETED
+        elif letter.startswith("A"):
+            changes[path] = ChangeType.ADDED
+        else:
+            changes[path] = ChangeType.MODIFIED
     return changes
 
 
@@ -63,12 +83,35 @@ def _cut(diff: str, limit: int) -> tuple[str, bool]:
     return data[:limit].decode(errors="ignore"), True
 
 
-async def compute(git: Git, key: SandboxKey) -> GitState:
-    """Run git in the checkout and build its state. Raises GitError / RemoteUnusable on git failures."""
-    status = parse_status(
+async def base_commit(git: Git, base_branch: str) -> str:
+    """The merge-base of HEAD and `origin/<base_branch>`; HEAD when there is none."""
+    if base_branch:
+        found = await git.try_run("merge-base", "HEAD", f"refs/remotes/origin/{base_branch}")
+        if found.ok and found.stdout.strip():
+            return found.stdout.strip()
+    return (await git.run("rev-parse", "HEAD")).stdout.strip()
+
+
+async def compute(git: Git, key: SandboxKey, base_branch: str = "") -> GitState:
+    """Run git in the checkout and build its state against `base_branch` (see the module docstring).
+    Raises GitError / RemoteUnusable on git failures."""
+    if not base_branch:  # a task on a branch that already existed may name no base: the default one
+        try:
+            base_branch = await default_branch(git)
+        except RemoteUnusable:
+            base_branch = ""
+    base = await base_commit(git, base_branch)
+    untracked_status = parse_status(
         (await git.run("status", "--porcelain=v1", "-z", "--no-renames", "--untracked-files=all")).stdout
     )
-    tracked = parse_numstat((await git.run("diff", "HEAD", "--numstat", "-z", "--no-renames")).stdout)
+    status: dict[str, tuple[ChangeType, bool]] = {
+        path: (change, False)
+        for path, change in parse_name_status(
+            (await git.run("diff", base, "--name-status", "-z", "--no-renames")).stdout
+        ).items()
+    }
+    status.update({p: v for p, v in untracked_status.items() if v[1]})
+    tracked = parse_numstat((await git.run("diff", base, "--numstat", "-z", "--no-renames")).stdout)
     changes: list[FileChange] = []
     diffs: list[FileDiff] = []
     budget = MAX_TOTAL_DIFF_BYTES
@@ -92,7 +135,7 @@ async def compute(git: Git, key: SandboxKey) -> GitState:
         if untracked:
             text = (await git.run("diff", "--no-index", "--", "/dev/null", path, ok_codes=(0, 1))).stdout
         else:
-            text = (await git.run("diff", "HEAD", "--no-renames", "--", path)).stdout
+            text = (await git.run("diff", base, "--no-renames", "--", path)).stdout
         cut, truncated = _cut(text, min(MAX_DIFF_BYTES, budget))
         budget -= len(cut.encode())
         diffs.append(FileDiff(path, cut, truncated))
@@ -105,6 +148,8 @@ async def compute(git: Git, key: SandboxKey) -> GitState:
         sandbox=key,
         branch=branch,
         head_commit=head,
+        base_branch=base_branch,
+        base_commit=base,
         file_changes=changes,
         diffs=diffs,
         files=files,

@@ -59,6 +59,11 @@ class Sandboxes:
         self.agents = agents
         # Called with the key before a sandbox's files go (e.g. kill its processes).
         self.before_destroy: list[Callable[[SandboxKey], Awaitable[None]]] = []
+        # The warm pool (usecases/warm_pool.py), when one is kept: `claim(key, task, repository,
+        # egress)` returns a warm sandbox renamed to `key`, or None; `prepared(sandbox)` is told of
+        # every task checkout prepared (the repository gets a pool).
+        self.claim_warm: Callable[[SandboxKey, str, str, str], Awaitable[Sandbox | None]] | None = None
+        self.prepared: Callable[[Sandbox], Awaitable[None]] | None = None
 
     async def get(self, key: SandboxKey) -> Sandbox:
         """Raises NotFound (`SANDBOX_NOT_FOUND`)."""
@@ -133,6 +138,10 @@ class Sandboxes:
             "sandbox.provider",
             f"unknown provider {provider!r}; this service runs {self.provider.name!r}",
         )
+        if self.claim_warm is not None and await self.records.get_sandbox(key) is None:
+            claimed = await self.claim_warm(key, task, repository, egress)
+            if claimed is not None:
+                return claimed, True
         t = now()
         sandbox, created = await self.records.insert_sandbox(
             Sandbox(
@@ -149,6 +158,7 @@ class Sandboxes:
                 destroy_time=None,
                 version=1,
                 replica=self.replica,
+                egress=egress,
             )
         )
         if sandbox.replica and sandbox.replica != self.replica:
@@ -183,6 +193,29 @@ class Sandboxes:
         log.info("sandbox_destroyed", sandbox=key.name, reason=reason)
         return await self.records.update_sandbox(key, state=SandboxState.DESTROYED, destroy_time=now())
 
+    async def _warm_is_current(
+        self, git: gitops.Git, sandbox: Sandbox, clone_url: str, branch: str, base_branch: str
+    ) -> bool:
+        """Whether a claimed warm checkout (detached at its base's head, not yet switched) can switch
+        to `branch` without a fetch: the remote's base head is still the one checked out and the
+        remote has no `branch` of its own. Asked of the remote (`ls-remote`, as the service), never
+        of the checkout."""
+        current = sandbox.checkout
+        if not (sandbox.from_warm_pool and current is not None and current.branch == ""):
+            return False
+        if base_branch and base_branch != current.base_branch:
+            return False
+        listed = await git.try_run(
+            "ls-remote", "--heads", clone_url, current.base_branch, branch, cwd="", confined=False
+        )
+        if not listed.ok:
+            return False
+        heads = {ref: sha for sha, _, ref in (line.partition("\t") for line in listed.stdout.splitlines())}
+        return (
+            heads.get(f"refs/heads/{current.base_branch}") == current.head_commit
+            and f"refs/heads/{branch}" not in heads
+        )
+
     async def prepare(
         self,
         key: SandboxKey,
@@ -193,11 +226,15 @@ class Sandboxes:
         token: str,
         user_name: str,
         user_email: str,
+        detach: bool = False,
     ) -> Sandbox:
         """Clone (first time) or fetch, then `git checkout -B <branch>` from `origin/<branch>` when the
         remote has it, else from `origin/<base_branch>` (the remote's default branch when empty).
 
         Idempotent: a sandbox already prepared for the same URL and branch is returned as is.
+        `detach` (a warm sandbox, usecases/warm_pool.py): `branch` is the base branch, checked out
+        detached at its remote head (recorded with branch ""), so any task branch switches from it.
+        A sandbox claimed from the warm pool fetches (the head may have moved since) and switches.
         Raises InvalidArgument (URL, branch), FailedPrecondition (sandbox not running; remote
         unusable, with git's message) and Unavailable (git failed, retryable).
         """
@@ -232,9 +269,14 @@ class Sandboxes:
             )
             require(exists.ok, "clone_url", f"{clone_url} does not exist")
         # A fresh clone has no index yet (--force populates it); an existing checkout keeps local changes.
-        fresh = not await gitops.is_repository(git)
+        # A warm checkout of another URL (the repository's was changed) is cloned again.
+        stale = current is not None and sandbox.from_warm_pool and current.clone_url != clone_url
+        fresh = stale or not await gitops.is_repository(git)
         force = ["--force"] if fresh else []
-        if not fresh:
+        warm_current = not fresh and await self._warm_is_current(git, sandbox, clone_url, branch, base_branch)
+        if warm_current:
+            pass  # claimed from the warm pool and the remote has not moved since: nothing to fetch
+        elif not fresh:
             # Never git as the service in a checkout an agent wrote (its config can redirect URLs or
             # run commands): the service fetches into a fresh repository of its own, and git in the
             # sandbox fetches from there.
@@ -258,10 +300,22 @@ class Sandboxes:
             await git.run("config", "user.name", user_name)
         if user_email:
             await git.run("config", "user.email", user_email)
-        existed = await gitops.remote_branch_exists(git, branch)
-        if existed:
+        # A current warm checkout: ls-remote said the remote has no `branch`.
+        existed = False if detach or warm_current else await gitops.remote_branch_exists(git, branch)
+        if detach:
+            if not await gitops.remote_branch_exists(git, branch):
+                raise precondition(
+                    f"base branch {branch!r} does not exist in {clone_url}", "BASE_BRANCH_NOT_FOUND"
+                )
+            await git.run("checkout", *force, "--detach", f"origin/{branch}")
+            base = branch
+        elif existed:
             await git.run("checkout", *force, "-B", branch, f"origin/{branch}")
             base = base_branch
+        elif warm_current:
+            assert current is not None
+            base = current.base_branch  # at the head the warm checkout was prepared at
+            await git.run("checkout", "--no-track", "-B", branch, f"origin/{base}")
         else:
             base = base_branch or await gitops.default_branch(git)
             if not await gitops.remote_branch_exists(git, base):
@@ -271,12 +325,17 @@ class Sandboxes:
             await git.run("checkout", *force, "--no-track", "-B", branch, f"origin/{base}")
         checkout = Checkout(
             clone_url=clone_url,
-            branch=branch,
+            branch="" if detach else branch,
             base_branch=base,
             branch_existed=existed,
             path=f"{self.provider.root(pid)}/{WORK}",  # on the host; agents see sandbox_path
-            head_commit=await gitops.head_commit(git),
+            head_commit=current.head_commit
+            if warm_current and current is not None
+            else await gitops.head_commit(git),
             prepare_time=now(),
         )
         log.info("repository_prepared", sandbox=key.name, branch=branch, existed=existed, base=base)
-        return await self.records.update_sandbox(key, checkout=checkout, refresh_git=True)
+        prepared = await self.records.update_sandbox(key, checkout=checkout, refresh_git=not detach)
+        if not detach and self.prepared is not None:
+            await self.prepared(prepared)
+        return prepared

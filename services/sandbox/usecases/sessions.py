@@ -3,7 +3,8 @@ turns, cancel, close, and read the session's event log."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 
 from services.platform.clock import now
 from services.platform.logging import get_logger
@@ -25,6 +26,7 @@ from services.sandbox.domain.models import (
 from services.sandbox.domain.names import valid_id
 from services.sandbox.domain.ports import Agents, LogRecords, SandboxRecords
 from services.sandbox.usecases.sandboxes import Sandboxes
+from services.sandbox.usecases.turns import reopened_notice, unsent_notice
 
 log = get_logger(__name__)
 
@@ -40,6 +42,9 @@ class Sessions:
         configured: agent name → command (Settings.sandbox.agents).
         default_agent: the agent used when a request names none.
         default_policy: the permission policy used when a request names none.
+        models: agent name → its model ids, default first (Settings.sandbox.agent_models).
+        credentials: agent name → variables one of which it needs (Settings.sandbox.agent_credentials).
+        environ: where those variables are looked up (the service's environment).
     """
 
     def __init__(
@@ -52,6 +57,9 @@ class Sessions:
         configured: Mapping[str, str],
         default_agent: str,
         default_policy: PermissionPolicy = PermissionPolicy.ALLOW,
+        models: Mapping[str, Sequence[str]] | None = None,
+        credentials: Mapping[str, Sequence[str]] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.sandboxes = sandboxes
         self.records = records
@@ -60,16 +68,53 @@ class Sessions:
         self.configured = dict(configured)
         self.default_agent = default_agent
         self.default_policy = default_policy
+        self.models = {name: tuple(ids) for name, ids in (models or {}).items()}
+        self.credentials = {name: tuple(names) for name, names in (credentials or {}).items()}
+        self.environ = os.environ if environ is None else environ
 
     def list_agents(self) -> list[AgentInfo]:
         """The configured agents, the default first."""
         names = sorted(self.configured, key=lambda n: (n != self.default_agent, n))
-        return [
-            AgentInfo(
-                n, self.configured[n], self.agents.resolve_command(n) is not None, n == self.default_agent
-            )
-            for n in names
-        ]
+        return [self._info(n) for n in names]
+
+    def _info(self, name: str) -> AgentInfo:
+        return AgentInfo(
+            name,
+            self.configured[name],
+            installed=self.agents.resolve_command(name) is not None,
+            default=name == self.default_agent,
+            models=self.models.get(name, ()),
+            credentials=self.credentials.get(name, ()),
+            credentials_present=not self._missing_credentials(name),
+        )
+
+    def _missing_credentials(self, agent: str, environment: Mapping[str, str] | None = None) -> str:
+        """Why `agent` cannot reach its model API ("" when one of its variables is set, by the
+        organization's `environment` or the service's own)."""
+        needs = self.credentials.get(agent, ())
+        given = environment or {}
+        if not needs or any(given.get(v) or self.environ.get(v) for v in needs):
+            return ""
+        return f"none of {', '.join(needs)} is set for the organization or the sandbox service"
+
+    def use_environment(self, key: SandboxKey, environment: Mapping[str, str]) -> None:
+        """Keep the organization's model API keys for the sandbox's agents (replacing the ones given
+        before; started agents keep theirs). Only variables of `credentials` are accepted.
+
+        Raises InvalidArgument `environment` naming any other variable (never its value)."""
+        allowed = {v for names in self.credentials.values() for v in names}
+        unknown = sorted(set(environment) - allowed)
+        require(not unknown, "environment", f"not model API key variables: {', '.join(unknown)}")
+        self.agents.set_environment(key, environment)
+
+    def _check_model(self, agent: str, model: str) -> None:
+        """InvalidArgument `model` when the agent lists its models and `model` is not one of them."""
+        offered = self.models.get(agent, ())
+        require(
+            not (model and offered and model not in offered),
+            "model",
+            f"agents/{agent} offers the models {', '.join(offered)}, not {model!r}",
+        )
 
     def list_agents_page(self, *, page_size: int, page_token: str) -> tuple[list[AgentInfo], str]:
         """One page of `list_agents` and the next page token ("" on the last page).
@@ -93,6 +138,16 @@ class Sessions:
         Raises NotFound (unknown agent), FailedPrecondition (no checkout; agent failed to start)."""
         agent = self._agent(agent)
         sandbox = await self.sandboxes.with_checkout(key)
+        if sandbox.from_warm_pool:
+            # A warm agent was started with no model API keys: one whose environment is not what the
+            # claiming organization gives now is started again with its keys (before any session).
+            started = self.agents.started_with(key, agent)
+            if (
+                started is not None
+                and dict(started) != dict(self.agents.environment(key))
+                and not await self.records.list_sessions(key)
+            ):
+                await self.agents.stop_agent(key, agent)
         await self.agents.ensure(sandbox, agent)
         return self.agents.connection(key, agent)
 
@@ -116,10 +171,12 @@ class Sessions:
         checkout), or return the existing one. A session left CREATING or in ERROR is created again.
 
         Raises InvalidArgument, NotFound (sandbox, agent), FailedPrecondition (no checkout;
-        `AGENT_FAILED` / `AGENT_NOT_INSTALLED` with the agent's message; the session is then ERROR).
+        `AGENT_FAILED` / `AGENT_NOT_INSTALLED` / `AGENT_CREDENTIALS_MISSING` with the agent's message;
+        the session is then ERROR).
         """
         require(valid_id(session_id), "session_id", "must be 1-128 letters, digits, '.', '_' or '-'")
         agent = self._agent(agent)
+        self._check_model(agent, model)
         sandbox = await self.sandboxes.with_checkout(sandbox_key)
         key = SessionKey(sandbox_key, session_id)
         t = now()
@@ -144,21 +201,37 @@ class Sessions:
         if session.state not in (SessionState.CREATING, SessionState.ERROR):
             return session
         try:
-            live, _ = await self.agents.open(sandbox, session)
+            # An agent that is not installed fails in `open` with AGENT_NOT_INSTALLED, which says more.
+            missing = self._missing_credentials(agent, self.agents.environment(sandbox_key))
+            if missing and self.agents.resolve_command(agent):
+                raise AgentFailed(f"agent {agent}: {missing}", reason="AGENT_CREDENTIALS_MISSING")
+            live, opened = await self.agents.open(sandbox, session)
         except AgentFailed as exc:
             await self.records.update_session(key, state=SessionState.ERROR, error_message=exc.message)
             raise
+        if (notice := reopened_notice(agent, opened)) is not None:
+            live.recorder.put(notice)
+            await live.recorder.flush()
         log.info("agent_session_started", session=key.name, agent=agent, acp_session_id=live.acp_session_id)
         return await self.records.update_session(
             key, state=SessionState.IDLE, acp_session_id=live.acp_session_id, error_message=""
         )
 
     async def prompt(
-        self, key: SessionKey, turn_id: str, *, text: str, attachments: list[Attachment], user: str
+        self,
+        key: SessionKey,
+        turn_id: str,
+        *,
+        text: str,
+        attachments: list[Attachment],
+        user: str,
+        permission_policy: PermissionPolicy | None = None,
     ) -> Turn:
         """Queue a turn (durably, with its RunTurn work item) and return it QUEUED; a repeated turn id
-        returns the existing turn. Raises InvalidArgument, NotFound, FailedPrecondition (session
-        closed, in error, or still being created)."""
+        returns the existing turn. A session in ERROR whose agent session once started (its agent
+        died, or a turn failed) takes the turn: running it restarts the agent and resumes the ACP
+        session (`AgentPool.open`). Raises InvalidArgument, NotFound, FailedPrecondition (session
+        closed, still being created, or in ERROR without ever having started)."""
         require(valid_id(turn_id), "turn_id", "must be 1-128 letters, digits, '.', '_' or '-'")
         require(bool(text.strip()) or bool(attachments), "text", "is required")
         require(not user or user.startswith("users/"), "user", "must look like users/{user}")
@@ -166,9 +239,12 @@ class Sessions:
         existing = await self.records.get_turn(key, turn_id)
         if existing is not None:
             return existing
-        if session.state not in (SessionState.IDLE, SessionState.RUNNING):
+        if not session.accepts_turns:
             detail = f": {session.error_message}" if session.error_message else ""
             raise precondition(f"session {key.name} is {session.state.value}{detail}", "SESSION_NOT_READY")
+        if permission_policy is not None and permission_policy is not session.permission_policy:
+            # The organization's policy changed: its turns from this one on answer by the new one.
+            await self.records.update_session(key, permission_policy=permission_policy)
         turn, _ = await self.records.queue_turn(
             Turn(
                 session=key,
@@ -199,7 +275,11 @@ class Sessions:
             raise not_found("turn", key.turn_name(turn_id))
         if turn.state is TurnState.QUEUED:
             turn = await self.records.finish_turn(
-                turn, state=TurnState.CANCELLED, stop_reason="cancelled", only_if=TurnState.QUEUED
+                turn,
+                state=TurnState.CANCELLED,
+                stop_reason="cancelled",
+                events=[unsent_notice("cancelled while queued", "queued_message_cancelled")],
+                only_if=TurnState.QUEUED,
             )  # a runner may have claimed it meanwhile: then it is RUNNING and cancelled below
         if turn.state is TurnState.RUNNING:
             await self.records.update_turn(key, turn_id, cancel_requested=True)
@@ -210,10 +290,12 @@ class Sessions:
         return turn
 
     async def set_model(self, key: SessionKey, model: str) -> AgentSession:
-        """Record the model the session's next turns use. Raises InvalidArgument (empty), NotFound,
+        """Record the model the session's next turns use (sent to the agent before the next prompt).
+        Raises InvalidArgument (empty, or not a model of the session's agent), NotFound,
         FailedPrecondition (`SESSION_CLOSED`: a closed session runs no more turns)."""
         require(bool(model), "model", "is required")
         session = await self.get(key)
+        self._check_model(session.agent, model)
         if session.state is SessionState.CLOSED:
             raise precondition(f"session {key.name} is closed", "SESSION_CLOSED")
         if session.model == model:

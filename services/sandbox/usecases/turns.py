@@ -24,6 +24,7 @@ from services.sandbox.domain.models import (
     EventKind,
     EventSender,
     NewEvent,
+    Opened,
     SessionKey,
     SessionState,
     Turn,
@@ -35,7 +36,10 @@ from services.sandbox.usecases.sandboxes import Sandboxes
 log = get_logger(__name__)
 HEARTBEAT_SECONDS = 5.0
 STALE_AFTER = dt.timedelta(seconds=60)
-RESTARTED = "the sandbox service stopped while this turn was running; the agent process is gone"
+RESTARTED = (
+    "interrupted: the sandbox service stopped while this turn was running, and the agent process "
+    "with it; the next message restarts the agent"
+)
 
 
 def runner_id() -> str:
@@ -56,6 +60,35 @@ def failure_events(message: str) -> list[NewEvent]:
         NewEvent(EventKind.ERROR, EventSender.SERVICE, message, {"message": message}),
         NewEvent(EventKind.TURN_COMPLETED, EventSender.SERVICE, "", {"state": "failed", "error": message}),
     ]
+
+
+def interrupted_events(message: str) -> list[NewEvent]:
+    """The log entries that end an interrupted turn: a NOTICE with the message, then TURN_COMPLETED."""
+    return [
+        NewEvent(EventKind.NOTICE, EventSender.SERVICE, message, {"notice": "turn_interrupted"}),
+        NewEvent(EventKind.TURN_COMPLETED, EventSender.SERVICE, "", {"state": "interrupted"}),
+    ]
+
+
+def unsent_notice(why: str, code: str) -> NewEvent:
+    """The NOTICE ending a queued turn that was never sent to the agent (cancelled, or failed)."""
+    return NewEvent(EventKind.NOTICE, EventSender.SERVICE, f"not sent to the agent: {why}", {"notice": code})
+
+
+def reopened_notice(agent: str, opened: Opened) -> NewEvent | None:
+    """The NOTICE saying how an agent session whose agent process was gone goes on, if it was."""
+    if opened is Opened.LOADED:
+        text = (
+            f"agent {agent} restarted and resumed this session (session/load): it remembers the conversation"
+        )
+        return NewEvent(EventKind.NOTICE, EventSender.SERVICE, text, {"notice": "session_loaded"})
+    if opened is Opened.REPLACED:
+        text = (
+            f"agent {agent} restarted and cannot resume sessions (no session/load): a new agent session "
+            "goes on from here; the transcript above is kept, the agent does not remember it"
+        )
+        return NewEvent(EventKind.NOTICE, EventSender.SERVICE, text, {"notice": "session_replaced"})
+    return None
 
 
 def pid_alive(pid: int) -> bool:
@@ -121,8 +154,8 @@ class TurnRunner:
             sandbox = await self.sandboxes.with_checkout(key.sandbox)
             session = await self.records.get_session(key)
             assert session is not None
-            live, created = await self.agents.open(sandbox, session)
-            if created:
+            live, opened = await self.agents.open(sandbox, session)
+            if live.acp_session_id != session.acp_session_id:
                 await self.records.update_session(key, acp_session_id=live.acp_session_id)
         except FoundryError as exc:
             log_.warning("turn_not_started", error=exc.message)
@@ -131,6 +164,8 @@ class TurnRunner:
         await self.records.update_turn(key, turn.turn_id, agent_pid=live.pid)
         recorder = live.recorder
         recorder.turn_id = turn.turn_id
+        if (notice := reopened_notice(session.agent, opened)) is not None:
+            recorder.put(notice)
         recorder.put(
             NewEvent(
                 EventKind.USER_MESSAGE,
@@ -199,25 +234,42 @@ class TurnRunner:
 
     async def _fail_queued(self, key: SessionKey, message: str) -> None:
         for queued in await self.records.turns_in([TurnState.QUEUED], key):
-            await self.records.finish_turn(queued, state=TurnState.FAILED, error=message)
+            await self.records.finish_turn(
+                queued,
+                state=TurnState.FAILED,
+                error=message,
+                events=[unsent_notice(message, "queued_message_failed")],
+                only_if=TurnState.QUEUED,
+            )
 
     # -- recovery --------------------------------------------------------------------------------
 
     def orphaned(self, turn: Turn) -> bool:
-        """True when nobody runs `turn` any more: its runner is this host and its agent process is
-        gone (or the runner is an earlier incarnation of this process), or its heartbeat is stale."""
+        """True when nobody runs `turn` any more: its runner was on this host and that process is gone
+        (or it is an earlier incarnation of this process, as in a container where the service is
+        always the same pid) or its agent process is gone; or, from another host, its heartbeat is
+        stale. An agent that outlives its runner briefly does not keep the turn: its stdio was
+        connected to the dead runner, and it exits at end of input."""
         if turn.runner == self.runner:
             return False
-        host = turn.runner.split(":", 1)[0]
-        if host == self.host and not self.is_alive(turn.agent_pid):
-            return True
+        host, _, rest = turn.runner.partition(":")
+        if host == self.host:
+            pid = rest.split(":", 1)[0]
+            runner_pid = int(pid) if pid.isdigit() else 0
+            if (
+                runner_pid == os.getpid()
+                or not self.is_alive(runner_pid)
+                or not self.is_alive(turn.agent_pid)
+            ):
+                return True
         last = turn.heartbeat_time or turn.start_time or turn.create_time
         return now() - last > STALE_AFTER if turn.runner else True
 
     async def recover(self) -> int:
-        """Fail orphaned RUNNING turns with a readable message (session back to IDLE: the next turn
-        starts a new agent) and kick sessions that have queued turns. Returns the turns failed."""
-        failed = 0
+        """End orphaned RUNNING turns INTERRUPTED with a readable notice (the session goes back to
+        IDLE and keeps its ACP session id: the next turn restarts the agent and resumes the session,
+        see `Agents.open`) and kick sessions that have queued turns. Returns the turns interrupted."""
+        interrupted = 0
         # Only this replica's sandboxes: another's turns run (and are recovered) where their agents are.
         mine = self.sandboxes.replica
         for turn in await self.records.turns_in([TurnState.RUNNING], replica=mine):
@@ -225,12 +277,12 @@ class TurnRunner:
                 continue
             log.warning("turn_orphaned", turn=turn.name, runner=turn.runner, agent_pid=turn.agent_pid)
             await self.records.finish_turn(
-                turn, state=TurnState.FAILED, error=RESTARTED, events=failure_events(RESTARTED)
+                turn, state=TurnState.INTERRUPTED, error=RESTARTED, events=interrupted_events(RESTARTED)
             )
-            failed += 1
+            interrupted += 1
         kicked: set[SessionKey] = set()
         for turn in await self.records.turns_in([TurnState.QUEUED], replica=mine):
             if turn.session not in kicked:
                 kicked.add(turn.session)
                 await self.records.kick(turn.session)
-        return failed
+        return interrupted

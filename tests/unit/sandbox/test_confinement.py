@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import http.server
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,15 +27,18 @@ from foundry.sandbox.v1 import process_pb2, sandbox_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as pb
 from foundry.sandbox.v1 import sandbox_service_pb2_grpc as pb_grpc
 
+from gateway.app import GatewayComponent
+from services.platform.errors import from_rpc_error
 from services.platform.identity import Caller
 from services.platform.settings import SandboxSettings, Settings
-from services.sandbox.providers.bubblewrap import available, toolchain_paths
+from services.sandbox.providers.bubblewrap import _SandboxCgroups, available, toolchain_paths
 from tests.helpers.eventually import assert_eventually
 from tests.helpers.mesh import Mesh, running
 from tests.unit.sandbox.conftest import prepared_sandbox, sandbox_stub
 from tests.unit.sandbox.test_processes import _host_pids
 
 CANARY = "canary-7f3e9b21-not-for-sandboxes"
+MODEL_KEY = "sk-ant-test-9c2d-for-agents-only"
 WHY = available()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"bubblewrap unavailable: {WHY}")
 
@@ -64,6 +69,7 @@ async def confined(
     settings_factory: Callable[..., Settings], model_api: int, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Mesh, pb_grpc.SandboxServiceAsyncStub]]:
     monkeypatch.setenv("FOUNDRY_TEST_CANARY", CANARY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", MODEL_KEY)  # the operator's key for the agents
     settings = settings_factory(
         sandbox=SandboxSettings(
             provider="bubblewrap",
@@ -185,17 +191,45 @@ async def test_the_hosts_loopback_services_are_unreachable(
 ) -> None:
     mesh, stub = confined
     sandbox = await prepared_sandbox(stub, origin)
-    ports = {"postgresql": 5432, "rabbitmq": 5672, "sandbox grpc": mesh.hosts["sandbox"].port}
-    for name, port in ports.items():
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass  # reachable from the host: the test is meaningful
-        script = (
-            f"{_python()} -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2); "
-            "print('CONNECTED')\""
-        )
-        code, out = await run(stub, sandbox.name, script)
-        assert "CONNECTED" not in out and code != 0, (name, out)
-        assert "Connection refused" in out or "unreachable" in out, (name, out)
+    gateway = GatewayComponent(mesh.settings, port=0)
+    await gateway.start()
+    # A port on every interface (as FOUNDRY_BIND_HOST=0.0.0.0 serves): reached at the host's own
+    # non-loopback addresses too.
+    everywhere = socket.create_server(("0.0.0.0", 0))
+    try:
+        ports = {
+            "postgresql": 5432,
+            "rabbitmq": 5672,
+            "sandbox grpc": mesh.hosts["sandbox"].port,
+            "gateway": gateway.port,
+        }
+        targets = [(name, "127.0.0.1", port) for name, port in ports.items()]
+        targets += [("0.0.0.0 listener", a, everywhere.getsockname()[1]) for a in _own_addresses()]
+        for name, host, port in targets:
+            with socket.create_connection((host, port), timeout=2):
+                pass  # reachable from the host: the test is meaningful
+            script = (
+                f"{_python()} -c \"import socket; socket.create_connection(('{host}', {port}), timeout=2); "
+                "print('CONNECTED')\""
+            )
+            code, out = await run(stub, sandbox.name, script)
+            assert "CONNECTED" not in out and code != 0, (name, host, out)
+            assert "Connection refused" in out or "unreachable" in out, (name, host, out)
+    finally:
+        everywhere.close()
+        await gateway.begin_drain()
+        await gateway.wait_idle(5)
+        await gateway.close()
+
+
+def _own_addresses() -> list[str]:
+    """This host's IPv4 addresses besides loopback (from the kernel's routing view)."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: only picks the outgoing address
+            found.add(probe.getsockname()[0])
+    return sorted(a for a in found if not a.startswith("127."))
 
 
 async def test_egress_reaches_only_the_allowlist_through_the_proxy(
@@ -263,6 +297,72 @@ def _gone(marker: str) -> None:
     assert not _host_pids(["sleep", marker])
 
 
+def _memory_controller_unwritable() -> str | None:
+    """Why this host does not let this process make a memory cgroup (None when it does), found by
+    making one where the provider would, independently of the provider's own detection."""
+    root = Path("/sys/fs/cgroup")
+    v1 = (root / "memory" / "cgroup.procs").exists()
+    if not v1 and "memory" not in _text(root / "cgroup.subtree_control").split():
+        return "no memory controller enabled under /sys/fs/cgroup (cgroup v1 or v2)"
+    probe = (root / "memory" if v1 else root) / f"foundry-test-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+    except OSError as exc:
+        return f"cannot make a memory cgroup in {probe.parent}: {exc.strerror}"
+    probe.rmdir()
+    return None
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def test_a_host_without_the_controllers_says_the_limits_are_not_enforced(tmp_path: Path) -> None:
+    """What `sandbox_confinement` logs where no cgroup can be made, and that commands then join none."""
+    groups = _SandboxCgroups({"pids": 8, "memory": 1 << 20}, root=tmp_path)
+    assert groups.state["memory"].startswith("unavailable: no memory controller in "), groups.state
+    assert groups.state["pids"].startswith("unavailable: no pids controller in "), groups.state
+    assert groups.join(tmp_path / "sandbox") == []
+    off = _SandboxCgroups({"pids": 0, "memory": 0}, root=tmp_path)
+    assert set(off.state.values()) == {"off (no limit configured)"}
+
+
+@pytest.mark.skipif(
+    (NO_MEMORY_CGROUP := _memory_controller_unwritable()) is not None,
+    reason=f"per-sandbox memory limit not enforceable here: {NO_MEMORY_CGROUP}",
+)
+async def test_a_sandbox_is_oom_killed_past_its_memory_limit_and_another_is_unaffected(
+    settings_factory: Callable[..., Settings], origin: Path
+) -> None:
+    """Four processes of one sandbox hold 64 MiB each, each far below the per-process address-space
+    limit (512 MiB), together far above the sandbox's 128 MiB: the kernel OOM-kills them (SIGKILL, not
+    a MemoryError) until at most one holds its memory, while a process of another sandbox holding
+    96 MiB at the same time runs to its end."""
+    settings = settings_factory(
+        sandbox=SandboxSettings(provider="bubblewrap", memory_mb=512, sandbox_memory_mb=128)
+    )
+    hold = (
+        f"{_python()} -c \"import sys, time; b = b'x' * (int(sys.argv[1]) * 1024 ** 2); "
+        "print('held', flush=True); time.sleep(4); print('done', len(b) // 1024 ** 2, flush=True)\""
+    )
+    hog_script = " ".join(f"{hold} 64 & p{i}=$!;" for i in range(4))
+    hog_script += " ".join(f"wait $p{i}; echo exit=$?;" for i in range(4))
+    async with running(settings, ["sandbox"]) as mesh, sandbox_stub(mesh) as stub:
+        hog = await prepared_sandbox(stub, origin, sandbox_id="hog")
+        calm = await prepared_sandbox(stub, origin, sandbox_id="calm")
+        hogging = asyncio.create_task(run(stub, hog.name, hog_script, timeout=60))
+        calm_code, calm_out = await run(stub, calm.name, f"{hold} 96", timeout=60)
+        hog_code, hog_out = await hogging
+    assert calm_code == 0 and "done 96" in calm_out, calm_out
+    assert hog_code == 0, hog_out
+    assert "exit=137" in hog_out, f"no process was OOM-killed:\n{hog_out}"
+    assert hog_out.count("done 64") <= 1, f"more than 128 MiB held in one sandbox:\n{hog_out}"
+    assert "MemoryError" not in hog_out, hog_out
+
+
 async def test_teardown_leaves_no_process_behind(
     confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:
@@ -288,11 +388,16 @@ def _count(marker: str, expected: int) -> None:
     assert len(_host_pids(["sleep", marker])) == expected
 
 
-async def test_a_user_cannot_point_prepare_or_push_at_host_paths(
+async def test_a_user_cannot_run_the_sandboxs_commands_or_point_them_at_host_paths(
     confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:
+    """Git and provider commands are the task workers' steps: a user's token (even a member's) is
+    refused each of them with SERVICE_ONLY, and nothing runs (no file reverted, no sandbox created)."""
     mesh, stub = confined
     sandbox = await prepared_sandbox(stub, origin)
+    work = Path(sandbox.checkout.path)
+    await asyncio.to_thread((work / "README.md").write_text, "edited by the agent\n")
+    session = f"{sandbox.name}/sessions/s1"
     async with sandbox_stub(mesh, Caller(subject="user/1001", login="alice")) as as_user:
         for call in (
             as_user.PrepareRepository(
@@ -301,10 +406,33 @@ async def test_a_user_cannot_point_prepare_or_push_at_host_paths(
                 )
             ),
             as_user.PushBranch(pb.PushBranchRequest(name=sandbox.name)),
+            as_user.CreateSandbox(
+                pb.CreateSandboxRequest(
+                    parent=sandbox.name.split("/sandboxes/")[0],
+                    sandbox_id="by-user",
+                    sandbox=sandbox_pb2.Sandbox(task=sandbox.task, repository=sandbox.repository),
+                )
+            ),
+            as_user.DestroySandbox(pb.DestroySandboxRequest(name=sandbox.name)),
+            as_user.StartAgent(pb.StartAgentRequest(parent=sandbox.name, agent="agents/fake")),
+            as_user.StartAgentSession(
+                pb.StartAgentSessionRequest(parent=sandbox.name, session_id="s1", agent="agents/fake")
+            ),
+            as_user.PromptSession(pb.PromptSessionRequest(name=session, turn_id="t1", text="hi")),
+            as_user.CancelTurn(pb.CancelTurnRequest(name=f"{session}/turns/t1")),
+            as_user.SetAgentSessionModel(pb.SetAgentSessionModelRequest(name=session, model="x")),
+            as_user.CloseAgentSession(pb.CloseAgentSessionRequest(name=session)),
+            as_user.RefreshGitState(pb.RefreshGitStateRequest(name=f"{sandbox.name}/gitState")),
+            as_user.RevertFile(pb.RevertFileRequest(name=sandbox.name, path="README.md")),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await call
-            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED, denied.value.details()
+            assert from_rpc_error(denied.value).reason == "SERVICE_ONLY", denied.value.details()
+    assert (work / "README.md").read_text() == "edited by the agent\n"  # not reverted
+    listed = await stub.ListSandboxes(pb.ListSandboxesRequest(parent=sandbox.name.split("/sandboxes/")[0]))
+    assert [s.name for s in listed.sandboxes] == [sandbox.name]  # none created by the user, none destroyed
+    assert (await stub.GetSandbox(pb.GetSandboxRequest(name=sandbox.name))).sandbox.state == sandbox.state
 
 
 async def test_service_side_git_never_runs_a_hook_or_helper_planted_in_the_checkout(
@@ -387,6 +515,40 @@ async def test_a_push_that_links_to_other_objects_is_refused(
     assert await asyncio.to_thread(_branches, origin) == before
 
 
+async def test_only_the_services_own_push_sees_the_push_repository(
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
+) -> None:
+    """While a push is under way the service-owned `push.git` exists beside the checkout, its objects
+    and refs writable from inside. Only the one confined `git push` into it may see it: a process
+    started then, or agent code the service's own git runs (an fsmonitor hook during a git-state
+    refresh), could otherwise plant a symlink to another sandbox's objects after the service checked
+    and before it pushed."""
+    _, stub = confined
+    sandbox = await prepared_sandbox(stub, origin)
+    push = Path(sandbox.checkout.path).parent / "push.git"
+    await asyncio.to_thread(
+        subprocess.run, ["git", "init", "--quiet", "--bare", str(push)], check=True
+    )  # as push_branch creates it, mid-push
+    _code, out = await run(stub, sandbox.name, "ls -d /run/foundry/push.git/objects 2>&1; echo end")
+    assert "No such file or directory" in out, out
+    _code, out = await run(
+        stub,
+        sandbox.name,
+        "git config core.fsmonitor 'ls -d /run/foundry/push.git/refs > /workspace/.seen 2>&1; false'"
+        " && echo planted",
+    )
+    assert "planted" in out, out
+    await stub.RefreshGitState(pb.RefreshGitStateRequest(name=f"{sandbox.name}/gitState"))
+    seen = Path(sandbox.checkout.path, ".seen")
+    assert await asyncio.to_thread(seen.exists), "the planted fsmonitor hook never ran"
+    assert "No such file or directory" in await asyncio.to_thread(seen.read_text)
+    await asyncio.to_thread(shutil.rmtree, push)
+    # The service's own push still works (it is the one command that gets the push repository).
+    _code, out = await run(stub, sandbox.name, "git config --unset core.fsmonitor; rm .seen; echo w > w.txt")
+    pushed = await stub.PushBranch(pb.PushBranchRequest(name=sandbox.name, commit_message="work"))
+    assert pushed.head_commit, pushed
+
+
 def _branches(repo: Path) -> str:
     import subprocess
 
@@ -442,6 +604,60 @@ async def test_a_hostile_agent_sees_what_a_process_sees(
     assert "1000" in said and "No such file or directory" in said, said
     assert CANARY not in said and "FOUNDRY_" not in said.replace("FOUNDRY_GIT", ""), said
     assert "Connection refused" in said, said
+
+
+async def test_the_agent_gets_its_model_api_key_and_no_service_secret(
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
+) -> None:
+    """Under the default provider a real agent must still reach its model: the operator's model API key
+    reaches the agent's environment (only that of the service's variables: no canary, no FOUNDRY_*)."""
+    _, stub = confined
+    from tests.unit.sandbox.test_sessions import K, prompt, start_session, watch_until_turn_ends
+
+    session = await start_session(stub, origin)
+    await prompt(stub, session, "env", "$ env | sort")
+    _, events = await watch_until_turn_ends(stub, session)
+    said = "\n".join(e.text for e in events if e.kind == K.SESSION_EVENT_KIND_TOOL_CALL_UPDATE)
+    said += "\n".join(str(e.payload) for e in events)
+    assert f"ANTHROPIC_API_KEY={MODEL_KEY}" in said, said
+    assert CANARY not in said and "FOUNDRY_INTERNAL" not in said and "FOUNDRY_DATABASE" not in said, said
+
+
+async def test_a_command_linked_to_a_host_path_tells_nothing_of_the_host(
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path, tmp_path: Path
+) -> None:
+    """Before starting a command the service checks it exists inside; it must not follow the sandbox's
+    own links on the host to do so, or CreateProcess would tell whether any host file exists (e.g.
+    another organization's checkout: `<root>/<org>--<sandbox>/work/.git/hooks/*.sample`)."""
+    _, stub = confined
+    sandbox = await prepared_sandbox(stub, origin)
+    present = tmp_path / "host-only.sh"
+    await asyncio.to_thread(present.write_text, "#!/bin/sh\necho HOST-RAN\n")
+    await asyncio.to_thread(present.chmod, 0o755)
+    _code, out = await run(
+        stub, sandbox.name, f"ln -s {present} present && ln -s {tmp_path}/absent.sh absent && echo linked"
+    )
+    assert "linked" in out, out
+
+    async def outcome(command: str) -> str:
+        try:
+            created = await stub.CreateProcess(
+                pb.CreateProcessRequest(parent=sandbox.name, process=process_pb2.Process(command=command))
+            )
+        except grpc.aio.AioRpcError as error:
+            return f"refused {error.code()}"
+
+        async def exited() -> process_pb2.Process:
+            current = (await stub.GetProcess(pb.GetProcessRequest(name=created.process.name))).process
+            assert current.state == process_pb2.PROCESS_STATE_EXITED
+            return current
+
+        done = await assert_eventually(exited)
+        logs = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=created.process.name))
+        assert b"HOST-RAN" not in b"".join(c.data for c in logs.chunks)
+        return f"exited {done.exit_code}"
+
+    assert await outcome("/workspace/present") == await outcome("/workspace/absent")
 
 
 async def test_a_checkout_of_another_sandbox_cannot_be_cloned(

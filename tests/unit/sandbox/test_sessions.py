@@ -162,6 +162,57 @@ async def test_git_state_reports_a_modified_tracked_file_with_counts(
     assert [c.path for c in reverted.file_changes] == ["src/app.py"]
 
 
+async def test_git_state_diffs_against_the_base_so_a_commit_by_the_agent_stays_in_review(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
+    """The agent commits one change and leaves another uncommitted: both are in the diff against the
+    merge-base with main, computed in the background after the turn; revert undoes the committed one."""
+    session = await start_session(stub, origin)
+    sandbox = session.split("/sessions/")[0]
+    await prompt(
+        stub,
+        session,
+        "m1",
+        "$ printf 'committed line\\n' >> README.md && git add README.md"
+        " && git -c user.name=agent -c user.email=agent@example.com commit -q -m 'agent commit'"
+        " && printf 'uncommitted\\n' >> src/app.py && printf 'new\\n' > notes.txt",
+    )
+    await watch_until_turn_ends(stub, session)
+
+    async def refreshed() -> git_state_pb2.GitState:
+        state = (await stub.GetGitState(pb.GetGitStateRequest(name=f"{sandbox}/gitState"))).git_state
+        assert [c.path for c in state.file_changes] == ["README.md", "notes.txt", "src/app.py"]
+        return state
+
+    state = await assert_eventually(refreshed)
+    assert state.base_branch == "main" and state.base_commit and state.base_commit != state.head_commit
+    changes = {c.path: (c.type, c.added_lines, c.removed_lines) for c in state.file_changes}
+    assert changes == {
+        "README.md": (git_state_pb2.FILE_CHANGE_TYPE_MODIFIED, 1, 0),
+        "notes.txt": (git_state_pb2.FILE_CHANGE_TYPE_ADDED, 1, 0),
+        "src/app.py": (git_state_pb2.FILE_CHANGE_TYPE_MODIFIED, 1, 0),
+    }
+    diffs = {d.path: d.unified_diff for d in state.diffs}
+    assert "+committed line" in diffs["README.md"] and "+uncommitted" in diffs["src/app.py"]
+
+    reverted = (await stub.RevertFile(pb.RevertFileRequest(name=sandbox, path="README.md"))).git_state
+    assert [c.path for c in reverted.file_changes] == ["notes.txt", "src/app.py"]
+    checkout = Path((await stub.GetSandbox(pb.GetSandboxRequest(name=sandbox))).sandbox.checkout.path)
+    assert (checkout / "README.md").read_text() == "# demo\nline two\n"
+
+
+async def test_git_state_of_an_existing_branch_is_measured_against_the_default_branch(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
+    """A task on a branch the remote already has names no base: its commits are still in review."""
+    sandbox = await prepared_sandbox(stub, origin, branch="feature/existing")
+    state = (await stub.RefreshGitState(pb.RefreshGitStateRequest(name=f"{sandbox.name}/gitState"))).git_state
+    assert state.base_branch == "main" and state.base_commit != state.head_commit
+    assert [(c.path, c.type) for c in state.file_changes] == [
+        ("feature.txt", git_state_pb2.FILE_CHANGE_TYPE_ADDED)
+    ]
+
+
 async def test_watch_sends_the_log_as_snapshot_then_live_events(
     stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
@@ -218,7 +269,9 @@ async def test_prompts_queue_and_run_one_at_a_time_in_order(
     repeated = await prompt(stub, session, "a", "ignored: same turn id")
     assert repeated.name == f"{session}/turns/a"
     _, events = await watch_until_turn_ends(stub, session, turns=2)
-    by_turn = [e.turn.rsplit("/", 1)[1] for e in events]
+    queued = [e for e in events if e.kind == K.SESSION_EVENT_KIND_MESSAGE_QUEUED]
+    assert [(e.turn.rsplit("/", 1)[1], e.text) for e in queued] == [("b", "$ echo second")]
+    by_turn = [e.turn.rsplit("/", 1)[1] for e in events if e.kind != K.SESSION_EVENT_KIND_MESSAGE_QUEUED]
     first_b = by_turn.index("b")
     assert set(by_turn[:first_b]) == {"a"} and set(by_turn[first_b:]) == {"b"}, by_turn
     texts = "".join(e.text for e in events if e.kind == K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK)
@@ -288,6 +341,48 @@ async def test_cancel_turn_stops_a_running_command(
     await stub.CancelTurn(pb.CancelTurnRequest(name=f"{session}/turns/long"))
     _, events = await watch_until_turn_ends(stub, session)
     assert events[-1].payload["stopReason"] == "cancelled"
+
+
+async def test_messages_sent_during_a_turn_show_queued_in_order_and_a_cancelled_one_says_it_was_not_sent(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
+    session = await start_session(stub, origin)
+    # An idle session runs a prompt at once: nothing is shown as queued.
+    await prompt(stub, session, "hello", "hello")
+    await watch_until_turn_ends(stub, session)
+    await prompt(stub, session, "long", "$ echo started; sleep 30")
+
+    async def running() -> None:
+        events = await stub.ListSessionEvents(pb.ListSessionEventsRequest(parent=session))
+        assert any(e.text == "started\n" for e in events.session_events)
+
+    await assert_eventually(running)
+    for turn_id, text in (("b", "$ echo second"), ("c", "third"), ("d", "fourth")):
+        assert (await prompt(stub, session, turn_id, text)).state == session_pb2.TURN_STATE_QUEUED
+    listed = (await stub.ListSessionEvents(pb.ListSessionEventsRequest(parent=session))).session_events
+    queued = [e for e in listed if e.kind == K.SESSION_EVENT_KIND_MESSAGE_QUEUED]
+    assert [(e.turn.rsplit("/", 1)[1], e.text, e.payload["ahead"]) for e in queued] == [
+        ("b", "$ echo second", 1),
+        ("c", "third", 2),
+        ("d", "fourth", 3),
+    ]
+    assert all(e.payload["user"] == "users/1001" for e in queued)
+
+    cancelled = (await stub.CancelTurn(pb.CancelTurnRequest(name=f"{session}/turns/c"))).turn
+    assert cancelled.state == session_pb2.TURN_STATE_CANCELLED
+    await stub.CancelTurn(pb.CancelTurnRequest(name=f"{session}/turns/long"))
+    _, events = await watch_until_turn_ends(stub, session, turns=4)  # hello, long, b, d
+
+    def of(turn_id: str, kind: int) -> list[str]:
+        return [e.text for e in events if e.turn.endswith(f"/turns/{turn_id}") and e.kind == kind]
+
+    assert of("c", K.SESSION_EVENT_KIND_NOTICE) == ["not sent to the agent: cancelled while queued"]
+    assert not of("c", K.SESSION_EVENT_KIND_USER_MESSAGE) and not of("c", K.SESSION_EVENT_KIND_TURN_COMPLETED)
+    users = [e.turn.rsplit("/", 1)[1] for e in events if e.kind == K.SESSION_EVENT_KIND_USER_MESSAGE]
+    assert users == ["hello", "long", "b", "d"]  # delivered after the running turn, in order
+    ends = [e.payload["stopReason"] for e in events if e.kind == K.SESSION_EVENT_KIND_TURN_COMPLETED]
+    assert ends == ["end_turn", "cancelled", "end_turn", "end_turn"]
+    assert of("b", K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK) == ["second\n"]
 
 
 async def test_list_agents_pages_and_rejects_bad_page_arguments(
