@@ -80,6 +80,9 @@ def wire(rt: Runtime) -> Wiring:
             except Exception:  # retried at the next sweep
                 log.warning("stall_sweep_failed", exc_info=True)
 
+    async def listen_repositories() -> None:
+        await deps.repositories.listen(rt.broker)
+
     servicer = TaskServicer(deps, rt.hub)
     return Wiring(
         membership=deps.membership,
@@ -91,6 +94,7 @@ def wire(rt: Runtime) -> Wiring:
             )
         ],
         queues=queues,
-        on_started=[resume],
+        on_started=[listen_repositories, resume],
         background=[sweep_stalled],
+        on_close=[deps.repositories.stop_listening],
     )

@@ -3,21 +3,20 @@ FoundryError subclasses (`from_rpc_error`), keeping the peer's reason."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import time
 from typing import Any, TypeVar
 
-import grpc
 from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gd_grpc
 from foundry.github_data.v1 import pull_request_pb2, repository_pb2, sync_status_pb2
-from foundry.organization.v1 import organization_pb2, task_index_pb2
+from foundry.organization.v1 import organization_pb2, task_index_pb2, user_pb2
 from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
+from foundry.sandbox.v1 import agent_pb2, agent_session_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
 
 from services.platform.channels import Channels
-from services.platform.errors import from_rpc_error
 from services.platform.routing import ReplicaRoutes, first_segments
 
 T = TypeVar("T")
@@ -30,17 +29,18 @@ MODES = {
 }
 
 
-async def _call(awaitable: Awaitable[T], what: str) -> T:
-    try:
-        return await awaitable
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc, context=what) from exc
-
-
 EGRESS_POLICIES = {
     organization_pb2.SANDBOX_EGRESS_NONE: "none",
     organization_pb2.SANDBOX_EGRESS_MODEL_APIS: "model_apis",
     organization_pb2.SANDBOX_EGRESS_OPEN: "open",
+}
+
+# The organization's PermissionPolicy → the sandbox's (unspecified: allow, today's default).
+PERMISSION_POLICIES = {
+    organization_pb2.PERMISSION_POLICY_UNSPECIFIED: agent_session_pb2.PERMISSION_POLICY_ALLOW,
+    organization_pb2.PERMISSION_POLICY_ALLOW: agent_session_pb2.PERMISSION_POLICY_ALLOW,
+    organization_pb2.PERMISSION_POLICY_REJECT: agent_session_pb2.PERMISSION_POLICY_REJECT,
+    organization_pb2.PERMISSION_POLICY_ASK: agent_session_pb2.PERMISSION_POLICY_ASK,
 }
 
 
@@ -55,57 +55,70 @@ class OrganizationClient:
     ) -> str:
         """Reserve `branch` (mode exact | existing | generate) for the task; returns the branch.
         Errors: AlreadyExists (`BRANCH_TAKEN`), InvalidArgument, Unavailable."""
-        response = await _call(
-            self._stub.ReserveTaskBranch(
-                org_pb2.ReserveTaskBranchRequest(
-                    parent=f"organizations/{organization}",
-                    task_id=task_id,
-                    repository=repository,
-                    branch=branch,
-                    mode=MODES[mode],
-                    title=title,
-                )
-            ),
-            "ReserveTaskBranch",
+        response = await self._stub.ReserveTaskBranch(
+            org_pb2.ReserveTaskBranchRequest(
+                parent=f"organizations/{organization}",
+                task_id=task_id,
+                repository=repository,
+                branch=branch,
+                mode=MODES[mode],
+                title=title,
+            )
         )
         return response.task_index_entry.branch
 
     async def release_branch(self, *, organization: str, task_id: str) -> None:
-        await _call(
-            self._stub.ReleaseTaskBranch(
-                org_pb2.ReleaseTaskBranchRequest(
-                    name=f"organizations/{organization}/taskIndexEntries/{task_id}"
-                )
-            ),
-            "ReleaseTaskBranch",
+        await self._stub.ReleaseTaskBranch(
+            org_pb2.ReleaseTaskBranchRequest(name=f"organizations/{organization}/taskIndexEntries/{task_id}")
         )
 
     async def task_index_entry(self, *, organization: str, task_id: str) -> task_index_pb2.TaskIndexEntry:
-        response = await _call(
-            self._stub.GetTaskIndexEntry(
-                org_pb2.GetTaskIndexEntryRequest(
-                    name=f"organizations/{organization}/taskIndexEntries/{task_id}"
-                )
-            ),
-            "GetTaskIndexEntry",
+        response = await self._stub.GetTaskIndexEntry(
+            org_pb2.GetTaskIndexEntryRequest(name=f"organizations/{organization}/taskIndexEntries/{task_id}")
         )
         return response.task_index_entry
 
     async def sandbox_egress(self, *, organization: str) -> str:
         """The organization's sandbox egress policy as the sandbox service names it (`none`,
         `model_apis`, `open`), or "" for the sandbox service's default. Errors: NotFound, Unavailable."""
-        response = await _call(
-            self._stub.GetOrganization(org_pb2.GetOrganizationRequest(name=f"organizations/{organization}")),
-            "GetOrganization",
+        response = await self._stub.GetOrganization(
+            org_pb2.GetOrganizationRequest(name=f"organizations/{organization}")
         )
         return EGRESS_POLICIES.get(response.organization.sandbox_egress, "")
 
+    async def permission_policy(self, *, organization: str) -> agent_session_pb2.PermissionPolicy.ValueType:
+        """The organization's permission policy as the sandbox service names it (ALLOW when unset).
+        Background work only (a peer read). Errors: NotFound, Unavailable."""
+        response = await self._stub.GetOrganization(
+            org_pb2.GetOrganizationRequest(name=f"organizations/{organization}")
+        )
+        policy = response.organization.permission_policy
+        return PERMISSION_POLICIES.get(policy, agent_session_pb2.PERMISSION_POLICY_ALLOW)
+
+    async def model_credentials(self, *, organization: str) -> dict[str, str]:
+        """The organization's model API keys (variable -> key) for its agents' environment; never log
+        them. Background work only (a service caller). Errors: PermissionDenied, Unavailable."""
+        response = await self._stub.ResolveModelCredentials(
+            org_pb2.ResolveModelCredentialsRequest(organization=f"organizations/{organization}")
+        )
+        return dict(response.environment)
+
+    async def model_credential_variables(self, *, organization: str, deadline: float) -> set[str]:
+        """Which model API key variables the organization has set (names only, never values).
+        Errors: NotFound, PermissionDenied, Unavailable."""
+        response = await self._stub.ListModelCredentials(
+            org_pb2.ListModelCredentialsRequest(parent=f"organizations/{organization}"), timeout=deadline
+        )
+        return {c.variable for c in response.model_credentials}
+
+    async def user(self, name: str) -> user_pb2.User:
+        """GetUser `users/{id}` (the caller must be that user or a service)."""
+        response = await self._stub.GetUser(org_pb2.GetUserRequest(name=name))
+        return response.user
+
     async def is_member(self, *, organization: str, user: str) -> bool:
-        response = await _call(
-            self._stub.CheckMembership(
-                org_pb2.CheckMembershipRequest(organization=f"organizations/{organization}", user=user)
-            ),
-            "CheckMembership",
+        response = await self._stub.CheckMembership(
+            org_pb2.CheckMembershipRequest(organization=f"organizations/{organization}", user=user)
         )
         return bool(response.member)
 
@@ -118,19 +131,14 @@ class GithubDataClient:
 
     async def repository(self, name: str) -> repository_pb2.Repository:
         """The stored repository. Errors: NotFound."""
-        response = await _call(
-            self._stub.GetRepository(gd_pb2.GetRepositoryRequest(name=name)), "GetRepository"
-        )
+        response = await self._stub.GetRepository(gd_pb2.GetRepositoryRequest(name=name))
         return response.repository
 
     async def provider(self, organization: str) -> sync_status_pb2.Provider.ValueType:
         """The organization's provider (`PROVIDER_LOCAL`, `PROVIDER_GITHUB`) from its stored
         connection (no GitHub call). Errors: NotFound (never connected)."""
-        response = await _call(
-            self._stub.GetConnection(
-                gd_pb2.GetConnectionRequest(name=f"organizations/{organization}/connection")
-            ),
-            "GetConnection",
+        response = await self._stub.GetConnection(
+            gd_pb2.GetConnectionRequest(name=f"organizations/{organization}/connection")
         )
         return response.connection.provider
 
@@ -140,30 +148,31 @@ class GithubDataClient:
         (`NO_GITHUB_CREDENTIALS`), NotFound, Unavailable."""
         request = gd_pb2.GenerateRepositoryAccessTokenRequest(name=repository)
         rpc = self._stub.GenerateRepositoryAccessToken
-        response = await _call(
-            rpc(request, timeout=deadline) if deadline else rpc(request), "GenerateRepositoryAccessToken"
-        )
+        response = await (rpc(request, timeout=deadline) if deadline else rpc(request))
         return response.access_token
 
     async def publish_pull_request(
         self, request: gd_pb2.PublishPullRequestRequest, *, deadline: float
-    ) -> pull_request_pb2.PullRequest:
-        """Open the pull request on GitHub and store it. Errors: FailedPrecondition
-        (`PROVIDER_HAS_NO_PULL_REQUESTS`), AlreadyExists (`PULL_REQUEST_ALREADY_EXISTS`), Unavailable."""
-        response = await _call(self._stub.PublishPullRequest(request, timeout=deadline), "PublishPullRequest")
-        return response.pull_request
+    ) -> pull_request_pb2.PullRequestSummary:
+        """Open the pull request on GitHub and store it; returns its summary (derived by github_data).
+        Errors: FailedPrecondition (`PROVIDER_HAS_NO_PULL_REQUESTS`), AlreadyExists
+        (`PULL_REQUEST_ALREADY_EXISTS`), Unavailable."""
+        response = await self._stub.PublishPullRequest(request, timeout=deadline)
+        return response.summary
 
     async def open_pull_request(
         self, repository: str, head_branch: str
-    ) -> pull_request_pb2.PullRequest | None:
-        """The stored open pull request whose head is `head_branch`, or None."""
-        response = await _call(
-            self._stub.ListPullRequests(
-                gd_pb2.ListPullRequestsRequest(parent=repository, head_branch=head_branch, page_size=1)
-            ),
-            "ListPullRequests",
+    ) -> pull_request_pb2.PullRequestSummary | None:
+        """The summary of the stored open pull request whose head is `head_branch`, or None."""
+        response = await self._stub.ListPullRequests(
+            gd_pb2.ListPullRequestsRequest(parent=repository, head_branch=head_branch, page_size=1)
         )
-        return response.pull_requests[0] if response.pull_requests else None
+        if not response.pull_requests:
+            return None
+        found = await self._stub.GetPullRequest(
+            gd_pb2.GetPullRequestRequest(name=response.pull_requests[0].name)
+        )
+        return found.summary
 
 
 class SandboxClient:
@@ -172,13 +181,31 @@ class SandboxClient:
 
     def __init__(self, peers: Channels) -> None:
         self.routes = ReplicaRoutes(peers, "sandbox", sb_grpc.SandboxServiceStub, SANDBOX_OF)
+        self._agents: tuple[float, list[agent_pb2.Agent]] | None = None
+
+    async def list_agents(self, *, deadline: float, max_age: float) -> list[agent_pb2.Agent]:
+        """The agents the sandbox service can start (ListAgents, every page; any replica), reused for
+        `max_age` seconds."""
+        if self._agents is not None and time.monotonic() - self._agents[0] < max_age:
+            return self._agents[1]
+        agents: list[agent_pb2.Agent] = []
+        token = ""
+        while True:
+            request = sb_pb2.ListAgentsRequest(page_size=1000, page_token=token)
+            page: sb_pb2.ListAgentsResponse = await self._on("agents", "ListAgents", request, deadline)
+            agents.extend(page.agents)
+            token = page.next_page_token
+            if not token:
+                break
+        self._agents = (time.monotonic(), agents)
+        return agents
 
     async def _on(self, name: str, method: str, request: object, deadline: float | None = None) -> Any:
         def invoke(stub: sb_grpc.SandboxServiceStub) -> Any:
             rpc = getattr(stub, method)
             return rpc(request, timeout=deadline) if deadline else rpc(request)
 
-        return await _call(self.routes.call(name, invoke), method)
+        return await self.routes.call(name, invoke)
 
     async def create_sandbox(
         self, request: sb_pb2.CreateSandboxRequest, *, deadline: float
@@ -205,6 +232,11 @@ class SandboxClient:
 
     async def prompt(self, request: sb_pb2.PromptSessionRequest) -> sb_pb2.PromptSessionResponse:
         return await self._on(request.name, "PromptSession", request)  # type: ignore[no-any-return]
+
+    async def answer_permission_request(
+        self, request: sb_pb2.AnswerPermissionRequestRequest
+    ) -> sb_pb2.AnswerPermissionRequestResponse:
+        return await self._on(request.name, "AnswerPermissionRequest", request)  # type: ignore[no-any-return]
 
     async def cancel_turn(self, name: str) -> None:
         await self._on(name, "CancelTurn", sb_pb2.CancelTurnRequest(name=name))

@@ -63,6 +63,7 @@ def session_summary(row: Session, *, unread: bool = False) -> session_pb2.Sessio
         unread=unread,
         error_message=row.error_message,
         used=row.used,
+        notice=row.notice,
     )
 
 
@@ -86,6 +87,7 @@ def session(row: Session, *, unread: bool = False) -> session_pb2.Session:
         close_time=ts(row.closed_at),
         stop_time=ts(row.stop_requested_at) if running else None,
         agent_model=row.agent_model,
+        notice=row.notice,
     )
 
 

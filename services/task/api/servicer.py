@@ -12,11 +12,19 @@ from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
 
 from services.platform.watch import WatchHub
 from services.task import convert
-from services.task.api.watch import watch_session, watch_task
+from services.task.api.watch import watch_session, watch_task, watch_user_task_states
 from services.task.domain import names
-from services.task.domain.errors import invalid
+from services.task.domain.errors import TaskNotFound, invalid
 from services.task.domain.models import Session, Task
-from services.task.usecases import commands, file_reverts, materialize, publish, session_commands, user_state
+from services.task.usecases import (
+    commands,
+    file_reverts,
+    materialize,
+    permissions,
+    publish,
+    session_commands,
+    user_state,
+)
 from services.task.usecases import sessions as session_ops
 from services.task.usecases import tasks as task_ops
 from services.task.usecases.deps import Deps
@@ -53,8 +61,17 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         row, sessions = await task_ops.create_task(self.deps, new)
         return pb.CreateTaskResponse(task=_task(row, sessions))
 
+    async def _first_use(self, name: str, exc: TaskNotFound) -> None:
+        """After a NOT_FOUND on `name`: materialize it if it is a virtual task, else re-raise."""
+        if not await materialize.on_first_use(self.deps, name):
+            raise exc
+
     async def GetTask(self, request: pb.GetTaskRequest, context: Ctx) -> pb.GetTaskResponse:
-        row, sessions, unread = await task_ops.load_detail(self.deps, request.name)
+        try:
+            row, sessions, unread = await task_ops.load_detail(self.deps, request.name)
+        except TaskNotFound as exc:
+            await self._first_use(request.name, exc)
+            row, sessions, unread = await task_ops.load_detail(self.deps, request.name)
         return pb.GetTaskResponse(
             task=_task(row, sessions, full=request.view != task_pb2.TASK_VIEW_BASIC, unread=unread)
         )
@@ -74,9 +91,24 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     async def WatchTask(
         self, request: pb.WatchTaskRequest, context: Ctx
     ) -> AsyncIterator[pb.WatchTaskResponse]:
-        async for response in watch_task(
-            self.deps, self.hub, request.name, request.resume_token, lambda e: pb.WatchTaskResponse(event=e)
-        ):
+        def stream() -> AsyncIterator[pb.WatchTaskResponse]:
+            return watch_task(
+                self.deps,
+                self.hub,
+                request.name,
+                request.resume_token,
+                lambda e: pb.WatchTaskResponse(event=e),
+            )
+
+        responses = stream()
+        try:
+            first = await anext(responses)
+        except TaskNotFound as exc:
+            await self._first_use(request.name, exc)
+            responses = stream()
+            first = await anext(responses)
+        yield first
+        async for response in responses:
             yield response
 
     async def MaterializeTask(
@@ -127,14 +159,22 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Ctx) -> pb.CreateSessionResponse:
         s = request.session
-        row = await session_ops.create_session(
-            self.deps,
-            parent=request.parent,
-            display_name=s.display_name,
-            agent=s.agent,
-            model=s.model,
-            request_id=request.request_id,
-        )
+
+        async def create() -> Session:
+            return await session_ops.create_session(
+                self.deps,
+                parent=request.parent,
+                display_name=s.display_name,
+                agent=s.agent,
+                model=s.model,
+                request_id=request.request_id,
+            )
+
+        try:
+            row = await create()
+        except TaskNotFound as exc:
+            await self._first_use(request.parent, exc)
+            row = await create()
         return pb.CreateSessionResponse(session=convert.session(row))
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Ctx) -> pb.GetSessionResponse:
@@ -163,6 +203,18 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         ):
             yield response
 
+    async def WatchUserTaskStates(
+        self, request: pb.WatchUserTaskStatesRequest, context: Ctx
+    ) -> AsyncIterator[pb.WatchUserTaskStatesResponse]:
+        async for response in watch_user_task_states(
+            self.deps,
+            self.hub,
+            request.parent,
+            request.resume_token,
+            lambda e: pb.WatchUserTaskStatesResponse(event=e),
+        ):
+            yield response
+
     async def SendMessage(self, request: pb.SendMessageRequest, context: Ctx) -> pb.SendMessageResponse:
         row, message = await session_ops.send_message(
             self.deps,
@@ -173,6 +225,16 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         )
         return pb.SendMessageResponse(
             session=convert.session(row), message=f"{row.name}/messages/{message.id}"
+        )
+
+    async def AnswerPermissionRequest(
+        self, request: pb.AnswerPermissionRequestRequest, context: Ctx
+    ) -> pb.AnswerPermissionRequestResponse:
+        answered, row, message = await permissions.answer_permission_request(
+            self.deps, request.name, request.outcome
+        )
+        return pb.AnswerPermissionRequestResponse(
+            permission_request=answered, session=convert.session(row), message=message
         )
 
     async def StopSession(self, request: pb.StopSessionRequest, context: Ctx) -> pb.StopSessionResponse:

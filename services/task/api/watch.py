@@ -1,5 +1,7 @@
-"""WatchTask and WatchSession over the platform hub. Scopes: `task:{task name}` (Task + every
-viewer's UserTaskState) and `session:{session name}` (Session + every viewer's UserSessionState).
+"""WatchTask, WatchSession and WatchUserTaskStates over the platform hub. Scopes: `task:{task name}`
+(Task + every viewer's UserTaskState), `session:{session name}` (Session + every viewer's
+UserSessionState) and `user_task_states:organizations/{org}/users/{user}` (that one user's
+UserTaskStates in the organization; the scope is the caller's own, so nothing needs filtering).
 A viewer's state is only sent to that viewer: another user's item is replaced by a BOOKMARK with
 the same token, which tells the client nothing except that it is up to date."""
 
@@ -12,12 +14,13 @@ from foundry.common.v1 import watch_pb2
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform.errors import PermissionDenied
 from services.platform.watch import WatchHub
 from services.task import convert
 from services.task.domain import names
-from services.task.domain.errors import SessionNotFound, TaskNotFound
+from services.task.domain.errors import DOMAIN, SessionNotFound, TaskNotFound
 from services.task.store import queries
-from services.task.usecases.changes import session_scope, task_scope
+from services.task.usecases.changes import session_scope, task_scope, user_states_scope
 from services.task.usecases.deps import Deps
 from services.task.usecases.tasks import caller_user_id
 
@@ -97,3 +100,37 @@ async def watch_session(
         wrap=lambda e: e,
     ):
         yield wrap(_mine(event, user_id))
+
+
+async def watch_user_task_states(
+    deps: Deps, hub: WatchHub, parent: str, resume_token: str, wrap: Callable[[watch_pb2.WatchEvent], M]
+) -> AsyncIterator[M]:
+    """The caller's own UserTaskStates in organization `parent` (users only, members only). The
+    scope is keyed by the caller's id, so a stream can only ever see its caller's rows."""
+    org = names.organization(parent)
+    organization = f"organizations/{org}"
+    user_id = caller_user_id()
+    if not user_id:
+        raise PermissionDenied("only users have task state", reason="NOT_A_USER", domain=DOMAIN)
+    await deps.membership.require(organization)
+
+    async def snapshot(session: AsyncSession) -> Sequence[tuple[str, Message]]:
+        found = await queries.user_states_in_organization(session, organization=org, user_id=user_id)
+        open_sessions = await queries.sessions_of(session, task_ids=[t.id for t, _ in found])
+        items: list[tuple[str, Message]] = []
+        for task, state in found:
+            pb = convert.user_task_state(task, state, [s.id for s in open_sessions.get(task.id, [])])
+            items.append((pb.name, pb))
+        return items
+
+    async def authorize() -> None:
+        await deps.membership.require(organization)
+
+    async for response in hub.stream(
+        user_states_scope(organization, user_id),
+        resume_token=resume_token,
+        snapshot=snapshot,
+        authorize=authorize,
+        wrap=wrap,
+    ):
+        yield response

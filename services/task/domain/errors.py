@@ -53,6 +53,28 @@ class NoSandbox(FailedPrecondition):
         super().__init__(f"task {name} has no prepared sandbox yet", reason="NO_SANDBOX", domain=DOMAIN)
 
 
+class AgentNotInstalled(FailedPrecondition):
+    def __init__(self, agent: str, command: str) -> None:
+        super().__init__(
+            f"agents/{agent} is configured here but its command {command!r} is not installed on the "
+            "sandbox service; pick another agent (ListAgents says which are available)",
+            reason="AGENT_NOT_INSTALLED",
+            domain=DOMAIN,
+            metadata={"agent": f"agents/{agent}"},
+        )
+
+
+class AgentCredentialsMissing(FailedPrecondition):
+    def __init__(self, agent: str, why: str) -> None:
+        super().__init__(
+            f"agents/{agent} cannot reach its model API here: {why}; pick another agent or ask the "
+            "operator to configure its key (ListAgents says which are available)",
+            reason="AGENT_CREDENTIALS_MISSING",
+            domain=DOMAIN,
+            metadata={"agent": f"agents/{agent}"},
+        )
+
+
 def invalid(field: str, message: str) -> InvalidArgument:
     """An INVALID_ARGUMENT naming `field`."""
     return InvalidArgument(f"{field}: {message}", domain=DOMAIN, field_violations={field: message})
@@ -66,6 +88,8 @@ def require(condition: bool, field: str, message: str) -> None:
 
 __all__ = [
     "DOMAIN",
+    "AgentCredentialsMissing",
+    "AgentNotInstalled",
     "AlreadyExists",
     "LastOpenSession",
     "NoSandbox",

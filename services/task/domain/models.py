@@ -41,6 +41,11 @@ STAGES = (
 )
 OPEN_SESSION_STATUSES = ("pending_provision", "pending_session_create", "ready", "running", "idle", "error")
 MESSAGE_ACCEPTING = ("ready", "idle", "running")
+# A session in "error" whose agent session exists takes a message too: its turn or its agent failed
+# (a crash, an OOM kill, the model API refusing), and the next message restarts the agent and resumes
+# the ACP session where the agent can (`session/load`); the sandbox refuses it with its reason when
+# the agent session never started.
+RECOVERABLE_STATUSES = ("error",)
 
 
 @dataclass
@@ -153,6 +158,7 @@ class Session:
     agent_closed: bool = False  # the agent session was closed (CloseSession done)
     stop_requested_at: dt.datetime | None = None  # StopSession asked; cleared when the turns end
     command_at: dt.datetime | None = None  # the pending session command was last enqueued
+    notice: str = ""  # the last turn was interrupted (sandbox service restart); cleared by a send
 
     @property
     def task_name(self) -> str:

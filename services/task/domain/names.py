@@ -15,6 +15,9 @@ def _pattern(pattern: str) -> ResourcePattern:
 ORGANIZATION = _pattern("organizations/{organization}")
 TASK = _pattern("organizations/{organization}/tasks/{task}")
 SESSION = _pattern("organizations/{organization}/tasks/{task}/sessions/{session}")
+PERMISSION_REQUEST = _pattern(
+    "organizations/{organization}/tasks/{task}/sessions/{session}/permissionRequests/{request}"
+)
 MESSAGE = _pattern("organizations/{organization}/tasks/{task}/sessions/{session}/messages/{message}")
 REPOSITORY = _pattern("organizations/{organization}/repositories/{repository}")
 USER_TASK_STATE = _pattern("organizations/{organization}/tasks/{task}/userStates/{user}")
@@ -50,6 +53,12 @@ def message(value: str, field: str = "name") -> tuple[str, str, str, str]:
     """`.../sessions/{session}/messages/{message}` → (org, task, session, message)."""
     org, tid, sid, mid = MESSAGE.parse(value, field)
     return org, tid, sid, mid
+
+
+def permission_request(value: str, field: str = "name") -> tuple[str, str, str, str]:
+    """`.../sessions/{session}/permissionRequests/{request}` → (org, task, session, request)."""
+    org, tid, sid, rid = PERMISSION_REQUEST.parse(value, field)
+    return org, tid, sid, rid
 
 
 def repository(value: str, field: str = "task.repository") -> tuple[str, str]:

@@ -1,5 +1,6 @@
 """Reads and writes of the task service's tables. Keyword-only functions taking an open session;
-they return and accept `services.task.domain.models` records."""
+they return and accept `services.task.domain.models` records. The hot reads (`task_detail`,
+`task_page`) take the `Database` instead: one prebuilt statement each (`services.platform.db.reads`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.platform.clock import utc
+from services.platform.db import Database
+from services.platform.db.reads import Read
 from services.task.domain.models import (
     INIT_STATUSES,
     Owner,
@@ -26,7 +29,10 @@ _OWNER_COLUMNS = ("owner_user", "owner_login", "owner_email", "owner_avatar_url"
 
 
 def _task(row: Any) -> Task:
-    data = dict(row._mapping)
+    return _task_from(dict(row._mapping))
+
+
+def _task_from(data: dict[str, Any]) -> Task:
     owner = None
     if data.get("owner_user"):
         owner = Owner(
@@ -34,20 +40,10 @@ def _task(row: Any) -> Task:
             login=data["owner_login"],
             email=data["owner_email"],
             avatar_url=data["owner_avatar_url"],
-            updated_at=utc(data["owner_updated_at"]),
+            updated_at=data["owner_updated_at"],
         )
     for key in _OWNER_COLUMNS:
         data.pop(key, None)
-    for key in (
-        "stage_updated_at",
-        "lease_until",
-        "created_at",
-        "updated_at",
-        "ended_at",
-        "publish_requested_at",
-        "publish_updated_at",
-    ):
-        data[key] = utc(data[key])
     return Task(owner=owner, **data)
 
 
@@ -65,21 +61,31 @@ def _task_values(task: Task) -> dict[str, Any]:
 
 
 def _session(row: Any) -> Session:
-    data = dict(row._mapping)
-    for key in ("thinking_since", "created_at", "updated_at", "closed_at", "stop_requested_at", "command_at"):
-        data[key] = utc(data[key])
+    return _session_from(dict(row._mapping))
+
+
+def _session_from(data: dict[str, Any]) -> Session:
     return Session(**data)
 
 
+# Writes of whole rows: one statement built once, values passed as parameters (no statement, bind
+# parameters and cache key built per call from ~50 values, which was most of a CreateTask's CPU).
+_INSERT_TASK = insert(tasks)
+_UPDATE_TASK = update(tasks).where(tasks.c.id == bindparam("row_id"))
+_INSERT_SESSION = insert(sessions)
+_UPDATE_SESSION = update(sessions).where(sessions.c.id == bindparam("row_id"))
+_INSERT_MESSAGE = insert(messages)
+
+
 async def insert_task(session: AsyncSession, *, task: Task) -> None:
-    await session.execute(insert(tasks).values(**_task_values(task)))
+    await session.execute(_INSERT_TASK, _task_values(task))
 
 
 async def update_task(session: AsyncSession, *, task: Task) -> None:
     """Write every column of `task` (the caller holds the row: it read it in this transaction)."""
     values = _task_values(task)
-    values.pop("id")
-    await session.execute(update(tasks).where(tasks.c.id == task.id).values(**values))
+    values["row_id"] = values.pop("id")
+    await session.execute(_UPDATE_TASK, values)
 
 
 async def get_task(
@@ -94,6 +100,127 @@ async def get_task(
         query = query.with_for_update()
     row = (await session.execute(query)).first()
     return _task(row) if row else None
+
+
+_TASK_KEYS = tuple(tasks.c.keys())
+_SESSION_KEYS = tuple(sessions.c.keys())
+_N_TASK, _N_SESSION = len(_TASK_KEYS), len(_SESSION_KEYS)
+
+# GetTask: the task, its sessions in order and the caller's unread flag of each, in one statement
+# (one row per session; one row with NULL session columns for a task without sessions).
+_DETAIL = Read(
+    select(tasks, *(c.label(f"session_{c.key}") for c in sessions.c), user_session_states.c.unread)
+    .select_from(
+        tasks.outerjoin(sessions, sessions.c.task_id == tasks.c.id).outerjoin(
+            user_session_states,
+            and_(
+                user_session_states.c.session_id == sessions.c.id,
+                user_session_states.c.user_id == bindparam("user_id"),
+            ),
+        )
+    )
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.organization == bindparam("organization"))
+    .order_by(sessions.c.position),
+    point=True,
+)
+
+
+async def task_detail(
+    db: Database, *, task_id: str, organization: str, user_id: str
+) -> tuple[Task, list[Session], frozenset[str]] | None:
+    """The task, all its sessions (creation order) and the ids of those `user_id` has unread ("": a
+    service caller, none), read in one statement; None when there is no such task."""
+    rows = await db.fetch(_DETAIL, task_id=task_id, organization=organization, user_id=user_id)
+    if not rows:
+        return None
+    task = _task_from(dict(zip(_TASK_KEYS, rows[0][:_N_TASK], strict=True)))
+    found: list[Session] = []
+    unread: set[str] = set()
+    end = _N_TASK + _N_SESSION
+    for row in rows:
+        if row[_N_TASK] is None:  # no sessions
+            continue
+        found.append(_session_from(dict(zip(_SESSION_KEYS, row[_N_TASK:end], strict=True))))
+        if user_id and row[end]:
+            unread.add(row[_N_TASK])
+    return task, found, frozenset(unread)
+
+
+# CreateTask's retry check: the task created under this request id, with its sessions, in one statement.
+_BY_REQUEST = Read(
+    select(tasks, *(c.label(f"session_{c.key}") for c in sessions.c))
+    .select_from(tasks.outerjoin(sessions, sessions.c.task_id == tasks.c.id))
+    .where(tasks.c.organization == bindparam("organization"), tasks.c.request_id == bindparam("request_id"))
+    .order_by(sessions.c.position),
+    point=True,
+)
+
+
+async def task_by_request(
+    db: Database, *, organization: str, request_id: str
+) -> tuple[Task, list[Session]] | None:
+    """Like `find_task_by_request` + `list_sessions` (creation order), read in one statement."""
+    rows = await db.fetch(_BY_REQUEST, organization=organization, request_id=request_id)
+    if not rows:
+        return None
+    task = _task_from(dict(zip(_TASK_KEYS, rows[0][:_N_TASK], strict=True)))
+    end = _N_TASK + _N_SESSION
+    found = [
+        _session_from(dict(zip(_SESSION_KEYS, row[_N_TASK:end], strict=True)))
+        for row in rows
+        if row[_N_TASK] is not None
+    ]
+    return task, found
+
+
+def _page_read(*, by_repository: bool, show_ended: bool) -> Read:
+    query = select(tasks).where(tasks.c.organization == bindparam("organization"))
+    if by_repository:
+        query = query.where(tasks.c.repository == bindparam("repository"))
+    if not show_ended:
+        query = query.where(tasks.c.status != "archived", tasks.c.status != "killed")
+    page = (
+        query.order_by(tasks.c.updated_at.desc(), tasks.c.id)
+        .offset(bindparam("offset", type_=Integer))
+        .limit(bindparam("limit", type_=Integer))
+        .subquery("page")
+    )
+    open_sessions = and_(sessions.c.task_id == page.c.id, sessions.c.closed_at.is_(None))
+    return Read(
+        select(page, *(c.label(f"session_{c.key}") for c in sessions.c))
+        .select_from(page.outerjoin(sessions, open_sessions))
+        .order_by(page.c.updated_at.desc(), page.c.id, sessions.c.position)
+    )
+
+
+# ListTasks: a page of tasks with their open sessions, in one statement (one row per open session).
+_PAGES = {(r, e): _page_read(by_repository=r, show_ended=e) for r in (False, True) for e in (False, True)}
+
+
+async def task_page(
+    db: Database,
+    *,
+    organization: str,
+    repository: str = "",
+    show_ended: bool = False,
+    offset: int,
+    limit: int,
+) -> list[tuple[Task, list[Session]]]:
+    """Like `list_tasks` + `sessions_of` (tasks most recently updated first, each with its open
+    sessions in creation order), read in one statement."""
+    params: dict[str, Any] = {"organization": organization, "offset": offset, "limit": limit}
+    if repository:
+        params["repository"] = repository
+    rows = await db.fetch(_PAGES[(bool(repository), show_ended)], **params)
+    out: list[tuple[Task, list[Session]]] = []
+    end = _N_TASK + _N_SESSION
+    for row in rows:
+        task_id = row[0]
+        if not out or out[-1][0].id != task_id:
+            out.append((_task_from(dict(zip(_TASK_KEYS, row[:_N_TASK], strict=True))), []))
+        if row[_N_TASK] is not None:
+            out[-1][1].append(_session_from(dict(zip(_SESSION_KEYS, row[_N_TASK:end], strict=True))))
+    return out
 
 
 async def find_task_by_request(session: AsyncSession, *, organization: str, request_id: str) -> Task | None:
@@ -186,13 +313,13 @@ async def set_lease(
 
 
 async def insert_session(session: AsyncSession, *, row: Session) -> None:
-    await session.execute(insert(sessions).values(**vars(row)))
+    await session.execute(_INSERT_SESSION, dict(vars(row)))
 
 
 async def update_session(session: AsyncSession, *, row: Session) -> None:
     values = dict(vars(row))
-    values.pop("id")
-    await session.execute(update(sessions).where(sessions.c.id == row.id).values(**values))
+    values["row_id"] = values.pop("id")
+    await session.execute(_UPDATE_SESSION, values)
 
 
 async def get_session(session: AsyncSession, *, task_id: str, session_id: str) -> Session | None:
@@ -250,13 +377,12 @@ async def next_session_position(session: AsyncSession, *, task_id: str) -> int:
 
 def _message(row: Any) -> QueuedMessage:
     data = dict(row._mapping)
-    data["created_at"] = utc(data["created_at"])
     data["attachments"] = list(data["attachments"] or [])
     return QueuedMessage(**data)
 
 
 async def insert_message(session: AsyncSession, *, message: QueuedMessage) -> None:
-    await session.execute(insert(messages).values(**vars(message)))
+    await session.execute(_INSERT_MESSAGE, dict(vars(message)))
 
 
 async def get_message(session: AsyncSession, *, message_id: str) -> QueuedMessage | None:
@@ -321,7 +447,7 @@ async def get_user_task_state(session: AsyncSession, *, task_id: str, user_id: s
     state = UserTaskState(task_id=task_id, user=user_id)
     if row is not None:
         state.active_session = row.active_session
-        state.updated_at = utc(row.updated_at) or state.updated_at
+        state.updated_at = row.updated_at
     rows = (
         await session.execute(
             select(user_session_states).where(
@@ -340,9 +466,45 @@ def _user_session(row: Any) -> UserSessionState:
         unread=bool(row.unread),
         draft_text=row.draft_text,
         draft_attachments=list(row.draft_attachments or []),
-        draft_updated_at=utc(row.draft_updated_at),
-        updated_at=utc(row.updated_at) or row.updated_at,
+        draft_updated_at=row.draft_updated_at,
+        updated_at=row.updated_at,
     )
+
+
+async def user_states_in_organization(
+    session: AsyncSession, *, organization: str, user_id: str
+) -> list[tuple[Task, UserTaskState]]:
+    """Every task of `organization` the user has a state of, with that state (three queries)."""
+    task_rows = (
+        await session.execute(
+            select(tasks)
+            .join(user_task_states, user_task_states.c.task_id == tasks.c.id)
+            .where(tasks.c.organization == organization, user_task_states.c.user_id == user_id)
+            .order_by(tasks.c.id)
+        )
+    ).all()
+    found = {row.id: (_task(row), UserTaskState(task_id=row.id, user=user_id)) for row in task_rows}
+    if not found:
+        return []
+    for row in (
+        await session.execute(
+            select(user_task_states).where(
+                user_task_states.c.user_id == user_id, user_task_states.c.task_id.in_(list(found))
+            )
+        )
+    ).all():
+        state = found[row.task_id][1]
+        state.active_session = row.active_session
+        state.updated_at = row.updated_at
+    for row in (
+        await session.execute(
+            select(user_session_states).where(
+                user_session_states.c.user_id == user_id, user_session_states.c.task_id.in_(list(found))
+            )
+        )
+    ).all():
+        found[row.task_id][1].sessions.append(_user_session(row))
+    return list(found.values())
 
 
 async def users_with_state(session: AsyncSession, *, task_id: str) -> list[str]:
@@ -353,28 +515,33 @@ async def users_with_state(session: AsyncSession, *, task_id: str) -> list[str]:
     return [r.user_id for r in rows]
 
 
+def _put_user_task_state(insert_: Any) -> Any:
+    stmt = insert_(user_task_states).values(
+        task_id=bindparam("task_id"),
+        user_id=bindparam("user_id"),
+        active_session=bindparam("active_session"),
+        updated_at=bindparam("updated_at", type_=user_task_states.c.updated_at.type),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[user_task_states.c.task_id, user_task_states.c.user_id],
+        set_={"active_session": stmt.excluded.active_session, "updated_at": stmt.excluded.updated_at},
+    )
+
+
+# One upsert statement (was a SELECT, then an UPDATE or INSERT).
+_PUT_USER_TASK_STATE = {
+    "postgresql": _put_user_task_state(postgresql.insert),
+    "sqlite": _put_user_task_state(sqlite.insert),
+}
+
+
 async def put_user_task_state(
     session: AsyncSession, *, task_id: str, user_id: str, active_session: str, at: dt.datetime
 ) -> None:
-    exists = (
-        await session.execute(
-            select(user_task_states.c.task_id).where(
-                user_task_states.c.task_id == task_id, user_task_states.c.user_id == user_id
-            )
-        )
-    ).first()
-    if exists:
-        await session.execute(
-            update(user_task_states)
-            .where(user_task_states.c.task_id == task_id, user_task_states.c.user_id == user_id)
-            .values(active_session=active_session, updated_at=at)
-        )
-    else:
-        await session.execute(
-            insert(user_task_states).values(
-                task_id=task_id, user_id=user_id, active_session=active_session, updated_at=at
-            )
-        )
+    await session.execute(
+        _PUT_USER_TASK_STATE[session.get_bind().dialect.name],
+        {"task_id": task_id, "user_id": user_id, "active_session": active_session, "updated_at": at},
+    )
 
 
 async def put_user_session_state(session: AsyncSession, *, task_id: str, state: UserSessionState) -> None:

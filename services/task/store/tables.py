@@ -7,7 +7,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -17,7 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from services.platform.db import new_metadata
+from services.platform.db import UtcDateTime, new_metadata
 
 metadata = new_metadata()
 
@@ -41,12 +40,12 @@ tasks = Table(
     Column("stage", String(40), nullable=False),
     Column("stage_error", Text, nullable=False, default=""),
     Column("failed_stage", String(40), nullable=False, default=""),
-    Column("stage_updated_at", DateTime(timezone=True), nullable=True),
+    Column("stage_updated_at", UtcDateTime(), nullable=True),
     Column("owner_user", String(200), nullable=True),
     Column("owner_login", String(200), nullable=False, default=""),
     Column("owner_email", String(300), nullable=False, default=""),
     Column("owner_avatar_url", Text, nullable=False, default=""),
-    Column("owner_updated_at", DateTime(timezone=True), nullable=True),
+    Column("owner_updated_at", UtcDateTime(), nullable=True),
     Column("pull_request", LargeBinary, nullable=True),
     Column("sandbox_state", Integer, nullable=False, default=0),
     Column("sandbox_provider", String(50), nullable=False, default=""),
@@ -62,16 +61,16 @@ tasks = Table(
     Column("publish_draft", Boolean, nullable=False, default=False),
     Column("publish_error", Text, nullable=False, default=""),
     Column("publish_head_commit", String(64), nullable=False, default=""),
-    Column("publish_requested_at", DateTime(timezone=True), nullable=True),
-    Column("publish_updated_at", DateTime(timezone=True), nullable=True),
+    Column("publish_requested_at", UtcDateTime(), nullable=True),
+    Column("publish_updated_at", UtcDateTime(), nullable=True),
     Column("publish_push_only", Boolean, nullable=False, default=False),
     Column("file_reverts", JSON, nullable=False, default=list),  # usecases/file_reverts.py
     Column("version", BigInteger, nullable=False, default=0),
     Column("lease_owner", String(100), nullable=True),
-    Column("lease_until", DateTime(timezone=True), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("lease_until", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime(), nullable=True),
     UniqueConstraint("organization", "request_id", name="uq_tasks_request_id"),
 )
 Index("ix_tasks_org_updated", tasks.c.organization, tasks.c.updated_at)
@@ -93,19 +92,21 @@ sessions = Table(
     Column("status", String(40), nullable=False),
     Column("error_message", Text, nullable=False, default=""),
     Column("used", Boolean, nullable=False, default=False),
-    Column("thinking_since", DateTime(timezone=True), nullable=True),
+    Column("thinking_since", UtcDateTime(), nullable=True),
     Column("current_turn", String(100), nullable=False, default=""),
     Column("sandbox_session", String(400), nullable=False, default=""),
     Column("request_id", String(100), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("closed_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("closed_at", UtcDateTime(), nullable=True),
     # Session commands (usecases/session_commands.py): what the agent session has applied, and
     # when the pending command was last enqueued (the sweep re-enqueues one left behind).
     Column("agent_model", String(100), nullable=False, default=""),
     Column("agent_closed", Boolean, nullable=False, default=False),
-    Column("stop_requested_at", DateTime(timezone=True), nullable=True),
-    Column("command_at", DateTime(timezone=True), nullable=True),
+    Column("stop_requested_at", UtcDateTime(), nullable=True),
+    Column("command_at", UtcDateTime(), nullable=True),
+    # What happened to the last turn when it did not end on its own (an interruption).
+    Column("notice", Text, nullable=False, default=""),
     UniqueConstraint("task_id", "request_id", name="uq_sessions_request_id"),
 )
 Index("ix_sessions_task", sessions.c.task_id, sessions.c.position)
@@ -122,7 +123,7 @@ messages = Table(
     Column("user", String(200), nullable=False, default=""),
     Column("state", String(20), nullable=False),
     Column("request_id", String(100), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("session_id", "request_id", name="uq_messages_request_id"),
 )
 Index("ix_messages_session", messages.c.session_id, messages.c.created_at)
@@ -134,7 +135,7 @@ user_task_states = Table(
     Column("task_id", String(100), primary_key=True),
     Column("user_id", String(100), primary_key=True),
     Column("active_session", String(100), nullable=False, default=""),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 user_session_states = Table(
@@ -146,7 +147,7 @@ user_session_states = Table(
     Column("unread", Boolean, nullable=False, default=False),
     Column("draft_text", Text, nullable=False, default=""),
     Column("draft_attachments", JSON, nullable=False),
-    Column("draft_updated_at", DateTime(timezone=True), nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("draft_updated_at", UtcDateTime(), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 Index("ix_user_session_states_task", user_session_states.c.task_id, user_session_states.c.user_id)

@@ -1,6 +1,6 @@
 """Announce a change of a task inside the transaction that made it: bump the task's version,
-record watch changes (task scope, session scopes, per-user states), publish the task summary and
-audit events through the outbox."""
+record watch changes (task scope, session scopes, per-user states, each user's own scope), publish
+the task summary and audit events through the outbox."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def task_scope(task_name: str) -> str:
 
 def session_scope(session_name: str) -> str:
     return f"session:{session_name}"
+
+
+def user_states_scope(organization: str, user_id: str) -> str:
+    """One user's UserTaskStates of every task of `organization` (WatchUserTaskStates)."""
+    return f"user_task_states:{organization}/users/{user_id}"
 
 
 def actor() -> str:
@@ -92,6 +97,9 @@ async def task_changed(
     for state in user_states:
         pb = convert.user_task_state(task, state, open_ids)
         await record_change(session, scope=task_scope(task.name), name=pb.name, resource=pb)
+        await record_change(
+            session, scope=user_states_scope(task.parent, state.user), name=pb.name, resource=pb
+        )
         for s_state in state.sessions:
             s_pb = convert.user_session_state(task, s_state)
             await record_change(

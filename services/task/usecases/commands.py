@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from foundry.task.v1 import events_pb2
 
-from services.platform.errors import FoundryError
+from services.platform.errors import FailedPrecondition, FoundryError
 from services.platform.logging import get_logger
 from services.task.domain import names
 from services.task.domain.models import Session, Task, now
@@ -22,7 +22,9 @@ async def request(
     deps: Deps, name: str, command: str, reason: str, *, authorize: bool = True
 ) -> tuple[Task, list[Session]]:
     """Move the task to the command's first status and enqueue the flow; idempotent for a task
-    already ending or ended that way. Errors: NotFound."""
+    already ending or ended that way. Errors: NotFound; FailedPrecondition (`TASK_ARCHIVED`) to kill
+    an archived task (its sandbox is gone and its record is final; a kill during the archive still
+    takes over, so a stuck archive can be forced)."""
     org, task_id = names.task(name)
     if authorize:
         await deps.membership.require(f"organizations/{org}")
@@ -36,6 +38,10 @@ async def request(
             return task, await queries.list_sessions(session, task_id=task_id)
         if task.ended and command == "archive":  # a killed task stays killed
             return task, await queries.list_sessions(session, task_id=task_id)
+        if task.status == FINAL_STATUS["archive"]:
+            raise FailedPrecondition(
+                f"{task.name} is archived; an archived task cannot be killed", reason="TASK_ARCHIVED"
+            )
         previous = task.status
         task.status = FIRST_STATUS[command]
         sessions = await task_changed(

@@ -18,9 +18,8 @@ dies holding a lease is taken over once the lease lapses (`resume_stalled`).
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 
 from foundry.sandbox.v1 import sandbox_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
@@ -39,28 +38,6 @@ from services.task.usecases.lease import StepFailed, run_leased
 log = get_logger(__name__)
 
 
-@dataclass
-class StepConcurrency:
-    """Diagnostic: provisioning steps running now per task in this process, and the peak seen."""
-
-    active: Counter[str] = field(default_factory=Counter)
-    peak: Counter[str] = field(default_factory=Counter)
-    runs: Counter[str] = field(default_factory=Counter)
-    replicas: dict[str, set[str]] = field(default_factory=dict)
-
-    def enter(self, task_id: str, replica: str) -> None:
-        self.replicas.setdefault(task_id, set()).add(replica)
-        self.active[task_id] += 1
-        self.runs[task_id] += 1
-        self.peak[task_id] = max(self.peak[task_id], self.active[task_id])
-
-    def exit(self, task_id: str) -> None:
-        self.active[task_id] -= 1
-
-
-STEP_CONCURRENCY = StepConcurrency()
-
-
 async def run_next_step(deps: Deps, name: str, *, last_attempt: bool = True) -> None:
     """Run the next unfinished provisioning step of task `name` (no-op when provisioning is over or
     another replica holds the task's lease). Raises a retryable FoundryError to ask for a delayed
@@ -71,7 +48,7 @@ async def run_next_step(deps: Deps, name: str, *, last_attempt: bool = True) -> 
     if claimed is None:
         return
     task, step, first = claimed
-    STEP_CONCURRENCY.enter(task_id, deps.replica)
+    started = time.monotonic()
     try:
         outcome = await run_leased(
             deps,
@@ -83,7 +60,7 @@ async def run_next_step(deps: Deps, name: str, *, last_attempt: bool = True) -> 
             last_attempt=last_attempt,
         )
     finally:
-        STEP_CONCURRENCY.exit(task_id)
+        deps.steps.record(task_id, started, time.monotonic())
     await _complete(deps, task_id, claim, step, outcome)
 
 
@@ -161,21 +138,30 @@ async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) ->
         )
         return {"sandbox": prepared.sandbox}
     if step.name == "start_agent":
+        # The organization's model API keys, read here in the background, for the agent's environment.
+        environment = await deps.organization.model_credentials(organization=task.organization)
         await sb.start_agent(
             sb_pb2.StartAgentRequest(
-                parent=task.sandbox_name, agent=f"agents/{task.agent}" if task.agent else ""
+                parent=task.sandbox_name,
+                agent=f"agents/{task.agent}" if task.agent else "",
+                environment=environment,
             ),
             deadline=timeout,
         )
         return {}
     if first is None:  # every session was closed meanwhile: nothing to create
         return {}
+    # The organization's permission policy, read here in the background like the egress policy.
+    policy = await deps.organization.permission_policy(organization=task.organization)
+    environment = await deps.organization.model_credentials(organization=task.organization)
     started = await sb.start_agent_session(
         sb_pb2.StartAgentSessionRequest(
             parent=task.sandbox_name,
             session_id=first.id,
             agent=f"agents/{first.agent}" if first.agent else "",
             model=first.model,
+            permission_policy=policy,
+            environment=environment,
         ),
         deadline=timeout,
     )

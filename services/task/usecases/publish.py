@@ -33,7 +33,6 @@ from services.task.store import queries
 from services.task.usecases.changes import Audit, task_changed
 from services.task.usecases.deps import Deps
 from services.task.usecases.lease import StepFailed, run_leased
-from services.task.usecases.sandbox_events import pull_request_summary
 
 log = get_logger(__name__)
 PUBLISHING, PUBLISHED, ERROR = "publishing", "published", "error"
@@ -225,7 +224,7 @@ async def _execute(
                 "next sync"
             ) from None
         pr = found
-    return pull_request_summary(pr), pushed.head_commit
+    return pr, pushed.head_commit
 
 
 async def _complete(

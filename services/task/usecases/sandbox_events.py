@@ -3,19 +3,30 @@ pull requests from github-data."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from foundry.github_data.v1 import events_pb2 as gd_events
 from foundry.github_data.v1 import pull_request_pb2
 from foundry.sandbox.v1 import agent_session_pb2
 from foundry.sandbox.v1 import events_pb2 as sb_events
+from prometheus_client import Histogram
 
 from services.task.domain import names
 from services.task.domain.models import now
 from services.task.store import queries
 from services.task.usecases.changes import task_changed
 from services.task.usecases.deps import Deps
+from services.task.usecases.first_turn import first_message_id
 from services.task.usecases.sessions import turn_ended
 
 _FAILED = (agent_session_pb2.TURN_STATE_FAILED,)
+
+FIRST_OUTPUT_SECONDS = Histogram(
+    "foundry_task_first_output_seconds",
+    "Time from CreateTask to the agent's first output on the task's prompt (its first turn), by agent",
+    ["agent"],
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+)
 
 
 async def on_turn_completed(deps: Deps, event: sb_events.TurnCompleted) -> None:
@@ -23,10 +34,33 @@ async def on_turn_completed(deps: Deps, event: sb_events.TurnCompleted) -> None:
     if parsed is None:
         return
     org, sandbox_id, session_id, turn_id = parsed
-    failed = ""
+    if turn_id == first_message_id(session_id) and event.HasField("first_output_time"):
+        await _observe_first_output(deps, org, sandbox_id, event.first_output_time.ToDatetime(dt.UTC))
+    failed = interrupted = ""
     if event.turn.state in _FAILED:
         failed = event.turn.error_message or "the agent turn failed"
-    await turn_ended(deps, org=org, task_id=sandbox_id, session_id=session_id, turn_id=turn_id, failed=failed)
+    elif event.turn.state == agent_session_pb2.TURN_STATE_INTERRUPTED:
+        interrupted = event.turn.error_message or "the turn was interrupted"
+    await turn_ended(
+        deps,
+        org=org,
+        task_id=sandbox_id,
+        session_id=session_id,
+        turn_id=turn_id,
+        failed=failed,
+        interrupted=interrupted,
+        cancelled=event.turn.state == agent_session_pb2.TURN_STATE_CANCELLED,
+    )
+
+
+async def _observe_first_output(deps: Deps, org: str, task_id: str, first_output: dt.datetime) -> None:
+    """The task's prompt turn ended having answered: observe create → first output (a redelivered
+    TurnCompleted observes again; at-least-once, like every metric fed by a queue)."""
+    async with deps.db.transaction() as session:
+        task = await queries.get_task(session, task_id=task_id, organization=org)
+    if task is not None:
+        seconds = max(0.0, (first_output - task.created_at).total_seconds())
+        FIRST_OUTPUT_SECONDS.labels(agent=task.agent or "default").observe(seconds)
 
 
 async def on_git_state(deps: Deps, event: sb_events.GitStateUpdated) -> None:
@@ -67,27 +101,10 @@ async def on_session_changed(deps: Deps, event: sb_events.AgentSessionChanged) -
         await task_changed(session, deps, task, changed_sessions=[row])
 
 
-def pull_request_summary(pr: pull_request_pb2.PullRequest) -> pull_request_pb2.PullRequestSummary:
-    """The summary of a stored pull request, as tasks keep it."""
-    return pull_request_pb2.PullRequestSummary(
-        name=pr.name,
-        number=pr.number,
-        repository=pr.repository,
-        repository_full_name=pr.repository_full_name,
-        title=pr.title,
-        state=pr.state,
-        draft=pr.draft,
-        url=pr.url,
-        head_branch=pr.head_branch,
-        base_branch=pr.base_branch,
-        author_login=pr.author_login,
-        update_time=pr.update_time,
-    )
-
-
 async def on_pull_request_changed(deps: Deps, event: gd_events.PullRequestChanged) -> None:
-    """Store the summary of the pull request on the live task owning its head branch."""
-    pr = event.pull_request
+    """Store the summary of the pull request (as github_data derived it) on the live task owning its
+    head branch."""
+    pr = event.summary
     async with deps.db.transaction() as session:
         task = await queries.find_task_by_branch(session, repository=pr.repository, branch=pr.head_branch)
         if task is None:
@@ -95,7 +112,7 @@ async def on_pull_request_changed(deps: Deps, event: gd_events.PullRequestChange
         task = await queries.get_task(session, task_id=task.id, lock=True)
         if task is None:
             return
-        encoded = pull_request_summary(pr).SerializeToString(deterministic=True)
+        encoded = pr.SerializeToString(deterministic=True)
         if task.pull_request == encoded:
             return
         task.pull_request = encoded

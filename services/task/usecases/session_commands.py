@@ -6,8 +6,10 @@ service. What each command leaves on the row, and what ends it:
 
     ChangeModel   `model` = the new model; done when `agent_model` (what the agent runs) equals it.
                   A model the agent refuses is rolled back to `agent_model`, `error_message` says why.
-    StopSession   `stop_requested_at` (Session.stop_time); the sandbox cancels the open turns and
-                  the session leaves RUNNING when the last one reports `turn_completed`.
+    StopSession   `stop_requested_at` (Session.stop_time) and `notice` (what is cancelled); the
+                  sandbox cancels the open turns (the running one, and the queued ones, which are
+                  never sent) and the session leaves RUNNING when the last one reports
+                  `turn_completed`.
     CloseSession  `closed_at` at once; `agent_closed` once the agent session is closed.
 
 The worker reads the row again, so a redelivered or superseded command changes nothing. Work left
@@ -25,11 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform.errors import FoundryError
 from services.platform.logging import get_logger
+from services.platform.watch import record_change
+from services.task import convert
 from services.task.domain import names
 from services.task.domain.errors import LastOpenSession, require
 from services.task.domain.models import Session, Task, now
 from services.task.store import queries
-from services.task.usecases.changes import Audit, task_changed
+from services.task.usecases.agents import check_agent
+from services.task.usecases.changes import Audit, task_changed, user_states_scope
 from services.task.usecases.deps import Deps
 from services.task.usecases.sessions import _change_session, _session_of, _task_locked
 
@@ -53,9 +58,17 @@ async def _enqueue(
 async def change_model(deps: Deps, name: str, model: str) -> Session:
     """Record the session's model; the worker switches a live agent session to it (a pending one is
     created with it). Changing to the current model changes nothing.
-    Errors: InvalidArgument (`model` empty or over 100 characters), NotFound, PermissionDenied."""
+    Errors: InvalidArgument (`model` empty, over 100 characters or not offered by the session's
+    agent, see `agents.check_agent`), NotFound, PermissionDenied."""
     model = model.strip()
     require(bool(model) and len(model) <= 100, "model", "must be 1 to 100 characters")
+    org, task_id, session_id = names.session(name)
+    await deps.membership.require(f"organizations/{org}")
+    async with deps.db.snapshot() as s:
+        task = await queries.get_task(s, task_id=task_id, organization=org)
+        row = await queries.get_session(s, task_id=task_id, session_id=session_id) if task else None
+    if row is not None and task is not None:
+        await check_agent(deps, row.agent or task.agent, "agent", model=model, runnable=False)
 
     async def mutate(s: AsyncSession, _t: Task, row: Session, _all: Sequence[Session]) -> bool:
         if row.model == model:
@@ -70,16 +83,27 @@ async def change_model(deps: Deps, name: str, model: str) -> Session:
     return await _change_session(deps, name, mutate, audit=Audit("session.model", model=model))
 
 
+def stop_notice(queued: int) -> str:
+    """What StopSession does, as the session's `notice` says it."""
+    if not queued:
+        return "stopped: the running turn is cancelled"
+    messages = "message" if queued == 1 else "messages"
+    return f"stopped: the running turn is cancelled, and the {queued} queued {messages} will not be sent"
+
+
 async def stop_session(deps: Deps, name: str) -> Session:
-    """Record the stop (Session.stop_time) and have the sandbox cancel the session's open turns; the
-    session stays RUNNING until the last of them reports `turn_completed`. A session that is not
-    running is returned unchanged. Errors: NotFound, PermissionDenied."""
+    """Record the stop (Session.stop_time) and have the sandbox cancel the session's open turns: the
+    running one (ACP `session/cancel`) and the queued ones, which are never sent (their messages end
+    `cancelled`; the transcript says so); `notice` says what the stop does. The session stays
+    RUNNING until the last of them reports `turn_completed`. A session that is not running is
+    returned unchanged. Errors: NotFound, PermissionDenied."""
 
     async def mutate(s: AsyncSession, _t: Task, row: Session, _all: Sequence[Session]) -> bool:
         if row.status != "running" or not row.sandbox_session or row.closed:
             return False
         turns = [m.id for m in await queries.open_messages(s, session_id=row.id)]
         row.stop_requested_at = row.stop_requested_at or now()
+        row.notice = stop_notice(len([t for t in turns if t != row.current_turn]))
         await _enqueue(s, deps, row, events_pb2.RunSessionCommand(name=row.name, command=STOP, turns=turns))
         return True
 
@@ -105,6 +129,10 @@ async def close_session(deps: Deps, name: str) -> Session:
                 await queries.put_user_task_state(
                     s, task_id=task.id, user_id=user_id, active_session=remaining[0].id, at=now()
                 )
+                state = await queries.get_user_task_state(s, task_id=task.id, user_id=user_id)
+            # The closed session's unread flag is gone: tell the user's own stream.
+            pb = convert.user_task_state(task, state)
+            await record_change(s, scope=user_states_scope(task.parent, user_id), name=pb.name, resource=pb)
         if row.sandbox_session:
             await _enqueue(s, deps, row, events_pb2.RunSessionCommand(name=row.name, command=CLOSE))
         return True

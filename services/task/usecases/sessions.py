@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from foundry.sandbox.v1 import agent_session_pb2 as sb_session_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.task.v1 import events_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,6 +28,7 @@ from services.task.domain.errors import (
 )
 from services.task.domain.models import (
     MESSAGE_ACCEPTING,
+    RECOVERABLE_STATUSES,
     Owner,
     QueuedMessage,
     Session,
@@ -36,11 +38,13 @@ from services.task.domain.models import (
 )
 from services.task.store import queries
 from services.task.usecases import first_turn
+from services.task.usecases.agents import check_agent
 from services.task.usecases.changes import Audit, task_changed
 from services.task.usecases.deps import Deps
 from services.task.usecases.tasks import caller_user_id
 
 log = get_logger(__name__)
+ENDED_MESSAGE_STATES = ("completed", "failed", "interrupted", "cancelled")
 
 
 async def _task_locked(session: AsyncSession, org: str, task_id: str) -> Task:
@@ -66,11 +70,20 @@ async def create_session(
     deps: Deps, *, parent: str, display_name: str, agent: str, model: str, request_id: str
 ) -> Session:
     """A new session, PENDING_PROVISION (no sandbox yet) or PENDING_SESSION_CREATE; it becomes the
-    caller's active tab. Errors: NotFound, FailedPrecondition (`TASK_ENDED`), InvalidArgument."""
+    caller's active tab. Errors: NotFound, FailedPrecondition (`TASK_ENDED`, `AGENT_NOT_INSTALLED`,
+    `AGENT_CREDENTIALS_MISSING`), InvalidArgument (an agent this mesh does not have, a model the
+    agent does not offer)."""
     org, task_id = names.task(parent, "parent")
     agent_id = names.agent(agent, "session.agent")
     require(len(display_name) <= 200, "session.display_name", "must be at most 200 characters")
     await deps.membership.require(f"organizations/{org}")
+    if model and not agent_id:  # the model is checked against the agent the session inherits
+        async with deps.db.snapshot() as session:
+            inherited = await queries.get_task(session, task_id=task_id, organization=org)
+        agent_id = inherited.agent if inherited is not None else ""
+    await check_agent(
+        deps, agent_id, "session.agent", model=model, model_field="session.model", organization=org
+    )
     user_id = caller_user_id()
     async with deps.db.transaction() as session:
         task = await _task_locked(session, org, task_id)
@@ -152,12 +165,16 @@ async def ensure_session(deps: Deps, name: str) -> None:
         return
     model = row.model
     try:
+        permission_policy = await deps.organization.permission_policy(organization=org)
+        environment = await deps.organization.model_credentials(organization=org)
         started = await deps.sandbox.start_agent_session(
             sb_pb2.StartAgentSessionRequest(
                 parent=task.sandbox_name,
                 session_id=row.id,
                 agent=f"agents/{row.agent}" if row.agent else "",
                 model=model,
+                permission_policy=permission_policy,
+                environment=environment,
             ),
             deadline=deps.step_timeout,
         )
@@ -199,7 +216,8 @@ async def send_message(
     deps: Deps, *, name: str, text: str, attachments: list[dict[str, Any]], request_id: str
 ) -> tuple[Session, QueuedMessage]:
     """Queue a message (durably) and return; the session is RUNNING until its turn ends. The sender
-    becomes the owner and the session their active tab; their draft is cleared.
+    becomes the owner and the session their active tab; their draft is cleared. A session in error
+    whose agent session exists is retried (`RECOVERABLE_STATUSES`).
     Errors: FailedPrecondition (`SESSION_NOT_READY`, `TASK_ENDED`), NotFound, InvalidArgument."""
     org, task_id, session_id = names.session(name)
     require(bool(text.strip()) or bool(attachments), "text", "must not be empty")
@@ -217,7 +235,7 @@ async def send_message(
                 return row, done
         _not_ended(task)
         status = "closed" if row.closed else row.status
-        if status not in MESSAGE_ACCEPTING or not row.sandbox_session:
+        if status not in (*MESSAGE_ACCEPTING, *RECOVERABLE_STATUSES) or not row.sandbox_session:
             raise SessionNotReady(name, status)
         at = now()
         message = QueuedMessage(
@@ -233,7 +251,8 @@ async def send_message(
         await queries.insert_message(session, message=message)
         if row.status != "running":
             row.status, row.thinking_since, row.current_turn = "running", at, message.id
-        row.used, row.updated_at = True, at
+            row.error_message = ""  # a session in error is being retried (RECOVERABLE_STATUSES)
+        row.used, row.updated_at, row.notice = True, at, ""
         await queries.update_session(session, row=row)
         states = []
         audits = [Audit("task.message", session=row.name)]
@@ -282,6 +301,16 @@ async def deliver_message(deps: Deps, name: str) -> None:
         message = await queries.get_message(session, message_id=message_id)
     if task is None or row is None or message is None or message.state != "queued":
         return
+    try:  # the organization's current permission policy travels with each turn (a change applies)
+        permission_policy = await deps.organization.permission_policy(organization=org)
+    except FoundryError as exc:  # never hold a message for it: the session keeps the policy it has
+        log.warning("permission_policy_unread", session=row.name, error=exc.message)
+        permission_policy = sb_session_pb2.PERMISSION_POLICY_UNSPECIFIED
+    try:  # and its model API keys, for an agent the sandbox has to start again (after a restart)
+        environment = await deps.organization.model_credentials(organization=org)
+    except FoundryError as exc:  # nor for them: the sandbox keeps the keys it was given before
+        log.warning("model_credentials_unread", session=row.name, error=exc.message)
+        environment = {}
     try:
         await deps.sandbox.prompt(
             sb_pb2.PromptSessionRequest(
@@ -290,6 +319,8 @@ async def deliver_message(deps: Deps, name: str) -> None:
                 text=message.text,
                 attachments=convert.attachments_to_pb(message.attachments),
                 user=message.user,
+                permission_policy=permission_policy,
+                environment=environment,
             )
         )
     except FoundryError as exc:
@@ -311,26 +342,39 @@ async def deliver_message(deps: Deps, name: str) -> None:
 
 
 async def turn_ended(
-    deps: Deps, *, org: str, task_id: str, session_id: str, turn_id: str, failed: str = ""
+    deps: Deps,
+    *,
+    org: str,
+    task_id: str,
+    session_id: str,
+    turn_id: str,
+    failed: str = "",
+    interrupted: str = "",
+    cancelled: bool = False,
 ) -> None:
     """A turn ended (sandbox `turn_completed`, or a refused prompt): the session moves on to its
-    next queued message, else IDLE (ERROR with `failed`), and becomes unread for the other viewers."""
+    next queued message, else IDLE (ERROR with `failed`), and becomes unread for the other viewers.
+    An `interrupted` turn (the sandbox service stopped under it) is not a failure: the session goes
+    on as after a completed one, and its `notice` says what happened. A `cancelled` one (StopSession,
+    or a queued message cancelled before it was sent) leaves its message `cancelled`."""
     async with deps.db.transaction() as session:
         task = await queries.get_task(session, task_id=task_id, organization=org, lock=True)
         row = await queries.get_session(session, task_id=task_id, session_id=session_id)
         message = await queries.get_message(session, message_id=turn_id)
-        if task is None or row is None or (message is not None and message.state in ("completed", "failed")):
+        if task is None or row is None or (message is not None and message.state in ENDED_MESSAGE_STATES):
             return
         if message is not None:
-            await queries.set_message_state(
-                session, message_id=turn_id, state="failed" if failed else "completed"
-            )
+            state = "failed" if failed else "interrupted" if interrupted else "completed"
+            state = "cancelled" if cancelled and not failed else state
+            await queries.set_message_state(session, message_id=turn_id, state=state)
         remaining = [
             m for m in await queries.open_messages(session, session_id=session_id) if m.id != turn_id
         ]
         at = now()
         if row.closed:
             return
+        if interrupted:
+            row.notice = interrupted
         if remaining:
             row.current_turn, row.thinking_since = remaining[0].id, at
             row.status = "running"

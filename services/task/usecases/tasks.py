@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.platform import context
 from services.platform.errors import FailedPrecondition, Unauthenticated
+from services.platform.identity import Caller
 from services.platform.logging import get_logger
 from services.platform.paging import offset_page
 from services.task.domain import names
@@ -18,6 +19,7 @@ from services.task.domain.models import Owner, Session, Task, UserTaskState, now
 from services.task.domain.rules import branch_prefix, resolve_title, validate_branch
 from services.task.store import queries
 from services.task.usecases import first_turn
+from services.task.usecases.agents import check_agent
 from services.task.usecases.changes import Audit, task_changed
 from services.task.usecases.deps import Deps
 
@@ -89,20 +91,23 @@ async def create_task(deps: Deps, req: NewTask) -> tuple[Task, list[Session]]:
     session's first message (sent when the session is ready, see `first_turn`) and enqueue
     provisioning.
 
-    Cheap bounded peer calls only: GetRepository (stored row) and ReserveTaskBranch. A retry with
-    the same request_id returns the first task. Errors: NotFound (repository), AlreadyExists
-    (`BRANCH_TAKEN`), InvalidArgument, PermissionDenied.
+    Cheap bounded peer calls only: ListAgents (when an agent is named; see `agents.check_agent`),
+    GetRepository (stored row, cached: `deps.repositories`) and ReserveTaskBranch. A retry with the
+    same request_id returns the first task. Errors: NotFound (repository), AlreadyExists
+    (`BRANCH_TAKEN`), InvalidArgument (also an agent this mesh does not have, a model the agent does
+    not offer), FailedPrecondition (`AGENT_NOT_INSTALLED`, `AGENT_CREDENTIALS_MISSING`),
+    PermissionDenied.
     """
     await deps.membership.require(f"organizations/{req.organization}")
     user_id = caller_user_id()
     if req.request_id:
-        async with deps.db.snapshot() as session:
-            existing = await queries.find_task_by_request(
-                session, organization=req.organization, request_id=req.request_id
-            )
-            if existing is not None:
-                return existing, await queries.list_sessions(session, task_id=existing.id)
-    repo = await deps.github_data.repository(req.repository)
+        found = await queries.task_by_request(
+            deps.db, organization=req.organization, request_id=req.request_id
+        )
+        if found is not None:
+            return found
+    await check_agent(deps, req.agent, "agent", model=req.model, organization=req.organization)
+    repo = await deps.repositories.get(req.repository)
     task_id = uuid.uuid4().hex
     title = resolve_title(req.prompt, req.title)
     if req.on_existing_branch:
@@ -252,19 +257,13 @@ async def load(deps: Deps, name: str, *, authorize: bool = True) -> tuple[Task, 
 
 async def load_detail(deps: Deps, name: str) -> tuple[Task, list[Session], frozenset[str]]:
     """GetTask's read: the task, its sessions and the ids of sessions unread by the caller, in one
-    snapshot (one transaction instead of two on the hottest read). Errors as `load`."""
+    statement (`queries.task_detail`: no ORM session, one consistent state). Errors as `load`."""
     org, task_id = names.task(name)
     await deps.membership.require(f"organizations/{org}")
-    user_id = caller_user_id()
-    async with deps.db.snapshot() as session:
-        task = await queries.get_task(session, task_id=task_id, organization=org)
-        if task is None:
-            raise TaskNotFound(name)
-        sessions = await queries.list_sessions(session, task_id=task_id)
-        if not user_id:
-            return task, sessions, frozenset()
-        state = await queries.get_user_task_state(session, task_id=task_id, user_id=user_id)
-    return task, sessions, frozenset(s.session_id for s in state.sessions if s.unread)
+    detail = await queries.task_detail(deps.db, task_id=task_id, organization=org, user_id=caller_user_id())
+    if detail is None:
+        raise TaskNotFound(name)
+    return detail
 
 
 async def list_tasks(
@@ -276,18 +275,11 @@ async def list_tasks(
         names.repository(repository, "repository")
     offset, size = offset_page(page_size, page_token, default=50, maximum=500, domain=DOMAIN)
     await deps.membership.require(parent)
-    async with deps.db.snapshot() as session:
-        rows = await queries.list_tasks(
-            session,
-            organization=org,
-            repository=repository,
-            show_ended=show_ended,
-            offset=offset,
-            limit=size + 1,
-        )
-        by_task = await queries.sessions_of(session, task_ids=[t.id for t in rows[:size]])
+    rows = await queries.task_page(
+        deps.db, organization=org, repository=repository, show_ended=show_ended, offset=offset, limit=size + 1
+    )
     token = str(offset + size) if len(rows) > size else ""
-    return [(t, by_task.get(t.id, [])) for t in rows[:size]], token
+    return rows[:size], token
 
 
 async def rename_task(deps: Deps, name: str, title: str) -> tuple[Task, list[Session]]:
@@ -309,28 +301,28 @@ async def rename_task(deps: Deps, name: str, title: str) -> tuple[Task, list[Ses
 
 
 async def set_owner(deps: Deps, name: str, user: str) -> tuple[Task, list[Session]]:
-    """Make `user` (`users/{id}`) the owner. Errors: FailedPrecondition (`NOT_A_MEMBER`), NotFound."""
+    """Make `user` (`users/{id}`), a member, the owner (with their login and avatar). Cheap bounded
+    peer calls: CheckMembership and GetUser, asked as the task service (a user may only ask the
+    organization service about themselves). Errors: FailedPrecondition (`NOT_A_MEMBER`), NotFound."""
     org, task_id = names.task(name)
     user_id = names.user(user)
     await deps.membership.require(f"organizations/{org}")
-    if not await deps.organization.is_member(organization=org, user=user):
+    # The caller is a member (checked above); whether `user` is one only this service may ask the
+    # organization service (a user may only ask about themselves).
+    with context.bound(request_id=context.request_id(), caller=Caller.service("task")):
+        member = await deps.organization.is_member(organization=org, user=user)
+        profile = await deps.organization.user(f"users/{user_id}") if member else None
+    if profile is None:
         raise FailedPrecondition(
             f"{user} is not a member of organizations/{org}", reason="NOT_A_MEMBER", domain=DOMAIN
         )
     async with deps.db.transaction() as session:
         task = await _locked(session, org, task_id, name)
         task.owner = Owner(
-            user=f"users/{user_id}",
-            login=user_id if user_id != caller_user_id() else _login(),
-            updated_at=now(),
+            user=f"users/{user_id}", login=profile.login, avatar_url=profile.avatar_url, updated_at=now()
         )
         sessions = await task_changed(session, deps, task, audits=[Audit("task.owner", user=user)])
     return task, sessions
-
-
-def _login() -> str:
-    who = context.caller()
-    return who.login if who else ""
 
 
 async def _locked(session: object, org: str, task_id: str, name: str) -> Task:

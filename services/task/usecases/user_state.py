@@ -11,7 +11,7 @@ from services.task.domain import names
 from services.task.domain.errors import DOMAIN, SessionNotFound, TaskNotFound, require
 from services.task.domain.models import Task, UserSessionState, UserTaskState, now
 from services.task.store import queries
-from services.task.usecases.changes import session_scope, task_scope
+from services.task.usecases.changes import session_scope, task_scope, user_states_scope
 from services.task.usecases.deps import Deps
 from services.task.usecases.tasks import caller_user_id
 
@@ -63,6 +63,7 @@ async def set_active(deps: Deps, name: str, active_session: str) -> tuple[Task, 
         state = await queries.get_user_task_state(session, task_id=task_id, user_id=me)
         pb = convert.user_task_state(task, state)
         await record_change(session, scope=task_scope(task.name), name=pb.name, resource=pb)
+        await record_change(session, scope=user_states_scope(task.parent, me), name=pb.name, resource=pb)
     return task, state
 
 
@@ -104,6 +105,7 @@ async def update_session_state(
         full = await queries.get_user_task_state(session, task_id=task_id, user_id=me)
         pb = convert.user_task_state(task, full)
         await record_change(session, scope=task_scope(task.name), name=pb.name, resource=pb)
+        await record_change(session, scope=user_states_scope(task.parent, me), name=pb.name, resource=pb)
         s_pb = convert.user_session_state(task, own)
         await record_change(
             session, scope=session_scope(f"{task.name}/sessions/{session_id}"), name=s_pb.name, resource=s_pb

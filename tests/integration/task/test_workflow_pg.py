@@ -5,6 +5,7 @@ prompt to its agent once)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,11 @@ from foundry.task.v1 import task_service_pb2 as pb
 
 from services.platform.messaging.broker import queue_name
 from services.platform.settings import Settings
-from services.task.usecases.provisioning import STEP_CONCURRENCY
+from services.task.usecases.deps import Deps, StepRuns
 from tests.helpers.eventually import assert_eventually
 from tests.helpers.infra import make_pg_database
 from tests.helpers.mesh import running
-from tests.unit.task.conftest import PEERS, TaskWorld, connect, make_repositories, task_replica
+from tests.unit.task.conftest import PEERS, Replica, TaskWorld, connect, make_repositories, task_replica
 
 pytestmark = pytest.mark.integration
 READY = task_pb2.PROVISIONING_STAGE_READY
@@ -120,13 +121,25 @@ async def test_two_replicas_never_run_one_tasks_steps_concurrently(
                 )
                 prompts = [e.text for e in listed.session_events if e.kind == USER_MESSAGE]
                 assert prompts == ["add x"], (task.name, prompts)
+            runs = [_step_runs(a), _step_runs(b)]
         ids = [t.name.rsplit("/", 1)[-1] for t in tasks]
-        # Both replicas ran steps of these tasks, never two steps of one task at once (the
-        # in-process counter spans both hosts of this test process).
-        assert all(STEP_CONCURRENCY.peak[i] == 1 for i in ids), {i: STEP_CONCURRENCY.peak[i] for i in ids}
-        assert len(set().union(*(STEP_CONCURRENCY.replicas[i] for i in ids))) == 2
+        # Both replicas ran steps of these tasks, never two steps of one task at once: each replica
+        # records when it ran a task's steps (one monotonic clock in this test process), and the
+        # runs of one task, merged from both, never overlap.
+        assert all(any(r.spans.get(t) for t in ids) for r in runs), [r.spans for r in runs]
+        for task_id in ids:
+            spans = sorted(span for r in runs for span in r.spans.get(task_id, []))
+            overlaps = [(x, y) for x, y in pairwise(spans) if y[0] < x[1]]
+            assert not overlaps, (task_id, spans)
         # One sandbox and one agent session per task at the sandbox service.
         boxes = await world.sandboxes()
         assert sorted((b.task, b.state) for b in boxes) == sorted((t.name, RUNNING) for t in tasks)
         for task_id in ids:
             assert len(await world.agent_session_rows(task_id)) == 1
+
+
+def _step_runs(replica: Replica) -> StepRuns:
+    """The provisioning step runs recorded by one replica's use cases (its servicer's Deps)."""
+    assert replica.host.wiring is not None
+    deps: Deps = replica.host.wiring.servicers[0].impl.deps
+    return deps.steps

@@ -18,6 +18,7 @@ from foundry.task.v1 import task_service_pb2 as task_svc_pb2
 
 from services.platform.identity import Caller
 from tests.helpers.github_server import user_json
+from tests.helpers.github_sign_in import sign_in_with_github
 from tests.unit.flows.support import report_latency
 from tests.unit.flows.world import FlowWorld, GithubOrganization
 
@@ -88,10 +89,12 @@ async def removed_member_loses_access_promptly(world: FlowWorld) -> None:
     # Bob signs in with GitHub (his discovery runs in the background; the test server does not know
     # his token, so it fails, which changes nothing here): now a GitHub member event can make him
     # an active member.
-    signed = await world.stubs.org(GATEWAY).SignInWithGithub(
-        org_pb2.SignInWithGithubRequest(
-            github_account_id=bob_id, login=bob_login, access_token="unknown-to-the-test-server"
-        )
+    signed = await sign_in_with_github(
+        world.stubs.org(GATEWAY),
+        world.stubs.github_data(GATEWAY),
+        github_account_id=bob_id,
+        login=bob_login,
+        access_token="unknown-to-the-test-server",
     )
     check = world.stubs.org(ORGANIZATION)
 

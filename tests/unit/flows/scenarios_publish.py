@@ -35,7 +35,7 @@ from services.platform.watch.testing import WatchClient
 from services.task.store.tables import tasks
 from services.task.usecases.deps import Deps
 from tests.helpers.mesh import ALICE
-from tests.unit.flows.support import following, git_repo, resources_of, the_task
+from tests.unit.flows.support import Follower, following, git_repo, resources_of, the_task
 from tests.unit.flows.world import FlowWorld
 
 
@@ -59,6 +59,34 @@ def _task_deps(world: FlowWorld) -> Deps:
     assert wiring is not None
     deps: Deps = wiring.servicers[0].impl.deps
     return deps
+
+
+async def _publish_again(
+    world: FlowWorld, watch: Follower, task: task_pb2.Task, *, what: str, new_request_id: bool = False
+) -> task_pb2.Task:
+    """A worker crashed after the pull request was opened but before it recorded the outcome: put
+    the publication back to PUBLISHING and deliver its command again (with a request id github_data
+    never saw when `new_request_id`); returns the task once the rerun recorded its outcome."""
+    deps = _task_deps(world)
+    recorded = task.publication.update_time.ToDatetime()
+    values: dict[str, str] = {"publish_state": "publishing"}
+    if new_request_id:
+        values["publish_request_id"] = str(uuid.uuid4())
+    async with deps.db.transaction() as session:
+        await session.execute(update(tasks).where(tasks.c.id == task.name.rsplit("/", 1)[1]).values(**values))
+        await deps.outbox.enqueue(
+            session,
+            queue=deps.queue("command"),
+            message=events_pb2.RunTaskCommand(
+                name=task.name, command=events_pb2.TASK_COMMAND_PUBLISH_PULL_REQUEST, reason="redelivered"
+            ),
+        )
+    await watch.wait(
+        lambda c: the_task(watch, task.name).publication.update_time.ToDatetime() > recorded,
+        timeout=30,
+        what=what,
+    )
+    return the_task(watch, task.name)
 
 
 async def publish_on_github_pushes_and_opens_one_pull_request(world: FlowWorld) -> None:
@@ -169,29 +197,21 @@ async def publish_on_github_pushes_and_opens_one_pull_request(world: FlowWorld) 
 
         # Redelivery: the worker crashed after the pull request was opened but before it recorded
         # the outcome, and its message comes again. It must record the same pull request.
-        deps = _task_deps(world)
-        recorded = done.publication.update_time.ToDatetime()
-        async with deps.db.transaction() as session:
-            await session.execute(
-                update(tasks)
-                .where(tasks.c.id == task.name.rsplit("/", 1)[1])
-                .values(publish_state="publishing")
-            )
-            await deps.outbox.enqueue(
-                session,
-                queue=deps.queue("command"),
-                message=events_pb2.RunTaskCommand(
-                    name=task.name, command=events_pb2.TASK_COMMAND_PUBLISH_PULL_REQUEST, reason="redelivered"
-                ),
-            )
-        await watch.wait(
-            lambda c: the_task(watch, task.name).publication.update_time.ToDatetime() > recorded,
-            timeout=30,
-            what="the redelivered publication recorded",
-        )
-        rerun = the_task(watch, task.name)
+        rerun = await _publish_again(world, watch, done, what="the redelivered publication recorded")
         assert rerun.publication.state == task_pb2.PUBLICATION_STATE_PUBLISHED, rerun.publication
         assert rerun.pull_request.number == pr.number
+        assert state.count(f"POST /repos/{full}/pulls") == opened
+        assert [p["number"] for p in state.pulls[full] if p["head"]["ref"] == branch] == [pr.number]
+
+        # The same crash, but the run's request id is one github_data never saw: it answers
+        # ALREADY_EXISTS (the branch has an open pull request), and the task records that one (its
+        # summary as github_data derives it), never a second.
+        found = await _publish_again(
+            world, watch, rerun, what="the publication with a new request id recorded", new_request_id=True
+        )
+        assert found.publication.state == task_pb2.PUBLICATION_STATE_PUBLISHED, found.publication
+        assert (found.pull_request.name, found.pull_request.title) == (pr.name, pr.title)
+        assert (found.pull_request.head_branch, found.pull_request.url) == (branch, pr.url)
         assert state.count(f"POST /repos/{full}/pulls") == opened
         assert [p["number"] for p in state.pulls[full] if p["head"]["ref"] == branch] == [pr.number]
 

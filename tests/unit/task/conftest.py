@@ -21,8 +21,10 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+from foundry.github_data.v1 import events_pb2 as gd_events
 from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
 from foundry.github_data.v1 import github_data_service_pb2_grpc as gd_grpc
+from foundry.github_data.v1 import pull_request_pb2
 from foundry.organization.v1 import member_pb2, task_index_pb2
 from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
@@ -32,6 +34,7 @@ from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
 from foundry.task.v1 import task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
 from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
+from google.protobuf import json_format
 
 from services.platform.channels import open_channel
 from services.platform.identity import Caller, sign
@@ -198,6 +201,43 @@ async def edited_task(world: TaskWorld) -> task_pb2.Task:
         return got
 
     return await assert_eventually(edited, timeout=30)
+
+
+async def virtual_task(world: TaskWorld, number: int, branch: str, *, title: str = "") -> str:
+    """Publish an open pull request on `branch` (as github_data would); return the name of the
+    virtual task it makes in the organization's task index."""
+    pr_name = f"{world.repository}/pullRequests/{number}"
+    summary = pull_request_pb2.PullRequestSummary(
+        name=pr_name,
+        number=number,
+        repository=world.repository,
+        repository_full_name="demo",
+        title=title or f"PR {number}",
+        state=pull_request_pb2.PULL_REQUEST_STATE_OPEN,
+        head_branch=branch,
+        base_branch="main",
+    )
+    event = gd_events.PullRequestChanged(
+        name=pr_name,
+        version=1,
+        pull_request=json_format.ParseDict(
+            json_format.MessageToDict(summary), pull_request_pb2.PullRequest()
+        ),
+        summary=summary,
+    )
+    await world.mesh.broker.publish(
+        exchange="events",
+        routing_key="github_data.pull_request.changed",
+        body=event.SerializeToString(),
+        message_id=f"pr-{number}-opened",
+    )
+
+    async def virtual() -> str:
+        found = [e for e in await world.index_entries() if e.branch == branch]
+        assert len(found) == 1 and found[0].virtual, found
+        return str(found[0].name).replace("/taskIndexEntries/", "/tasks/")
+
+    return await assert_eventually(virtual, timeout=15)
 
 
 async def stop_sandbox_now(mesh: Mesh) -> None:

@@ -95,6 +95,7 @@ async def test_explicit_branch_is_kept_and_must_not_collide(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await world.create("another", branch="docs/guide")
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "ReserveTaskBranch" not in (err.value.details() or ""), err.value.details()
         listed = await world.stub.ListTasks(pb.ListTasksRequest(parent=world.organization))
         assert [t.name for t in listed.tasks] == [task.name]
         assert [e.branch for e in await world.index_entries()] == ["docs/guide"]
@@ -118,6 +119,12 @@ async def test_invalid_create_task_changes_nothing(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await world.create(prompt, **fields)
         assert err.value.code() == code
+        # The message is about the request, in its terms: no internal call named (was
+        # "GetRepository: organizations/… not found").
+        details = err.value.details() or ""
+        assert "GetRepository" not in details and "peer call" not in details, details
+        if code == grpc.StatusCode.NOT_FOUND:
+            assert details == f"{fields['repository']} not found"
         # A valid task afterwards is the only one anywhere: once its provisioning has reached the
         # sandbox, any work the rejected request had enqueued would have reached it too.
         valid = await world.create("add a thing")

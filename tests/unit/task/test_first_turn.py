@@ -8,13 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
-from foundry.github_data.v1 import events_pb2 as gd_events
-from foundry.github_data.v1 import pull_request_pb2
 from foundry.sandbox.v1 import agent_session_pb2, session_event_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.task.v1 import session_pb2, task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
 from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
+from prometheus_client import REGISTRY
 
 from services.platform.server.host import ServiceHost
 from services.platform.settings import Settings
@@ -24,7 +23,7 @@ from services.task.store.tables import messages
 from services.task.usecases import first_turn, provisioning, sessions
 from services.task.usecases.deps import Deps
 from tests.helpers.eventually import assert_eventually
-from tests.unit.task.conftest import TaskWorld, task_world
+from tests.unit.task.conftest import TaskWorld, task_world, virtual_task
 
 EV = session_event_pb2.SessionEventKind
 PROMPT = "write NOTES.md: how to run tests"
@@ -248,36 +247,8 @@ async def test_a_materialized_task_sends_no_prompt(
 ) -> None:
     """Its prompt is made up from the pull request (here a title the fake agent would act on)."""
     async with task_world(fast_settings(), tmp_path) as world:
-        pr_name = f"{world.repository}/pullRequests/7"
         title = "write PR.md: must not be written"
-        event = gd_events.PullRequestChanged(
-            name=pr_name,
-            version=1,
-            pull_request=pull_request_pb2.PullRequest(
-                name=pr_name,
-                number=7,
-                repository=world.repository,
-                repository_full_name="demo",
-                title=title,
-                state=pull_request_pb2.PULL_REQUEST_STATE_OPEN,
-                head_branch="feature/existing",
-                base_branch="main",
-            ),
-        )
-        await world.mesh.broker.publish(
-            exchange="events",
-            routing_key="github_data.pull_request.changed",
-            body=event.SerializeToString(),
-            message_id="pr-7-opened",
-        )
-
-        async def virtual() -> str:
-            found = [e for e in await world.index_entries() if e.branch == "feature/existing"]
-            assert len(found) == 1 and found[0].virtual, found
-            entry = found[0]
-            return str(entry.name).replace("/taskIndexEntries/", "/tasks/")
-
-        name = await assert_eventually(virtual, timeout=15)
+        name = await virtual_task(world, 7, "feature/existing", title=title)
         made = (await world.stub.MaterializeTask(pb.MaterializeTaskRequest(name=name))).task
         assert made.prompt == title
 
@@ -297,3 +268,46 @@ async def test_a_materialized_task_sends_no_prompt(
         assert len(await _sandbox_turns(world, session_id)) == 1
         assert not (Path(task.sandbox.cwd) / "PR.md").exists()
         assert (Path(task.sandbox.cwd) / "feature.txt").exists()  # on the pull request's branch
+
+
+def _first_output_observed() -> tuple[float, float]:
+    """(count, sum) of `foundry_task_first_output_seconds` over every agent label."""
+    count = total = 0.0
+    for family in REGISTRY.collect():
+        if family.name == "foundry_task_first_output_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    count += sample.value
+                elif sample.name.endswith("_sum"):
+                    total += sample.value
+    return count, total
+
+
+async def test_the_time_from_create_to_the_agents_first_output_is_observed_once_per_task(
+    fast_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """`foundry_task_first_output_seconds` (issue #17's time to first agent output per task): one
+    observation when the prompt's turn ends, equal to the agent's first output event (message or
+    thought chunk, plan, tool call) in the transcript minus the task's create time; a later message
+    observes nothing."""
+    async with task_world(fast_settings(), tmp_path) as world:
+        count_before, sum_before = _first_output_observed()
+        created = await world.create(PROMPT)
+        task = await _settled(world, created.name)
+        events = await _transcript(world, await _agent_session(world, task.sessions[0].name))
+        answers = [
+            f"SESSION_EVENT_KIND_{k}"
+            for k in ("AGENT_MESSAGE_CHUNK", "AGENT_THOUGHT_CHUNK", "PLAN", "TOOL_CALL")
+        ]
+        first = next(e for e in events if e.kind in [EV.Value(k) for k in answers])
+        expected = (first.create_time.ToDatetime() - created.create_time.ToDatetime()).total_seconds()
+        assert expected > 0
+
+        def observed() -> None:
+            count, total = _first_output_observed()
+            assert count == count_before + 1
+            assert abs((total - sum_before) - expected) < 0.002, (total - sum_before, expected)
+
+        await assert_eventually(observed, timeout=10)
+        await _send_and_settle(world, task, "and one more thing")
+        assert _first_output_observed()[0] == count_before + 1  # the marker turn ended: nothing more

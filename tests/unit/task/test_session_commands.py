@@ -91,9 +91,9 @@ async def test_change_model_and_close_answer_while_the_sandbox_is_down_and_apply
         async def while_down() -> None:
             # Both RPCs used to call the sandbox first (and failed UNAVAILABLE): now they record.
             changed = await world.stub.ChangeModel(
-                pb.ChangeModelRequest(name=first.name, model="model-b"), timeout=5
+                pb.ChangeModelRequest(name=first.name, model="fast"), timeout=5
             )
-            assert changed.session.model == "model-b"
+            assert changed.session.model == "fast"
             assert changed.session.agent_model == first.agent_model  # not applied yet
             closed = await world.stub.CloseSession(pb.CloseSessionRequest(name=second.name), timeout=5)
             assert closed.session.status == session_pb2.SESSION_STATUS_CLOSED
@@ -101,15 +101,15 @@ async def test_change_model_and_close_answer_while_the_sandbox_is_down_and_apply
             # from here on only the durable session rows can bring the commands back.
             await assert_eventually(lambda: _dead_lettered(world, before + 2), timeout=20, interval=0.1)
             got = await _session(world, first.name)
-            assert (got.model, got.agent_model) == ("model-b", first.agent_model)
+            assert (got.model, got.agent_model) == ("fast", first.agent_model)
 
         await _restart_sandbox(world, down=while_down)
 
         # The stall sweep finds both commands pending on the session rows and enqueues them again.
         async def applied() -> None:
             got = await _session(world, first.name)
-            assert got.agent_model == "model-b" and got.model == "model-b", got
-            assert (await _agent_session(world, first.sandbox_session)).model == "model-b"
+            assert got.agent_model == "fast" and got.model == "fast", got
+            assert (await _agent_session(world, first.sandbox_session)).model == "fast"
             agent = await _agent_session(world, second.sandbox_session)
             assert agent.state == AGENT_STATE.AGENT_SESSION_STATE_CLOSED, agent
 
@@ -154,10 +154,8 @@ async def test_a_model_the_sandbox_refuses_is_rolled_back_with_the_reason(
         await world.sandbox_stub().CloseAgentSession(
             sb_pb2.CloseAgentSessionRequest(name=first.sandbox_session)
         )
-        changed = (
-            await world.stub.ChangeModel(pb.ChangeModelRequest(name=first.name, model="model-c"))
-        ).session
-        assert changed.model == "model-c" and not changed.error_message
+        changed = (await world.stub.ChangeModel(pb.ChangeModelRequest(name=first.name, model="fast"))).session
+        assert changed.model == "fast" and not changed.error_message
 
         async def rolled_back() -> session_pb2.Session:
             got = await _session(world, first.name)
@@ -165,7 +163,7 @@ async def test_a_model_the_sandbox_refuses_is_rolled_back_with_the_reason(
             return got
 
         got = await assert_eventually(rolled_back, timeout=15, interval=0.1)
-        assert "changing the model to model-c failed" in got.error_message
+        assert "changing the model to fast failed" in got.error_message
         assert "closed" in got.error_message
         assert got.agent_model == first.agent_model
         assert (await _agent_session(world, first.sandbox_session)).model == first.agent_model

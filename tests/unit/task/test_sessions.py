@@ -191,3 +191,9 @@ async def test_merged_pull_request_archives_the_task_on_its_branch(
 
         await assert_eventually(archived, timeout=15)
         assert await _sandbox_state(world, task) == sandbox_pb2.SANDBOX_STATE_DESTROYED
+        # An archived task's record is final: a kill is refused and changes nothing.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await world.stub.KillTask(pb.KillTaskRequest(name=task.name))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "archived" in (err.value.details() or "")
+        assert (await world.get(task.name)).status == task_pb2.TASK_STATUS_ARCHIVED
