@@ -26,6 +26,7 @@ from gateway.api.openapi import document
 from gateway.auth import routes as auth_routes
 from gateway.auth.sessions import Principal
 from gateway.errors import error_body, json_error
+from gateway.headers import MAX_HEADER_BYTES, H11Protocol
 from gateway.middleware import EdgeMiddleware
 from gateway.runtime import GatewayRuntime, GatewayState
 from gateway.stream import routes as stream_routes
@@ -140,7 +141,12 @@ class GatewayComponent:
         self.app = create_app(settings, self.upstreams, self.state, **manager_options)
         self.manager: SubscriptionManager = self.app.state.manager
         self.http = HttpServer(
-            self.app, settings.bind_host, settings.gateway_port if port is None else port, name="gateway"
+            self.app,
+            settings.bind_host,
+            settings.gateway_port if port is None else port,
+            name="gateway",
+            http=H11Protocol,
+            max_header_bytes=MAX_HEADER_BYTES,
         )
         self.port = self.http.port
 

@@ -1,5 +1,6 @@
 """The gateway's edge middleware (pure ASGI, outermost): request id, in-flight accounting for the
-drain, 503 once draining, CSRF checks, and the CSRF cookie for browsers that have none yet."""
+drain, 414/431 for oversized URLs and header blocks, 503 once draining, CSRF checks, and the CSRF
+cookie for browsers that have none yet."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import csrf
 from gateway.errors import GatewayError, error_response
+from gateway.headers import MAX_HEADER_BYTES, header_bytes, headers_too_large
 from gateway.runtime import GatewayRuntime
 from services.platform import context as request_context
 from services.platform.logging import get_logger
@@ -71,6 +73,8 @@ class EdgeMiddleware:
                             reason="URL_TOO_LONG",
                             http_status=414,
                         )
+                    if header_bytes(scope["headers"]) > MAX_HEADER_BYTES:
+                        raise headers_too_large()
                     if state.draining and scope["path"].startswith("/v1/"):
                         raise GatewayError(
                             grpc.StatusCode.UNAVAILABLE, "gateway is draining; retry", reason="DRAINING"

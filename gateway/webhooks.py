@@ -7,8 +7,6 @@ asynchronous: GitHub's 10 s delivery timeout never waits on a sync.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import grpc
 from foundry.github_data.v1 import github_data_service_pb2 as gd_pb2
 from google.protobuf import timestamp_pb2
@@ -17,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import GatewayRuntime
+from services.platform import clock
 from services.platform import context as request_context
 from services.platform.webhook_signature import HEADER, verify_signature
 
@@ -49,7 +48,7 @@ async def github_webhook(request: Request) -> Response:
                 reason="WEBHOOK_HEADERS_MISSING",
             )
         received = timestamp_pb2.Timestamp()
-        received.FromDatetime(datetime.now(UTC))
+        received.FromDatetime(clock.now())
         call = runtime.unary("github_data", "RecordWebhookDelivery", gd_pb2.RecordWebhookDeliveryResponse)
         with request_context.bound(request_id=request_context.request_id(), caller=None):
             response = await call(

@@ -171,6 +171,10 @@ ROUTES: tuple[Rpc, ...] = (
     Rpc("GET", f"/v1/{{name={_ORG}/members/*}}", "organization", "GetMember"),
     Rpc("GET", f"/v1/{{name={_ORG}/summary}}", "organization", "GetOrganizationSummary"),
     Rpc("GET", f"/v1/{{parent={_ORG}}}/auditEvents", "organization", "ListAuditEvents"),
+    # Model API keys: write-only (the list shows names and times; no route returns a value).
+    Rpc("GET", f"/v1/{{parent={_ORG}}}/modelCredentials", "organization", "ListModelCredentials"),
+    Rpc("POST", f"/v1/{{parent={_ORG}}}/modelCredentials", "organization", "SetModelCredential", body="*"),
+    Rpc("DELETE", f"/v1/{{name={_ORG}/modelCredentials/*}}", "organization", "DeleteModelCredential"),
     # task: tasks, sessions, per-user state
     Rpc("POST", f"/v1/{{parent={_ORG}}}/tasks", "task", "CreateTask", body="*"),
     Rpc("GET", f"/v1/{{parent={_ORG}}}/tasks", "task", "ListTasks"),
@@ -187,6 +191,13 @@ ROUTES: tuple[Rpc, ...] = (
     Rpc("GET", f"/v1/{{parent={_TASK}}}/sessions", "task", "ListSessions"),
     Rpc("GET", f"/v1/{{name={_SESSION}}}", "task", "GetSession"),
     Rpc("POST", f"/v1/{{name={_SESSION}}}:sendMessage", "task", "SendMessage", body="*"),
+    Rpc(
+        "POST",
+        f"/v1/{{name={_SESSION}/permissionRequests/*}}:answer",
+        "task",
+        "AnswerPermissionRequest",
+        body="*",
+    ),
     Rpc("POST", f"/v1/{{name={_SESSION}}}:stop", "task", "StopSession", body="*"),
     Rpc("POST", f"/v1/{{name={_SESSION}}}:close", "task", "CloseSession", body="*"),
     Rpc("POST", f"/v1/{{name={_SESSION}}}:rename", "task", "RenameSession", body="*"),
@@ -219,6 +230,7 @@ ROUTES: tuple[Rpc, ...] = (
     Rpc("GET", f"/v1/{{parent={_ORG}}}/sandboxes", "sandbox", "ListSandboxes"),
     Rpc("GET", f"/v1/{{name={_SANDBOX}}}", "sandbox", "GetSandbox"),
     Rpc("GET", f"/v1/{{name={_SANDBOX}/gitState}}", "sandbox", "GetGitState"),
+    Rpc("GET", f"/v1/{{name={_SANDBOX}}}/fileContent", "sandbox", "GetFileContent"),
     Rpc("GET", f"/v1/{{parent={_SANDBOX}/sessions/*}}/events", "sandbox", "ListSessionEvents"),
     Rpc("POST", f"/v1/{{parent={_SANDBOX}}}/processes", "sandbox", "CreateProcess", body="*"),
     Rpc("GET", f"/v1/{{parent={_SANDBOX}}}/processes", "sandbox", "ListProcesses"),
@@ -227,6 +239,8 @@ ROUTES: tuple[Rpc, ...] = (
     Rpc("POST", f"/v1/{{name={_PROCESS}}}:stop", "sandbox", "StopProcess", body="*"),
     Rpc("POST", f"/v1/{{name={_PROCESS}}}:kill", "sandbox", "KillProcess", body="*"),
     Rpc("DELETE", f"/v1/{{name={_PROCESS}}}", "sandbox", "DeleteProcess"),
+    Rpc("POST", f"/v1/{{name={_PROCESS}}}:writeInput", "sandbox", "WriteProcessInput", body="*"),
+    Rpc("POST", f"/v1/{{name={_PROCESS}}}:resize", "sandbox", "ResizeProcess", body="*"),
 )
 
 

@@ -3,7 +3,8 @@
 GET  /v1/auth/session           {signedIn, user?, authSession?, devSignIn, githubSignIn}
 POST /v1/auth/dev/signIn        {login, displayName?, email?}  (only with gateway.dev_sign_in)
 GET  /v1/auth/github/start      → 302 to GitHub (scopes read:org, repo)
-GET  /v1/auth/github/callback   → SignInWithGithub, cookie, 302 to the page that started it
+GET  /v1/auth/github/callback   → SignInWithGithub (organization), then the OAuth token to github-data
+                                (SetGithubToken), cookie, 302 to the page that started it
 POST /v1/auth/signOut           SignOut, cookie cleared, the session's streams end `signed_out`
 POST /v1/auth/token             {login?} → {token, expireTime, user, login}: a signed caller identity
                                 for foundryctl (`<x-foundry-caller>.<x-foundry-caller-sig>`, 12 h)
@@ -23,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from foundry.github_data.v1 import github_data_service_pb2 as gh_pb2
 from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from google.protobuf import timestamp_pb2
 from starlette.requests import Request
@@ -33,6 +35,7 @@ from gateway.auth.sessions import SESSION_COOKIE, Principal
 from gateway.codec import to_dict
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import GatewayRuntime
+from services.platform import clock
 from services.platform import context as request_context
 from services.platform.identity import sign
 
@@ -165,21 +168,31 @@ async def github_callback(request: Request) -> Response:
         expire = None
         if identity.expires_in:
             expire = timestamp_pb2.Timestamp()
-            expire.FromDatetime(datetime.now(UTC) + timedelta(seconds=identity.expires_in))
+            expire.FromDatetime(clock.now() + timedelta(seconds=identity.expires_in))
         message = org_pb2.SignInWithGithubRequest(
             github_account_id=identity.account_id,
             login=identity.login,
             display_name=identity.name,
             email=identity.email,
             avatar_url=identity.avatar_url,
-            access_token=identity.access_token,
-            scopes=list(identity.scopes),
-            token_expire_time=expire,
             user_agent=request.headers.get("user-agent", "")[:200],
         )
         call = runtime.unary("organization", "SignInWithGithub", org_pb2.SignInWithGithubResponse)
+        # github-data owns GitHub tokens: it stores this one and queues the discovery of the user's
+        # accounts (both calls only record and enqueue). The user exists first, so the discovery's
+        # result always finds them; without the token stored the sign-in fails (no cookie).
+        store_token = runtime.unary("github_data", "SetGithubToken", gh_pb2.SetGithubTokenResponse)
         with request_context.bound(request_id=request_context.request_id(), caller=None):
             response = await call(message, timeout=runtime.deadline(request))
+            await store_token(
+                gh_pb2.SetGithubTokenRequest(
+                    user=response.user.name,
+                    access_token=identity.access_token,
+                    scopes=list(identity.scopes),
+                    expire_time=expire,
+                ),
+                timeout=runtime.deadline(request),
+            )
     except (GatewayError, grpc.RpcError) as exc:
         return error_response(exc)
     out = RedirectResponse(return_to, status_code=302)

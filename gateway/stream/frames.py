@@ -56,9 +56,10 @@ def decode_position(position: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
 
 
-def item_json(item: watch_pb2.WatchItem) -> bytes | None:
-    """`{"name", "version", "resource": {"@type", ...}}` of a watch item; None for per-user items."""
-    if item.resource.type_url.rsplit("/", 1)[-1] in PER_USER_TYPES:
+def item_json(item: watch_pb2.WatchItem, *, per_user_topic: bool = False) -> bytes | None:
+    """`{"name", "version", "resource": {"@type", ...}}` of a watch item; None for per-user items,
+    except on a per-user topic (its upstream runs as its one user and carries only that user's)."""
+    if not per_user_topic and item.resource.type_url.rsplit("/", 1)[-1] in PER_USER_TYPES:
         return None
     resource = to_dict(item.resource)
     return dumps({"name": item.name, "version": item.version, "resource": resource})

@@ -102,7 +102,7 @@ class SubscriptionManager:
             if label in conn.topics:
                 continue
             try:
-                topic = parse(label, auth_session=conn.principal.auth_session)
+                topic = parse(label, auth_session=conn.principal.auth_session, caller=conn.principal.caller)
                 if topic.organization is not None:
                     await self._authorize(conn.principal, topic.organization)
             except (GatewayError, FoundryError, grpc.RpcError) as exc:

@@ -9,6 +9,13 @@ session):
     session:organizations/{org}/tasks/{task}/sessions/{s}        TaskService.WatchSession
     transcript:organizations/{org}/sandboxes/{sb}/sessions/{s}   SandboxService.WatchSessionEvents
     processes:organizations/{org}/sandboxes/{sb}                 SandboxService.WatchProcesses
+    output:organizations/{org}/sandboxes/{sb}/processes/{p}      SandboxService.WatchProcessOutput
+    unread:organizations/{org}                                   TaskService.WatchUserTaskStates
+
+`unread` is per user: its key carries the subscriber's user (`unread:organizations/{org}/users/{u}`),
+so tabs of one user share an upstream and no other user's tab ever joins it, and that upstream runs
+as the user (signed by the gateway) instead of as the gateway; it is the one topic whose per-user
+items (the user's own UserTaskStates) are sent to the browser.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from google.protobuf.message import Message
 
 from gateway.api.table import SERVICES
 from gateway.errors import GatewayError
+from services.platform.identity import Caller
 from services.platform.settings import ServiceName
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9._~-]*"
@@ -39,6 +47,7 @@ class TopicSpec:
     field: str  # request field receiving the watched resource name
     to_resource: Callable[[str], str] = lambda name: name
     name_of: Callable[[str], str] | None = None  # the request's `name`, when `field` is another field
+    per_user: bool = False  # keyed by the subscriber's user, run as that user, per-user items sent
 
     def request_class(self) -> type[Message]:
         return message_factory.GetMessageClass(SERVICES[self.service].methods_by_name[self.method].input_type)
@@ -87,6 +96,22 @@ SPECS: dict[str, TopicSpec] = {
         TopicSpec(
             "processes", rf"organizations/{_ID}/sandboxes/{_ID}", "sandbox", "WatchProcesses", "parent"
         ),
+        TopicSpec(
+            "output",
+            rf"organizations/{_ID}/sandboxes/{_ID}/processes/{_ID}",
+            "sandbox",
+            "WatchProcessOutput",
+            "name",
+        ),
+        TopicSpec(
+            "unread",
+            rf"organizations/{_ID}",
+            "task",
+            "WatchUserTaskStates",
+            "parent",
+            to_resource=lambda key: key.split("/users/")[0],
+            per_user=True,
+        ),
     )
 }
 # Item types that carry one user's state; never fanned out from a shared upstream.
@@ -99,7 +124,8 @@ class Topic:
 
     label: str
     spec: TopicSpec
-    resource: str  # the resource name in the key (for `app`: the auth session)
+    resource: str  # the resource name in the key (for `app`: the auth session; `unread`: + /users/{u})
+    caller: Caller | None = None  # who the upstream runs as (per-user topics); None = the gateway
 
     @property
     def key(self) -> str:
@@ -121,12 +147,20 @@ class Topic:
         return message
 
 
-def parse(label: str, *, auth_session: str) -> Topic:
-    """Parse a browser topic label; GatewayError(INVALID_ARGUMENT) when it is not one of SPECS."""
+def parse(label: str, *, auth_session: str, caller: Caller | None = None) -> Topic:
+    """Parse a browser topic label; GatewayError(INVALID_ARGUMENT) when it is not one of SPECS.
+
+    `caller` is the subscriber (a per-user topic needs one: its key and upstream are that user's)."""
     if label == "app":
         return Topic(label, SPECS["app"], auth_session)
     kind, _, resource = label.partition(":")
     spec = SPECS.get(kind)
     if spec is None or spec.kind == "app" or not re.fullmatch(spec.pattern, resource):
         raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown topic {label!r}", reason="BAD_TOPIC")
+    if spec.per_user:
+        if caller is None or not caller.user_id:
+            raise GatewayError(
+                grpc.StatusCode.PERMISSION_DENIED, f"{label!r} needs a signed-in user", reason="NOT_A_USER"
+            )
+        return Topic(label, spec, f"{resource}/users/{caller.user_id}", caller)
     return Topic(label, spec, resource)

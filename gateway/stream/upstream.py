@@ -3,7 +3,8 @@ replica that shows the topic.
 
 - The Watch runs under the gateway's service identity; the manager checks each subscriber's
   membership (with the subscriber's identity) before attaching it, and per-user item types are never
-  fanned out (gateway.stream.topics.PER_USER_TYPES).
+  fanned out (gateway.stream.topics.PER_USER_TYPES). The exception is a per-user topic (`unread`):
+  its key names one user, its Watch runs as that user, and it carries only that user's items.
 - Every upstream event is rendered to JSON once (`gateway.stream.frames`); the bytes go to all
   subscribers. The entry keeps the topic's current items (to give a late subscriber a snapshot
   without a second upstream) and a bounded history of recent frames (to resume a subscriber whose
@@ -155,7 +156,8 @@ class _Follower(abc.ABC):
     # -- the upstream loop ---------------------------------------------------------------------
     async def _run(self, resume: str) -> None:
         attempt = 0
-        with request_context.bound(caller=None):  # service identity: shared by many users
+        # Service identity (shared by many users), or the one user of a per-user topic.
+        with request_context.bound(caller=self.topic.caller):
             while not self.closed:
                 call = self._open(self.topic, resume)
                 self.opened += 1
@@ -209,7 +211,7 @@ class _Follower(abc.ABC):
             if self._pending is None:
                 self._pending = {}
             for item in event.items:
-                rendered = frames.item_json(item)
+                rendered = frames.item_json(item, per_user_topic=self.topic.spec.per_user)
                 if rendered is not None:
                     self._pending[item.name] = rendered
         elif kind == watch_pb2.WATCH_EVENT_KIND_SNAPSHOT_END:
@@ -223,7 +225,9 @@ class _Follower(abc.ABC):
                 if kind == watch_pb2.WATCH_EVENT_KIND_DELETE:
                     self.items.pop(item.name, None)
                     frame = frames.delete(self.label, item.name)
-                elif (rendered := frames.item_json(item)) is not None:
+                elif (
+                    rendered := frames.item_json(item, per_user_topic=self.topic.spec.per_user)
+                ) is not None:
                     self.items[item.name] = rendered
                     frame = frames.upsert(self.label, rendered)
             self.token = event.resume_token

@@ -327,7 +327,7 @@ class TestCommands:
             (listed,) = await ok_json(h, home, "tasks", "list", "--org", "acme")
             assert (listed["name"], listed["status"]) == (name, "TASK_STATUS_IDLE")
             (line,) = (await ok(h, home, "tasks", "list", "--org", "organizations/acme")).splitlines()
-            assert line.split("\t")[:2] == [name, "TASK_STATUS_IDLE"] and line.endswith("\tHello")
+            assert line.split("\t")[:2] == [name, "idle"] and line.endswith("\tHello")
 
             # send: to the task's open session.
             (sent,) = await ok_json(h, home, "send", task_id, "--org", "acme", "write hello.txt: hi")

@@ -22,10 +22,12 @@ from starlette.routing import Route
 
 from services.github_data.domain.models import WebhookDelivery
 from services.github_data.store import queries as github_queries
-from services.platform.identity import Caller, verify
+from services.github_data.store import user_accounts as github_tokens
+from services.platform.identity import verify
+from services.platform.secrets import SecretBox
 from services.platform.server.http import HttpServer
 from services.platform.webhook_signature import sign as sign_webhook
-from tests.helpers import free_port
+from tests.helpers import assert_eventually, free_port
 from tests.unit.gateway.harness import Harness, running, sse
 
 ACME = "organizations/acme"
@@ -337,15 +339,23 @@ class TestGithubOAuth:
                     "42",
                     "Octo Cat",
                 )
-                # The token reached the organization service: it hands it to services for octo's org.
-                await h.join(browser, "organizations/octo-org")
-                stub = org_grpc.OrganizationServiceStub(
-                    h.mesh.channel("organization", Caller.service("task"))
-                )
-                resolved = await stub.ResolveGithubToken(
-                    org_pb2.ResolveGithubTokenRequest(organization="organizations/octo-org", user="users/42")
-                )
-                assert (resolved.access_token, list(resolved.scopes)) == ("gho_abc", ["read:org", "repo"])
+                # The token went to github-data (SetGithubToken), the owner of GitHub tokens, which
+                # stored it for octo and queued the discovery of octo's accounts.
+                db = h.host("github_data").db
+                assert db is not None
+                async with db.snapshot() as session:
+                    box = SecretBox(h.settings.credentials_key.get_secret_value())
+                    stored = await github_tokens.get_token(session, box, user_id="42")
+                assert stored is not None
+                assert (stored.access_token, stored.scopes) == ("gho_abc", ("read:org", "repo"))
+
+                async def discovered() -> None:
+                    assert db is not None
+                    async with db.snapshot() as session:
+                        discovery = await github_tokens.get_discovery(session, user_id="42")
+                    assert discovery is not None and discovery.state in ("pending", "running", "done")
+
+                await assert_eventually(discovered)
 
 
 def test_json_bodies_are_compact() -> None:
