@@ -93,7 +93,8 @@ async def test_workbench_end_to_end_in_headless_chromium(tmp_path: Path) -> None
                 await expect(page.get_by_test_id("changes")).to_contain_text(
                     "hello.txt", timeout=STEP_TIMEOUT_MS
                 )
-                await expect(page.get_by_test_id("changes")).to_contain_text("+hi")
+                added = page.get_by_test_id("changes").locator(".d2h-ins .d2h-code-line-ctn")
+                await expect(added).to_have_text("hi")
         except Exception as exc:
             await _report(page, mesh, steps, console, tmp_path, exc)
         finally:

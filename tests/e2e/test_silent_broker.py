@@ -4,18 +4,23 @@ once on SIGTERM instead of hanging."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.helpers.infra import free_port
+from services.platform.messaging.amqp import CLOSE_TIMEOUT_SECONDS
+from tests.helpers.infra import free_port, unique_name
 from tests.helpers.procs import spawn
+from tests.helpers.tcp_proxy import FreezableProxy
 
 
 @pytest.fixture
@@ -122,3 +127,56 @@ def test_a_silent_database_fails_the_start_within_its_timeout(
     text = log.read_text()
     assert code != 0 and time.monotonic() - began < 20, text[-2000:]
     assert "start_failed" in text and "Timeout" in text, text[-2000:]
+
+
+def test_a_broker_gone_silent_while_running_does_not_hold_the_drain(tmp_path: Path, amqp_url: str) -> None:
+    """RabbitMQ wedges under a running service (every byte either way held by a proxy: the
+    connection stays open, no AMQP reply ever comes, no heartbeat either). SIGTERM must still end
+    the service within its drain budget (grace + unwind + the bounded broker close), exit 0, and
+    the log must say the broker did not answer, instead of the drain waiting on basic.cancel and
+    the close until the orchestrator's SIGKILL."""
+    parsed = urlsplit(amqp_url)
+    with FreezableProxy(parsed.hostname or "127.0.0.1", parsed.port or 5672) as proxy:
+        admin = free_port()
+        log = tmp_path / "organization.log"
+        grace, unwind = 2.0, 1.0
+        proc = spawn(
+            "services.organization",
+            {
+                "FOUNDRY_AMQP_URL": parsed._replace(netloc=f"guest:guest@127.0.0.1:{proxy.port}").geturl(),
+                "FOUNDRY_NAME_PREFIX": unique_name("silent"),
+                "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
+                "FOUNDRY_ORGANIZATION_PORT": str(free_port()),
+                "FOUNDRY_METRICS_PORT": str(admin),
+                "FOUNDRY_LOG_FORMAT": "json",
+                "FOUNDRY_DRAIN__GRACE_SECONDS": str(grace),
+                "FOUNDRY_DRAIN__UNWIND_SECONDS": str(unwind),
+            },
+            log_path=log,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{admin}/readyz", timeout=2).status_code == 200:
+                        break
+                assert proc.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"not ready\n{log.read_text()[-2000:]}")
+            proxy.freeze()
+            proc.send_signal(signal.SIGTERM)
+            began = time.monotonic()
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"still running 60 s after SIGTERM\n{log.read_text()[-3000:]}") from None
+            took = time.monotonic() - began
+            print(f"\nSIGTERM -> exit with the broker silent: {took:.1f} s")
+            budget = grace + unwind + CLOSE_TIMEOUT_SECONDS + 2.0
+            assert took < budget, f"{took:.1f} s > {budget:.1f} s\n{log.read_text()[-3000:]}"
+            assert code == 0, log.read_text()[-2000:]
+            assert "amqp_broker_not_answering" in log.read_text(), log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -15,6 +15,7 @@ import pytest
 from services.platform.errors import FailedPrecondition, Unavailable
 from services.platform.messaging import (
     ATTEMPT,
+    ENQUEUED_AT,
     AmqpBroker,
     Delivery,
     HandlerContext,
@@ -99,6 +100,10 @@ async def test_confirmed_work_message_is_durable_and_delivered_with_its_headers(
     message = got.deliveries[0].message
     assert (message.body, message.headers["k"], message.attempt, message.exchange) == (b"t1", "v", 1, "")
     assert message.routing_key == spec.name
+    # Stamped at publish in unix milliseconds, an integer so the AMQP field table keeps it exact
+    # (a float travels as float32: today's seconds rounded to a multiple of 128).
+    enqueued = message.headers[ENQUEUED_AT]
+    assert isinstance(enqueued, int) and abs(time.time() * 1000 - enqueued) < 5000
 
 
 async def test_publish_to_an_undeclared_queue_raises_unavailable(broker: AmqpBroker, prefix: str) -> None:
@@ -160,6 +165,8 @@ async def test_retry_goes_through_a_delay_queue_and_really_waits(broker: AmqpBro
     assert time.monotonic() - retried_at >= 0.9
     again = got.deliveries[1].message
     assert (again.message_id, again.attempt, again.headers[ATTEMPT], again.body) == ("m1", 2, 2, b"x")
+    # A retry keeps the first enqueue time (queue latency is measured on first attempts only).
+    assert again.headers[ENQUEUED_AT] == got.deliveries[0].message.headers[ENQUEUED_AT]
     assert again.routing_key == spec.name
     await got.deliveries[1].ack()
 
