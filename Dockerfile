@@ -3,6 +3,17 @@
 # (`python -m services.<svc> serve|migrate`, `python -m gateway`); without args it runs the embedded
 # all-in-one mesh. Build: `docker build -t foundry-mesh:0.1.0 .` (deploy/k8s/README.md).
 
+# The workbench's browser libraries, pinned as in the Makefile's `vendor` target.
+FROM node:22-slim AS web
+RUN npm install --prefix /web --no-audit --no-fund diff2html@3.4.56 @xterm/xterm@6.0.0 @xterm/addon-fit@0.11.0 \
+ && mkdir -p /vendor/diff2html /vendor/xterm \
+ && d=/web/node_modules/diff2html \
+ && cp $d/bundles/js/diff2html.min.js $d/bundles/css/diff2html.min.css $d/LICENSE.md /vendor/diff2html/ \
+ && x=/web/node_modules/@xterm \
+ && cp $x/xterm/lib/xterm.mjs /vendor/xterm/xterm.js && cp $x/xterm/css/xterm.css $x/xterm/LICENSE /vendor/xterm/ \
+ && cp $x/addon-fit/lib/addon-fit.mjs /vendor/xterm/addon-fit.js \
+ && cp $x/addon-fit/LICENSE /vendor/xterm/LICENSE.addon-fit
+
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -20,6 +31,7 @@ COPY scripts/gen_proto.py ./scripts/gen_proto.py
 RUN /opt/gen/bin/python scripts/gen_proto.py
 COPY services ./services
 COPY gateway ./gateway
+COPY --from=web /vendor ./gateway/static/vendor
 RUN /opt/venv/bin/pip install --no-deps . \
  && /opt/venv/bin/python -m compileall -q /opt/venv
 

@@ -12,9 +12,9 @@ export GRPC_VERBOSITY ?= ERROR
 # Off so uvloop is safe: with it on, forked children (git, agents) sometimes die with SIGSEGV.
 export GRPC_ENABLE_FORK_SUPPORT ?= false
 
-.PHONY: install sandbox-tools run run-mesh test test-fast check lint proto buf-lint browser k8s-validate load bench agents clean
+.PHONY: install vendor sandbox-tools real-agent run run-mesh test test-fast check lint proto buf-lint browser k8s-validate load bench agents clean
 
-install: $(VENV)/.installed gen/.stamp $(VENV)/.editable
+install: $(VENV)/.installed gen/.stamp $(VENV)/.editable vendor
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
@@ -32,6 +32,35 @@ $(VENV)/.editable: pyproject.toml gen/.stamp
 	touch $@
 
 proto: gen/.stamp
+
+## Browser libraries of the workbench, from npm at a pinned version into gateway/static/vendor/ (not
+## committed; their license files are copied along). Without npm the workbench still works: the
+## Changes panel then shows plain diffs and the Terminal panel says its renderer is missing.
+DIFF2HTML_VERSION ?= 3.4.56
+XTERM_VERSION ?= 6.0.0
+XTERM_FIT_VERSION ?= 0.11.0
+VENDOR := gateway/static/vendor
+vendor: $(VENDOR)/diff2html/.v$(DIFF2HTML_VERSION) $(VENDOR)/xterm/.v$(XTERM_VERSION)-$(XTERM_FIT_VERSION)
+
+$(VENDOR)/diff2html/.v$(DIFF2HTML_VERSION):
+	@if npm install --prefix $(TOOLS)/web --no-audit --no-fund --silent diff2html@$(DIFF2HTML_VERSION); then \
+	  rm -rf $(VENDOR)/diff2html && mkdir -p $(VENDOR)/diff2html && \
+	  d=$(TOOLS)/web/node_modules/diff2html && \
+	  cp $$d/bundles/js/diff2html.min.js $$d/bundles/css/diff2html.min.css $$d/LICENSE.md $(VENDOR)/diff2html/ && \
+	  touch $@; \
+	else echo "warning: could not install diff2html from npm; the workbench shows plain diffs"; fi
+
+# The terminal's renderer: @xterm/xterm and its fit addon (ES modules, as .js for their MIME type).
+$(VENDOR)/xterm/.v$(XTERM_VERSION)-$(XTERM_FIT_VERSION):
+	@if npm install --prefix $(TOOLS)/web --no-audit --no-fund --silent @xterm/xterm@$(XTERM_VERSION) @xterm/addon-fit@$(XTERM_FIT_VERSION); then \
+	  rm -rf $(VENDOR)/xterm && mkdir -p $(VENDOR)/xterm && \
+	  d=$(TOOLS)/web/node_modules/@xterm && \
+	  cp $$d/xterm/lib/xterm.mjs $(VENDOR)/xterm/xterm.js && cp $$d/xterm/css/xterm.css $(VENDOR)/xterm/ && \
+	  cp $$d/xterm/LICENSE $(VENDOR)/xterm/LICENSE && \
+	  cp $$d/addon-fit/lib/addon-fit.mjs $(VENDOR)/xterm/addon-fit.js && \
+	  cp $$d/addon-fit/LICENSE $(VENDOR)/xterm/LICENSE.addon-fit && \
+	  touch $@; \
+	else echo "warning: could not install @xterm/xterm from npm; the workbench's terminal is unavailable"; fi
 
 $(BUF):
 	npm install --prefix $(TOOLS) --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
@@ -61,9 +90,23 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "warning: could not install chromium; the browser test will be skipped"; }
 
+## The real Claude ACP agent from npm for the offline real-agent test (tests/unit/sandbox/test_real_agent.py,
+## against a local stand-in of the model API); when npm is unreachable that test reports itself skipped.
+## Likewise the real Codex ACP agent, pinned (tests/unit/sandbox/test_real_codex_agent.py, against a
+## stand-in of the OpenAI Responses API; the test pins the models this version offers).
+CLAUDE_ACP := $(TOOLS)/node_modules/@zed-industries/claude-agent-acp/dist/index.js
+CODEX_ACP_VERSION ?= 0.16.0
+CODEX_ACP := $(TOOLS)/node_modules/@zed-industries/codex-acp
+real-agent:
+	@test -f $(CLAUDE_ACP) || npm install --prefix $(TOOLS) --no-audit --no-fund --silent @zed-industries/claude-agent-acp \
+	  || echo "warning: could not install @zed-industries/claude-agent-acp; the real-agent test will be skipped"
+	@grep -qs '"version": "$(CODEX_ACP_VERSION)"' $(CODEX_ACP)/package.json \
+	  || npm install --prefix $(TOOLS) --no-audit --no-fund --silent @zed-industries/codex-acp@$(CODEX_ACP_VERSION) \
+	  || echo "warning: could not install @zed-industries/codex-acp@$(CODEX_ACP_VERSION); the real Codex test will be skipped"
+
 ## Static checks first (seconds), then the whole suite against the real PostgreSQL and RabbitMQ.
-test: check browser sandbox-tools
-	$(PY) -m pytest -q
+test: check browser sandbox-tools real-agent
+	$(PY) -m pytest -q --durations=30
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e"
@@ -87,7 +130,7 @@ bench: install
 
 ## Optional: real ACP agents from npm (they need an API key at run time).
 agents:
-	npm install --prefix $(TOOLS) --no-audit --no-fund @zed-industries/claude-agent-acp @zed-industries/codex-acp
+	npm install --prefix $(TOOLS) --no-audit --no-fund @zed-industries/claude-agent-acp @zed-industries/codex-acp@$(CODEX_ACP_VERSION)
 
 clean:
 	rm -rf gen $(VENV) $(TOOLS) data

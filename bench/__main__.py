@@ -31,6 +31,8 @@ ORDER = (
     "sse_fanout",
     "task_throughput",
     "sandbox_confinement",
+    "first_output",
+    "agent_ready",
 )
 
 # The meshes started here connect organizations in temporary directories (the dev default allows

@@ -33,6 +33,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.organization.app import wire
 from services.organization.store import accounts
 from services.organization.usecases.projection import apply_event
+from services.platform import clock
 from services.platform.channels import Channels, open_channel
 from services.platform.identity import Caller
 from services.platform.process import make_broker
@@ -116,7 +117,7 @@ async def _load(host: ServiceHost, start: int, stop: int) -> float:
 
 async def _seed_membership(host: ServiceHost) -> None:
     assert host.runtime is not None
-    now = time.time_ns() // 1000
+    now = clock.now()
     async with host.runtime.db.transaction() as session:
         await accounts.insert_organization(
             session,
@@ -132,8 +133,8 @@ async def _seed_membership(host: ServiceHost) -> None:
             github_account_id=0,
             local_root_path="",
             request_id=None,
-            create_us=now,
-            update_us=now,
+            create_time=now,
+            update_time=now,
         )
         await accounts.put_member(
             session,
@@ -145,8 +146,8 @@ async def _seed_membership(host: ServiceHost) -> None:
             avatar_url="",
             role=member_pb2.MEMBER_ROLE_OWNER,
             state=member_pb2.MEMBER_STATE_ACTIVE,
-            create_us=now,
-            update_us=now,
+            create_time=now,
+            update_time=now,
         )
 
 

@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -57,8 +58,14 @@ def _rendered() -> dict[str, list[Doc]]:
 
 @pytest.fixture(scope="module", name="secret_values")
 def _secret_values() -> dict[str, str]:
+    """The example Secret's values, its signing-key placeholders replaced as an operator must (production
+    refuses a CHANGE-ME or short key)."""
     (secret,) = validator.load_documents(EXAMPLE_SECRET.read_text())
-    return {k: str(v) for k, v in secret["stringData"].items()}
+    values = {k: str(v) for k, v in secret["stringData"].items()}
+    for key in ("FOUNDRY_INTERNAL_AUTH_SECRET", "FOUNDRY_GATEWAY__SESSION_SECRET", "FOUNDRY_CREDENTIALS_KEY"):
+        assert "CHANGE-ME" in values[key], "the example must not ship a usable key"
+        values[key] = secrets.token_urlsafe(48)
+    return values
 
 
 # --- helpers over rendered objects -------------------------------------------------------------------
@@ -286,6 +293,28 @@ def security_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def confinement_problems(docs: list[Doc]) -> list[str]:
+    """The sandbox pods can run bubblewrap: their own user namespace (`hostUsers: false`) and an
+    unmasked /proc, which a new PID namespace can mount over; an unmasked /proc nowhere else (the API
+    server accepts it only with `hostUsers: false`, which a schema cannot tell)."""
+    problems = []
+    for workload, template in pod_templates(docs):
+        spec = template["spec"]
+        where = f"{workload['kind']}/{workload['metadata']['name']}"
+        sandbox = workload["metadata"]["name"] == "sandbox"
+        if sandbox and spec.get("hostUsers") is not False:
+            problems.append(f"{where}: needs hostUsers: false (a user namespace of its own)")
+        for c in spec["containers"]:
+            proc = c.get("securityContext", {}).get("procMount", "Default")
+            if sandbox and proc != "Unmasked":
+                problems.append(f"{where} container {c['name']}: needs procMount: Unmasked for bubblewrap")
+            if not sandbox and proc != "Default":
+                problems.append(f"{where} container {c['name']}: procMount {proc} outside the sandbox pods")
+            if proc == "Unmasked" and spec.get("hostUsers") is not False:
+                problems.append(f"{where} container {c['name']}: procMount Unmasked without hostUsers: false")
+    return problems
+
+
 def env_name_problems(docs: list[Doc]) -> list[str]:
     known = settings_fields()
     referenced = referenced_env_names(docs)
@@ -374,6 +403,11 @@ def test_image_user_is_the_non_root_uid_the_pods_run_as(rendered: dict[str, list
     assert uid.isdigit() and int(uid) != 0, "the image's USER must be a numeric non-root uid"
     for _, template in pod_templates(rendered["overlays/example"]):
         assert template["spec"]["securityContext"]["runAsUser"] == int(uid)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_sandbox_pods_can_mount_their_own_proc(rendered: dict[str, list[Doc]], target: str) -> None:
+    assert confinement_problems(rendered[target]) == []
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -579,6 +613,27 @@ def _container(obj: Doc) -> Doc:
             "env",
             "FOUNDRY_GITHUB__TOKEN is not a Settings field",
         ),
+        (
+            "StatefulSet",
+            "sandbox",
+            lambda o: o["spec"]["template"]["spec"].pop("hostUsers"),
+            "confinement",
+            "procMount Unmasked without hostUsers: false",
+        ),
+        (
+            "StatefulSet",
+            "sandbox",
+            lambda o: _container(o)["securityContext"].pop("procMount"),
+            "confinement",
+            "needs procMount: Unmasked",
+        ),
+        (
+            "Deployment",
+            "gateway",
+            lambda o: _container(o)["securityContext"].update({"procMount": "Unmasked"}),
+            "confinement",
+            "procMount Unmasked without hostUsers: false",
+        ),
     ],
 )
 def test_invariant_checks_catch_a_broken_object(
@@ -596,6 +651,7 @@ def test_invariant_checks_catch_a_broken_object(
         "probe": probe_problems,
         "security": security_problems,
         "env": env_name_problems,
+        "confinement": confinement_problems,
         "drain": lambda d: drain_problems(d, secret_values),
     }
     found = checks[check](docs)
