@@ -98,6 +98,11 @@ class TaskWorld:
     def sandbox_stub(self) -> sb_grpc.SandboxServiceAsyncStub:
         return sb_grpc.SandboxServiceStub(self.mesh.channel("sandbox", self.alice))
 
+    def sandbox_as_task_service(self) -> sb_grpc.SandboxServiceAsyncStub:
+        """The sandbox service as the task service calls it: its commands (StartAgent,
+        CloseAgentSession, …) are service-only, so a test acting underneath the task speaks as it."""
+        return sb_grpc.SandboxServiceStub(self.mesh.channel("sandbox", Caller.service("task")))
+
     async def sandboxes(self) -> list[sandbox_pb2.Sandbox]:
         """Every sandbox of the organization, destroyed ones included."""
         listed = await self.sandbox_stub().ListSandboxes(

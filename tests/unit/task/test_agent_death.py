@@ -38,7 +38,7 @@ async def test_an_agent_that_dies_mid_turn_fails_the_turn_and_the_next_message_r
         await assert_eventually(running, timeout=15)
         sandbox = first.sandbox_session.split("/sessions/")[0]
         agent = (
-            await world.sandbox_stub().StartAgent(sb_pb2.StartAgentRequest(parent=sandbox))
+            await world.sandbox_as_task_service().StartAgent(sb_pb2.StartAgentRequest(parent=sandbox))
         ).agent_connection
         os.killpg(agent.pid, signal.SIGKILL)
 

@@ -151,7 +151,7 @@ async def test_a_model_the_sandbox_refuses_is_rolled_back_with_the_reason(
     async with task_world(fast_settings(), tmp_path) as world:
         _, first = await _ready(world)
         # The agent session ends underneath the task (closed at the sandbox service directly).
-        await world.sandbox_stub().CloseAgentSession(
+        await world.sandbox_as_task_service().CloseAgentSession(
             sb_pb2.CloseAgentSessionRequest(name=first.sandbox_session)
         )
         changed = (await world.stub.ChangeModel(pb.ChangeModelRequest(name=first.name, model="fast"))).session
