@@ -335,6 +335,7 @@ async def deliver_message(deps: Deps, name: str) -> None:
             failed=f"sending the message failed: {exc.message}",
         )
         return
+    log.info("message_sent", session=row.name, turn=message_id)  # names the task: traceable per task
     async with deps.db.transaction() as session:
         current = await queries.get_message(session, message_id=message_id)
         if current is not None and current.state == "queued":

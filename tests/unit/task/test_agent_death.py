@@ -65,5 +65,11 @@ async def test_an_agent_that_dies_mid_turn_fails_the_turn_and_the_next_message_r
         events = await assert_eventually(answered, timeout=30, interval=0.2)
         said = [e.text for e in events if e.kind == K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK]
         assert said[-1] == "recall: say hello | $ sleep 120"  # the resumed session remembers
-        after = await _session(world, first.name)
-        assert after.status == session_pb2.SESSION_STATUS_IDLE and not after.error_message, after
+
+        async def idle() -> (
+            None
+        ):  # the task service hears `turn_completed` after the sandbox logged the answer
+            after = await _session(world, first.name)
+            assert after.status == session_pb2.SESSION_STATUS_IDLE and not after.error_message, after
+
+        await assert_eventually(idle, timeout=15, interval=0.1)
