@@ -21,18 +21,14 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-import grpc
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb
-from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
 from foundry.task.v1 import task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
-from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
 
-from bench.common import caller_metadata, latency_summary, scratch, target, write
-from bench.driver import GRPC_OPTIONS, QUIET_MESH, targets_of, world_on
+from bench.common import latency_summary, target, write
+from bench.driver import QUIET_MESH, embedded_world
 from load.mesh import EmbeddedMesh
 from services.sandbox.providers.bubblewrap import available
 
@@ -98,34 +94,21 @@ async def _series(provider: str, pool: int, rounds: int) -> dict[str, Any]:
         "FOUNDRY_SANDBOX__WARM_POOL_SIZE": str(pool),
         "FOUNDRY_SANDBOX__WARM_POOL_REFILL_SECONDS": "0.5",
     }
-    with scratch("bench-agent-ready-") as tmp:
-        mesh = await asyncio.to_thread(EmbeddedMesh.start, env)
-        try:
-            world = await world_on(targets_of(mesh), Path(tmp), ready_task=False)
-            metadata = caller_metadata(world.caller)
-            async with (
-                grpc.aio.insecure_channel(mesh.target("task"), options=GRPC_OPTIONS) as task_channel,
-                grpc.aio.insecure_channel(mesh.target("sandbox"), options=GRPC_OPTIONS) as sandbox_channel,
-            ):
-                tasks: Any = pb_grpc.TaskServiceStub(task_channel)
-                sandboxes: Any = sb_grpc.SandboxServiceStub(sandbox_channel)
-                await _one(tasks, metadata, world)  # warm-up: imports, first git, first agent; the pool
-                samples: list[float] = []
-                claimed = 0
-                for _ in range(rounds):
-                    if pool:
-                        await _wait_warm(mesh)
-                    seconds, name = await _one(tasks, metadata, world)
-                    samples.append(seconds)
-                    task = (await tasks.GetTask(pb.GetTaskRequest(name=name), metadata=metadata)).task
-                    box = (
-                        await sandboxes.GetSandbox(
-                            sb_pb.GetSandboxRequest(name=task.sandbox.name), metadata=metadata
-                        )
-                    ).sandbox
-                    claimed += int(box.from_warm_pool)
-        finally:
-            await asyncio.to_thread(mesh.stop)
+    async with embedded_world(env, "bench-agent-ready-") as e:
+        await _one(e.tasks, e.metadata, e.world)  # warm-up: imports, first git, first agent; the pool
+        samples: list[float] = []
+        claimed = 0
+        for _ in range(rounds):
+            if pool:
+                await _wait_warm(e.mesh)
+            seconds, name = await _one(e.tasks, e.metadata, e.world)
+            samples.append(seconds)
+            task = (await e.tasks.GetTask(pb.GetTaskRequest(name=name), metadata=e.metadata)).task
+            got = await e.sandboxes.GetSandbox(
+                sb_pb.GetSandboxRequest(name=task.sandbox.name), metadata=e.metadata
+            )
+            box = got.sandbox
+            claimed += int(box.from_warm_pool)
     return {**latency_summary(samples), "from_warm_pool": claimed}
 
 

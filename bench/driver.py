@@ -8,12 +8,16 @@ import contextlib
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
+from foundry.task.v1 import task_service_pb2_grpc as task_grpc
 
+from bench.common import caller_metadata, scratch
 from load.config import Targets
 from load.mesh import EmbeddedMesh, free_port, spawn, stop
 from load.world import World, set_up
@@ -145,3 +149,37 @@ async def world_on(targets: Targets, workdir: Path, *, ready_task: bool) -> Worl
 
 
 QUIET_MESH = {"FOUNDRY_DRAIN__GRACE_SECONDS": "2", "FOUNDRY_LOG_LEVEL": "ERROR"}
+
+
+@dataclass
+class EmbeddedWorld:
+    """An embedded mesh with a world on it, and task and sandbox stubs speaking as its user."""
+
+    mesh: EmbeddedMesh
+    world: World
+    metadata: tuple[tuple[str, str], ...]
+    tasks: Any  # TaskServiceStub
+    sandboxes: Any  # SandboxServiceStub
+
+
+@contextlib.asynccontextmanager
+async def embedded_world(env: Mapping[str, str], prefix: str) -> AsyncIterator[EmbeddedWorld]:
+    """Start an embedded mesh with `env`, set up a world (no task) in a scratch directory named
+    `prefix…`, and yield it with open stubs; the mesh is stopped and the directory removed after."""
+    with scratch(prefix) as tmp:
+        mesh = await asyncio.to_thread(EmbeddedMesh.start, dict(env))
+        try:
+            world = await world_on(targets_of(mesh), Path(tmp), ready_task=False)
+            async with (
+                grpc.aio.insecure_channel(mesh.target("task"), options=GRPC_OPTIONS) as task_channel,
+                grpc.aio.insecure_channel(mesh.target("sandbox"), options=GRPC_OPTIONS) as sandbox_channel,
+            ):
+                yield EmbeddedWorld(
+                    mesh,
+                    world,
+                    caller_metadata(world.caller),
+                    task_grpc.TaskServiceStub(task_channel),
+                    sb_grpc.SandboxServiceStub(sandbox_channel),
+                )
+        finally:
+            await asyncio.to_thread(mesh.stop)

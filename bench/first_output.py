@@ -17,20 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-import grpc
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb
-from foundry.sandbox.v1 import sandbox_service_pb2_grpc as sb_grpc
 from foundry.sandbox.v1 import session_event_pb2
 from foundry.task.v1 import task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
-from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
 
-from bench.common import caller_metadata, latency_summary, scratch, target, write
-from bench.driver import GRPC_OPTIONS, QUIET_MESH, targets_of, world_on
-from load.mesh import EmbeddedMesh
+from bench.common import latency_summary, target, write
+from bench.driver import QUIET_MESH, embedded_world
 
 NAME = "first_output"
 POLL_SECONDS = 0.01
@@ -73,21 +68,9 @@ async def _one(tasks: Any, sandboxes: Any, metadata: Any, world: Any) -> tuple[f
 
 async def main(quick: bool) -> dict[str, Any]:
     rounds = 3 if quick else 20
-    with scratch("bench-first-output-") as tmp:
-        mesh = await asyncio.to_thread(EmbeddedMesh.start, QUIET_MESH)
-        try:
-            world = await world_on(targets_of(mesh), Path(tmp), ready_task=False)
-            metadata = caller_metadata(world.caller)
-            async with (
-                grpc.aio.insecure_channel(mesh.target("task"), options=GRPC_OPTIONS) as task_channel,
-                grpc.aio.insecure_channel(mesh.target("sandbox"), options=GRPC_OPTIONS) as sandbox_channel,
-            ):
-                tasks: Any = pb_grpc.TaskServiceStub(task_channel)
-                sandboxes: Any = sb_grpc.SandboxServiceStub(sandbox_channel)
-                await _one(tasks, sandboxes, metadata, world)  # warm-up: imports, first git, first agent
-                samples = [await _one(tasks, sandboxes, metadata, world) for _ in range(rounds)]
-        finally:
-            await asyncio.to_thread(mesh.stop)
+    async with embedded_world(QUIET_MESH, "bench-first-output-") as e:
+        await _one(e.tasks, e.sandboxes, e.metadata, e.world)  # warm-up: imports, first git, first agent
+        samples = [await _one(e.tasks, e.sandboxes, e.metadata, e.world) for _ in range(rounds)]
     figures = {
         "returned": latency_summary([s[0] for s in samples]),
         "session_ready": latency_summary([s[1] for s in samples]),
