@@ -83,7 +83,10 @@ async def test_sync_killed_with_sigkill_is_finished_by_the_next_process(
             await wait_serving(port, second)
 
             async def finished() -> ss.SyncStatus:
-                got = (await client.GetSyncStatus(pb.GetSyncStatusRequest(name=STATUS))).sync_status
+                # wait_for_ready: this channel saw the first process die and may still be in its
+                # reconnect backoff (up to 2 s) when the second process is already serving.
+                request = pb.GetSyncStatusRequest(name=STATUS)
+                got = (await client.GetSyncStatus(request, wait_for_ready=True)).sync_status
                 assert got.state == ss.SYNC_STATE_SYNCED, got
                 return got
 
