@@ -13,12 +13,17 @@ from services.platform.messaging.broker import QueueSpec
 from services.platform.server.host import Runtime, Servicer, Wiring
 from services.task.api.servicer import TaskServicer
 from services.task.clients import GithubDataClient, OrganizationClient, SandboxClient
-from services.task.usecases import commands, provisioning, publish, session_commands
+from services.task.usecases import commands, provisioning, publish, session_commands, sessions
 from services.task.usecases.deps import Deps
 from services.task.workers import handlers
 
 log = get_logger(__name__)
 STALL_SWEEP_SECONDS = 2.0  # one indexed query per replica; with the 6 s lease, takeover within ~8 s
+# A turn whose end was not heard of for this long is asked after (one idempotent PromptSession): a
+# lost delivery or `turn_completed` (a broker restart's edge cases) costs at most ~40 s, never a
+# session stuck RUNNING.
+TURN_RESEND_AFTER = dt.timedelta(seconds=30)
+TURN_SWEEP_SECONDS = 10.0
 
 
 def build_deps(rt: Runtime) -> Deps:
@@ -80,6 +85,15 @@ def wire(rt: Runtime) -> Wiring:
             except Exception:  # retried at the next sweep
                 log.warning("stall_sweep_failed", exc_info=True)
 
+    async def resend_stale_turns() -> None:
+        """Ask again after turns not heard of for TURN_RESEND_AFTER (`sessions.resend_stale`)."""
+        while True:
+            await asyncio.sleep(TURN_SWEEP_SECONDS)
+            try:
+                await sessions.resend_stale(deps, older_than=TURN_RESEND_AFTER)
+            except Exception:  # retried at the next sweep
+                log.warning("turn_sweep_failed", exc_info=True)
+
     async def listen_repositories() -> None:
         await deps.repositories.listen(rt.broker)
 
@@ -95,6 +109,6 @@ def wire(rt: Runtime) -> Wiring:
         ],
         queues=queues,
         on_started=[listen_repositories, resume],
-        background=[sweep_stalled],
+        background=[sweep_stalled, resend_stale_turns],
         on_close=[deps.repositories.stop_listening],
     )

@@ -187,6 +187,7 @@ class QueuedMessage:
     state: str = "queued"
     request_id: str | None = None
     created_at: dt.datetime = field(default_factory=now)
+    resent_at: dt.datetime | None = None  # last handed to the sandbox again by the turn sweep
 
 
 @dataclass

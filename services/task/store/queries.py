@@ -432,6 +432,39 @@ async def open_messages(session: AsyncSession, *, session_id: str) -> list[Queue
     return [_message(r) for r in (await session.execute(query)).all()]
 
 
+async def claim_stale_messages(
+    session: AsyncSession, *, before: dt.datetime, at: dt.datetime, limit: int
+) -> list[tuple[str, QueuedMessage]]:
+    """Open messages (queued or delivered) of open sessions last sent before `before`, oldest first,
+    with their organization; each is marked `resent_at = at` in this transaction, so replicas
+    sweeping at the same time take different rows (`SKIP LOCKED` on PostgreSQL)."""
+    last_sent = func.coalesce(messages.c.resent_at, messages.c.created_at)
+    query = (
+        select(sessions.c.organization, messages)
+        .join(sessions, sessions.c.id == messages.c.session_id)
+        .where(
+            messages.c.state.in_(("queued", "delivered")),
+            messages.c.created_at < before,
+            last_sent < before,
+            sessions.c.closed_at.is_(None),
+        )
+        .order_by(messages.c.created_at, messages.c.id)
+        .limit(limit)
+        .with_for_update(of=messages, skip_locked=True)
+    )
+    found = []
+    for row in (await session.execute(query)).all():
+        data = dict(row._mapping)
+        organization = data.pop("organization")
+        data["attachments"] = list(data["attachments"] or [])
+        found.append((organization, QueuedMessage(**data)))
+    if found:
+        await session.execute(
+            update(messages).where(messages.c.id.in_([m.id for _, m in found])).values(resent_at=at)
+        )
+    return found
+
+
 # -- per-user state --------------------------------------------------------------------------------
 
 

@@ -124,9 +124,12 @@ messages = Table(
     Column("state", String(20), nullable=False),
     Column("request_id", String(100), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
+    # When the turn sweep last handed this open message to the sandbox again (`sessions.resend_stale`).
+    Column("resent_at", UtcDateTime(), nullable=True),
     UniqueConstraint("session_id", "request_id", name="uq_messages_request_id"),
 )
 Index("ix_messages_session", messages.c.session_id, messages.c.created_at)
+Index("ix_messages_state", messages.c.state, messages.c.created_at)  # the sweep's open messages
 
 # Per-user state of a task (active tab) and of each session (unread, draft); never on the task row.
 user_task_states = Table(

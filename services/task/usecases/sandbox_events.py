@@ -17,9 +17,7 @@ from services.task.store import queries
 from services.task.usecases.changes import task_changed
 from services.task.usecases.deps import Deps
 from services.task.usecases.first_turn import first_message_id
-from services.task.usecases.sessions import turn_ended
-
-_FAILED = (agent_session_pb2.TURN_STATE_FAILED,)
+from services.task.usecases.sessions import apply_turn_end
 
 FIRST_OUTPUT_SECONDS = Histogram(
     "foundry_task_first_output_seconds",
@@ -36,21 +34,7 @@ async def on_turn_completed(deps: Deps, event: sb_events.TurnCompleted) -> None:
     org, sandbox_id, session_id, turn_id = parsed
     if turn_id == first_message_id(session_id) and event.HasField("first_output_time"):
         await _observe_first_output(deps, org, sandbox_id, event.first_output_time.ToDatetime(dt.UTC))
-    failed = interrupted = ""
-    if event.turn.state in _FAILED:
-        failed = event.turn.error_message or "the agent turn failed"
-    elif event.turn.state == agent_session_pb2.TURN_STATE_INTERRUPTED:
-        interrupted = event.turn.error_message or "the turn was interrupted"
-    await turn_ended(
-        deps,
-        org=org,
-        task_id=sandbox_id,
-        session_id=session_id,
-        turn_id=turn_id,
-        failed=failed,
-        interrupted=interrupted,
-        cancelled=event.turn.state == agent_session_pb2.TURN_STATE_CANCELLED,
-    )
+    await apply_turn_end(deps, event.turn)
 
 
 async def _observe_first_output(deps: Deps, org: str, task_id: str, first_output: dt.datetime) -> None:

@@ -3,6 +3,7 @@ ready and deliver its messages (stop, close and change model: `session_commands`
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +46,13 @@ from services.task.usecases.tasks import caller_user_id
 
 log = get_logger(__name__)
 ENDED_MESSAGE_STATES = ("completed", "failed", "interrupted", "cancelled")
+OPEN_MESSAGE_STATES = ("queued", "delivered")  # the turn has not ended (as far as this service knows)
+ENDED_TURN_STATES = (
+    sb_session_pb2.TURN_STATE_COMPLETED,
+    sb_session_pb2.TURN_STATE_CANCELLED,
+    sb_session_pb2.TURN_STATE_FAILED,
+    sb_session_pb2.TURN_STATE_INTERRUPTED,
+)
 
 
 async def _task_locked(session: AsyncSession, org: str, task_id: str) -> Task:
@@ -292,14 +300,16 @@ async def send_message(
 
 
 async def deliver_message(deps: Deps, name: str) -> None:
-    """Background: hand a queued message to the sandbox as a turn (PromptSession is idempotent on
-    the message id). A non-retryable refusal marks the session ERROR."""
+    """Background: hand an open message to the sandbox as a turn (PromptSession is idempotent on
+    the message id). A non-retryable refusal marks the session ERROR. Sent again (`resend_stale`)
+    for a message already delivered, the answer is the turn as the sandbox has it: if it ended, its
+    end is applied here (its `turn_completed` event never reached this service)."""
     org, task_id, session_id, message_id = names.message(name)
     async with deps.db.snapshot() as session:
         task = await queries.get_task(session, task_id=task_id)
         row = await queries.get_session(session, task_id=task_id, session_id=session_id)
         message = await queries.get_message(session, message_id=message_id)
-    if task is None or row is None or message is None or message.state != "queued":
+    if task is None or row is None or message is None or message.state not in OPEN_MESSAGE_STATES:
         return
     try:  # the organization's current permission policy travels with each turn (a change applies)
         permission_policy = await deps.organization.permission_policy(organization=org)
@@ -312,7 +322,7 @@ async def deliver_message(deps: Deps, name: str) -> None:
         log.warning("model_credentials_unread", session=row.name, error=exc.message)
         environment = {}
     try:
-        await deps.sandbox.prompt(
+        sent = await deps.sandbox.prompt(
             sb_pb2.PromptSessionRequest(
                 name=row.sandbox_session,
                 turn_id=message.id,
@@ -335,11 +345,61 @@ async def deliver_message(deps: Deps, name: str) -> None:
             failed=f"sending the message failed: {exc.message}",
         )
         return
-    log.info("message_sent", session=row.name, turn=message_id)  # names the task: traceable per task
+    if sent.turn.state in ENDED_TURN_STATES:
+        log.warning("turn_end_recovered", session=row.name, turn=message_id)
+        await apply_turn_end(deps, sent.turn)
+        return
+    # Names the task: traceable per task. `resent` when the turn sweep sent it again.
+    log.info("message_sent", session=row.name, turn=message_id, resent=message.state != "queued")
     async with deps.db.transaction() as session:
         current = await queries.get_message(session, message_id=message_id)
         if current is not None and current.state == "queued":
             await queries.set_message_state(session, message_id=message_id, state="delivered")
+
+
+async def resend_stale(deps: Deps, *, older_than: dt.timedelta, limit: int = 100) -> int:
+    """The turn sweep (README "Crash resume"): enqueue DeliverMessage again for open messages of open
+    sessions not sent for `older_than`, at most `limit` (oldest first). A message whose delivery was
+    lost reaches the sandbox; one whose turn ended without its `turn_completed` reaching this
+    service gets that end applied (`deliver_message`); a turn still running costs one idempotent
+    PromptSession per `older_than`. Returns the number enqueued."""
+    at = now()
+    async with deps.db.transaction() as session:
+        stale = await queries.claim_stale_messages(session, before=at - older_than, at=at, limit=limit)
+        for org, message in stale:
+            name = f"organizations/{org}/tasks/{message.task_id}/sessions/{message.session_id}"
+            await deps.outbox.enqueue(
+                session,
+                queue=deps.queue("deliver_message"),
+                message=events_pb2.DeliverMessage(name=f"{name}/messages/{message.id}"),
+            )
+    if stale:
+        log.info("turns_resent", count=len(stale))
+    return len(stale)
+
+
+async def apply_turn_end(deps: Deps, turn: sb_session_pb2.Turn) -> None:
+    """Apply an ended sandbox turn (`.../sandboxes/{task}/sessions/{session}/turns/{message}`): its
+    state decides failed, interrupted or cancelled (`turn_ended`). Names of another shape are ignored."""
+    parsed = names.turn(turn.name)
+    if parsed is None:
+        return
+    org, task_id, session_id, turn_id = parsed
+    failed = interrupted = ""
+    if turn.state == sb_session_pb2.TURN_STATE_FAILED:
+        failed = turn.error_message or "the agent turn failed"
+    elif turn.state == sb_session_pb2.TURN_STATE_INTERRUPTED:
+        interrupted = turn.error_message or "the turn was interrupted"
+    await turn_ended(
+        deps,
+        org=org,
+        task_id=task_id,
+        session_id=session_id,
+        turn_id=turn_id,
+        failed=failed,
+        interrupted=interrupted,
+        cancelled=turn.state == sb_session_pb2.TURN_STATE_CANCELLED,
+    )
 
 
 async def turn_ended(
