@@ -10,7 +10,6 @@ browser keeps it. Revocation: `GetAuthSession` (cached `CHECK_TTL_SECONDS`) must
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.errors import GatewayError
+from services.platform.cache import TtlCache
 from services.platform.identity import Caller
 
 SESSION_COOKIE = "foundry_session"
@@ -78,30 +78,28 @@ class SessionCodec:
 
 
 class SessionChecker:
-    """Asks the organization service whether an auth session is still live; caches answers briefly.
+    """Asks the organization service whether an auth session is still live; caches answers briefly
+    (`services/platform/cache.py`).
 
     `lookup(name)` performs `GetAuthSession`; it raises grpc.RpcError on failure.
     """
 
     def __init__(self, lookup: Lookup, *, ttl_seconds: float = CHECK_TTL_SECONDS) -> None:
         self._lookup = lookup
-        self._ttl = ttl_seconds
-        self._cache: dict[str, tuple[float, bool]] = {}
+        # (auth session, the cookie's user) → live? An answer the service could not give is not kept.
+        self._answers: TtlCache[tuple[str, str], bool] = TtlCache(self._ask, ttl_seconds=ttl_seconds)
 
     async def is_live(self, principal: Principal) -> bool:
         """True if the session exists, is not expired or revoked, and belongs to the cookie's user.
 
         Raises GatewayError(UNAVAILABLE) when the organization service cannot answer.
         """
-        now = time.monotonic()
-        hit = self._cache.get(principal.auth_session)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return await self._answers.get((principal.auth_session, principal.user))
+
+    async def _ask(self, key: tuple[str, str]) -> bool:
+        auth_session, user = key
         try:
-            response = await self._lookup(org_pb2.GetAuthSessionRequest(name=principal.auth_session))
-            live = not response.auth_session.HasField("revoke_time") and (
-                not response.user.name or response.user.name == principal.user
-            )
+            response = await self._lookup(org_pb2.GetAuthSessionRequest(name=auth_session))
         except grpc.RpcError as exc:
             if exc.code() not in _DEAD_CODES:
                 raise GatewayError(
@@ -109,12 +107,11 @@ class SessionChecker:
                     "cannot check the session now",
                     reason="SESSION_CHECK_UNAVAILABLE",
                 ) from exc
-            live = False
-        self._cache[principal.auth_session] = (now + self._ttl, live)
-        if len(self._cache) > 10_000:  # bounded: drop expired entries
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-        return live
+            return False
+        return not response.auth_session.HasField("revoke_time") and (
+            not response.user.name or response.user.name == user
+        )
 
     def forget(self, auth_session: str) -> None:
         """Drop the cached answer (after sign-out on this replica)."""
-        self._cache.pop(auth_session, None)
+        self._answers.forget_where(lambda key: key[0] == auth_session)

@@ -8,12 +8,12 @@ its own local lookup as `check` instead of a peer call.
 The TTL is only the fallback: a process that runs `await membership.listen(broker)` gets a copy of
 every `organization.member.changed` / `organization.member.removed` event (`Broker.subscribe_events`,
 one per process, so every replica hears each one) and drops the cached answer of that
-(organization, user) pair at once, so a removed member is refused within the event's delivery time.
+(organization, user) pair at once, so a removed member is refused within the event's delivery time
+(`services/platform/cache.py` has the cache's rules).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from foundry.organization.v1 import events_pb2 as org_events_pb2
@@ -21,12 +21,10 @@ from foundry.organization.v1 import organization_service_pb2 as org_pb2
 from foundry.organization.v1 import organization_service_pb2_grpc as org_grpc
 
 from services.platform import context as request_context
+from services.platform.cache import TtlCache
 from services.platform.channels import Channels
 from services.platform.errors import PermissionDenied, Unauthenticated
-from services.platform.logging import get_logger
-from services.platform.messaging.broker import Broker, Subscription
-
-log = get_logger(__name__)
+from services.platform.messaging.broker import Broker
 
 MEMBER_CHANGED = "organization.member.changed"
 MEMBER_REMOVED = "organization.member.removed"
@@ -56,12 +54,13 @@ class Membership:
     """`await membership.require(org_name)` raises PermissionDenied unless the caller is a member."""
 
     def __init__(self, check: MemberCheck, *, ttl_seconds: float = 10.0) -> None:
-        self._check = check
-        self._ttl = ttl_seconds
-        self._cache: dict[tuple[str, str], tuple[float, bool]] = {}
-        # Bumped by every forget: an answer fetched across a forget is not cached (it may predate it).
-        self._generation = 0
-        self._subscription: Subscription | None = None
+        async def fetch(key: tuple[str, str]) -> bool:
+            return await check(*key)
+
+        # (organization, user) → member? Negative answers are cached too: a stranger asks once per TTL.
+        self._answers: TtlCache[tuple[str, str], bool] = TtlCache(
+            fetch, ttl_seconds=ttl_seconds, events="organization.member.*", invalidate=_member_keys
+        )
 
     @classmethod
     def via_peer(cls, peers: Channels, *, ttl_seconds: float = 10.0) -> Membership:
@@ -84,15 +83,7 @@ class Membership:
             return
         user = f"users/{caller.user_id}"
         key = (organization_of(organization), user)
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is None or hit[0] < now:
-            generation = self._generation
-            member = await self._check(key[0], user)
-            hit = (now + self._ttl, member)
-            if generation == self._generation:
-                self._cache[key] = hit
-        if not hit[1]:
+        if not await self._answers.get(key):
             raise PermissionDenied(
                 f"{user} is not a member of {key[0]}",
                 reason="NOT_A_MEMBER",
@@ -101,37 +92,34 @@ class Membership:
 
     def forget(self, organization: str | None = None) -> None:
         """Drop cached answers (all, or one organization's) after a membership change."""
-        self._generation += 1
         if organization is None:
-            self._cache.clear()
+            self._answers.forget()
         else:
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != organization}
+            self._answers.forget_where(lambda key: key[0] == organization)
 
     def forget_member(self, organization: str, user: str) -> None:
         """Drop the cached answer of one pair (`organizations/<id>`, `users/<id>`)."""
-        self._generation += 1
-        self._cache.pop((organization, user), None)
+        self._answers.forget((organization, user))
 
     async def on_member_event(self, routing_key: str, body: bytes) -> None:
         """Apply an `organization.member.*` event: forget the (organization, user) pair it names."""
-        try:
-            if routing_key == MEMBER_CHANGED:
-                changed = org_events_pb2.MemberChanged.FromString(body)
-                user = changed.member.user or "users/" + changed.name.rsplit("/", 1)[-1]
-                self.forget_member(organization_of(changed.name), user)
-            elif routing_key == MEMBER_REMOVED:
-                removed = org_events_pb2.MemberRemoved.FromString(body)
-                self.forget_member(organization_of(removed.name), removed.user)
-        except Exception:  # a malformed event: drop everything rather than keep a stale answer
-            log.warning("membership_event_malformed", routing_key=routing_key, exc_info=True)
-            self.forget()
+        await self._answers.on_event(routing_key, body)
 
     async def listen(self, broker: Broker) -> None:
         """Subscribe this process to membership events (idempotent); `stop_listening` ends it."""
-        if self._subscription is None:
-            self._subscription = await broker.subscribe_events("organization.member.*", self.on_member_event)
+        await self._answers.listen(broker)
 
     async def stop_listening(self) -> None:
-        subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            await subscription.cancel()
+        await self._answers.stop_listening()
+
+
+def _member_keys(routing_key: str, body: bytes) -> list[tuple[str, str]] | None:
+    """The (organization, user) pair an `organization.member.*` event names; [] for other events."""
+    if routing_key == MEMBER_CHANGED:
+        changed = org_events_pb2.MemberChanged.FromString(body)
+        user = changed.member.user or "users/" + changed.name.rsplit("/", 1)[-1]
+        return [(organization_of(changed.name), user)]
+    if routing_key == MEMBER_REMOVED:
+        removed = org_events_pb2.MemberRemoved.FromString(body)
+        return [(organization_of(removed.name), removed.user)]
+    return []
