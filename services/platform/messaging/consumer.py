@@ -82,12 +82,27 @@ class HandlerContext:
         service: the service running the Worker.
     """
 
-    def __init__(self, *, message: Message, queue: str, service: str, database: Database | None) -> None:
+    def __init__(
+        self,
+        *,
+        message: Message,
+        queue: str,
+        service: str,
+        database: Database | None,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.message = message
         self.queue = queue
         self.service = service
         self.consumer = f"{service}:{queue}"
         self._database = database
+        self._stopping = stopping
+
+    @property
+    def stopping(self) -> bool:
+        """True once the Worker stops consuming (the drain began): a handler that could go on with more
+        work in this delivery should hand it to the queue instead, for a replica that stays."""
+        return self._stopping()
 
     @property
     def attempt(self) -> int:
@@ -282,7 +297,13 @@ class Worker:
         queue = reg.spec.name
         rid = message.headers.get(REQUEST_ID)
         with bound(request_id=str(rid) if rid else None, caller=Caller.service(self._service)):
-            ctx = HandlerContext(message=message, queue=queue, service=self._service, database=self._database)
+            ctx = HandlerContext(
+                message=message,
+                queue=queue,
+                service=self._service,
+                database=self._database,
+                stopping=lambda: self._stopping,
+            )
             log_ = log.bind(queue=queue, message_id=message.message_id, attempt=message.attempt)
             _observe_latency(self._service, queue, message)
             started = time.perf_counter()

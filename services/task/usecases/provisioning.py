@@ -1,14 +1,16 @@
-"""The durable provisioning workflow: one step per `ProvisionTask` message.
+"""The durable provisioning workflow, driven by `ProvisionTask` messages.
 
-The task row is the state machine (`stage` = last completed stage). A step:
+The task row is the state machine (`stage` = last completed stage). A delivery runs the steps one
+after the other (each completion claims the next in the same transaction: no queue hop, one
+transaction per step); the drain, or a transient failure, hands the next step to the queue. A step:
 1. claims the task: under the row lock (SELECT … FOR UPDATE on PostgreSQL; SQLite serializes
    writers) it checks that no other replica holds a live lease, takes the lease and records the
    status (and the "started" stage) of the step;
 2. runs one idempotent sandbox command (keyed by task id / session id) with the step timeout,
    renewing the lease meanwhile, so the row lock is never held across a peer call;
 3. under the row lock again, if it still holds the lease, records the completed stage (or ERROR
-   with a readable message), releases the lease and enqueues the next step — all in one
-   transaction with the watch change, the summary event and the audit entries.
+   with a readable message) and either claims the next step or releases the lease and enqueues it
+   — all in one transaction with the watch change, the summary event and the audit entries.
 
 A redelivered or duplicated message re-reads the stage and runs what is next (or nothing), so
 stages never run twice concurrently and never create a second sandbox or session. A replica that
@@ -20,11 +22,14 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 
 from foundry.sandbox.v1 import sandbox_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.task.v1 import events_pb2
 
+from services.platform.errors import FoundryError
 from services.platform.logging import get_logger
 from services.task.domain import names
 from services.task.domain.models import Session, Task, now
@@ -38,33 +43,68 @@ from services.task.usecases.lease import StepFailed, run_leased
 log = get_logger(__name__)
 
 
-async def run_next_step(deps: Deps, name: str, *, last_attempt: bool = True) -> None:
-    """Run the next unfinished provisioning step of task `name` (no-op when provisioning is over or
-    another replica holds the task's lease). Raises a retryable FoundryError to ask for a delayed
-    retry, unless `last_attempt`, in which case the failure is recorded as ERROR."""
+Claimed = tuple[Task, Step, Session | None]  # the task as claimed, its step, its first open session
+
+
+async def run_next_step(
+    deps: Deps, name: str, *, last_attempt: bool = True, stopping: Callable[[], bool] = lambda: False
+) -> None:
+    """Run the unfinished provisioning steps of task `name`, one after the other while this delivery
+    holds the task's lease (no-op when provisioning is over or another replica holds the lease).
+    Each completed step claims the next in the same transaction, so a step costs one transaction
+    and no queue hop; once `stopping()` (the drain began) the next step goes to the queue instead.
+    Raises a retryable FoundryError to ask for a delayed retry, unless `last_attempt`, in which case
+    the failure is recorded as ERROR."""
     _, task_id = names.task(name)
-    claim = f"{deps.replica}:{uuid.uuid4().hex[:12]}"  # one lease per step run, even within a replica
+    claim = f"{deps.replica}:{uuid.uuid4().hex[:12]}"  # one lease per delivery, even within a replica
     claimed = await _claim(deps, task_id, claim)
-    if claimed is None:
-        return
-    task, step, first = claimed
-    started = time.monotonic()
-    try:
-        outcome = await run_leased(
-            deps,
-            task_id,
-            claim,
-            lambda: _execute(deps, task, step, first),
-            timeout=deps.step_timeout,
-            doing=lambda: step.name.replace("_", " "),
-            last_attempt=last_attempt,
+    chained = False
+    while claimed is not None:
+        task, step, first = claimed
+        started = time.monotonic()
+        try:
+            # A chained step is this delivery's bonus: its transient failure is retried, never final.
+            outcome = await run_leased(
+                deps,
+                task_id,
+                claim,
+                partial(_execute, deps, task, step, first),
+                timeout=deps.step_timeout,
+                doing=partial(step.name.replace, "_", " "),
+                last_attempt=last_attempt and not chained,
+            )
+        except FoundryError as exc:
+            if not (chained and exc.retryable and last_attempt):
+                raise
+            # This delivery has no retry left: the step gets a work item of its own (lease released).
+            await _enqueue(deps, task.name)
+            return
+        finally:
+            deps.steps.record(task_id, started, time.monotonic())
+        claimed = await _complete(deps, task_id, claim, step, outcome, chain=not stopping())
+        chained = True
+
+
+async def _enqueue(deps: Deps, name: str) -> None:
+    async with deps.db.transaction() as session:
+        await deps.outbox.enqueue(
+            session, queue=deps.queue("provision"), message=events_pb2.ProvisionTask(name=name)
         )
-    finally:
-        deps.steps.record(task_id, started, time.monotonic())
-    await _complete(deps, task_id, claim, step, outcome)
 
 
-async def _claim(deps: Deps, task_id: str, claim: str) -> tuple[Task, Step, Session | None] | None:
+def _begin(task: Task, step: Step, claim: str, at: dt.datetime, lease_seconds: float) -> bool:
+    """Take the lease for `step` and show it on the task (status, started stage); True when the task
+    visibly changed."""
+    task.lease_owner = claim
+    task.lease_until = at + dt.timedelta(seconds=lease_seconds)
+    changed = task.status != step.status
+    task.status = step.status
+    if step.started_stage and task.stage != step.started_stage:
+        task.stage, task.stage_updated_at, changed = step.started_stage, at, True
+    return changed
+
+
+async def _claim(deps: Deps, task_id: str, claim: str) -> Claimed | None:
     async with deps.db.transaction() as session:
         task = await queries.get_task(session, task_id=task_id, lock=True)
         if task is None or not task.provisioning or task.stage in ("ready", "error"):
@@ -76,15 +116,9 @@ async def _claim(deps: Deps, task_id: str, claim: str) -> tuple[Task, Step, Sess
         if task.lease_owner and task.lease_until and task.lease_until > at:
             log.info("provision_step_busy", task=task.name, holder=task.lease_owner)
             return None
-        task.lease_owner = claim
-        task.lease_until = at + dt.timedelta(seconds=deps.lease_seconds)
         sessions = await queries.list_sessions(session, task_id=task_id)
         previous = task.status
-        changed = task.status != step.status
-        task.status = step.status
-        if step.started_stage and task.stage != step.started_stage:
-            task.stage, task.stage_updated_at, changed = step.started_stage, at, True
-        if changed:
+        if _begin(task, step, claim, at, deps.lease_seconds):
             await task_changed(
                 session,
                 deps,
@@ -168,18 +202,23 @@ async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) ->
     return {"session_id": first.id, "sandbox_session": started.agent_session.name}
 
 
-async def _complete(deps: Deps, task_id: str, claim: str, step: Step, outcome: object) -> None:
+async def _complete(
+    deps: Deps, task_id: str, claim: str, step: Step, outcome: object, *, chain: bool
+) -> Claimed | None:
+    """Record the step's outcome under the row lock. With `chain`, a success also claims the next
+    step (same lease) in this transaction and returns it to run; otherwise it enqueues it."""
+    nxt: Step | None = None
     async with deps.db.transaction() as session:
         task = await queries.get_task(session, task_id=task_id, lock=True)
         if task is None:
-            return
+            return None
         if task.lease_owner != claim:
             log.warning("provision_lease_lost", task=task.name, step=step.name)
-            return  # another replica took over; it re-runs this idempotent step
+            return None  # another replica took over; it re-runs this idempotent step
         task.lease_owner, task.lease_until = None, None
         if not task.provisioning:  # killed or archived meanwhile
             await queries.update_task(session, task=task)
-            return
+            return None
         sessions = await queries.list_sessions(session, task_id=task_id)
         at = now()
         previous = task.status
@@ -202,7 +241,7 @@ async def _complete(deps: Deps, task_id: str, claim: str, step: Step, outcome: o
                 audits=[Audit("task.error", stage=step.done_stage, message=outcome.message)],
             )
             log.warning("provision_failed", task=task.name, step=step.name, error=outcome.message)
-            return
+            return None
         assert isinstance(outcome, dict)
         sandbox = outcome.get("sandbox")
         if isinstance(sandbox, sandbox_pb2.Sandbox):
@@ -230,6 +269,9 @@ async def _complete(deps: Deps, task_id: str, claim: str, step: Step, outcome: o
         if step.done_stage == "ready":
             task.status = "init_complete"  # task_changed moves it on to idle/running at once
             audits.append(Audit("task.initialized"))
+        elif chain and (nxt := next_step(task.stage)) is not None:
+            _begin(task, nxt, claim, at, deps.lease_seconds)
+            audits.append(Audit("task.provision.step", step=nxt.name, stage=task.stage))
         await task_changed(
             session,
             deps,
@@ -239,7 +281,7 @@ async def _complete(deps: Deps, task_id: str, claim: str, step: Step, outcome: o
             previous_status=previous,
             audits=audits,
         )
-        if step.done_stage != "ready":
+        if step.done_stage != "ready" and nxt is None:
             await deps.outbox.enqueue(
                 session, queue=deps.queue("provision"), message=events_pb2.ProvisionTask(name=task.name)
             )
@@ -247,7 +289,9 @@ async def _complete(deps: Deps, task_id: str, claim: str, step: Step, outcome: o
             await deps.outbox.enqueue(
                 session, queue=deps.queue("ensure_session"), message=events_pb2.EnsureSession(name=s.name)
             )
-    log.info("provision_stage_done", task=task.name, stage=step.done_stage)
+        first = next((s for s in sessions if not s.closed), None)
+    log.info("provision_stage_done", task=task.name, stage=step.done_stage, chained=nxt is not None)
+    return (task, nxt, first) if nxt is not None else None
 
 
 async def resume_all(deps: Deps, *, only_stalled: bool = False) -> int:

@@ -33,7 +33,9 @@ def provision(deps: Deps) -> Handler:
     async def handle(message: Message, ctx: HandlerContext) -> None:
         item = events_pb2.ProvisionTask.FromString(message.body)
         max_attempts = deps.settings.messaging.max_attempts
-        await provisioning.run_next_step(deps, item.name, last_attempt=ctx.attempt >= max_attempts)
+        await provisioning.run_next_step(
+            deps, item.name, last_attempt=ctx.attempt >= max_attempts, stopping=lambda: ctx.stopping
+        )
 
     return handle
 
