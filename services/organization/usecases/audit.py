@@ -20,26 +20,34 @@ from services.platform.db import Database
 from services.platform.errors import require
 
 
-async def append(session: AsyncSession, message: org_events.AppendAuditEvent, *, fallback_id: str) -> bool:
-    """Store one AppendAuditEvent work item in the caller's transaction; False if its event id is
-    already stored. `fallback_id` (the message id) is used when the sender gave no event id.
+async def append(session: AsyncSession, message: org_events.AppendAuditEvent, *, fallback_id: str) -> int:
+    """Store one AppendAuditEvent work item (`audit_event`, then each of `audit_events`) in the
+    caller's transaction; returns how many entries were new (an event id already stored is skipped).
+    `fallback_id` (the message id) is used when the sender gave no event id; the further entries are
+    stored under `{event id}/{index}`.
 
     Raises InvalidArgument for a malformed organization or an empty kind (dead-lettered)."""
     org_id = parse_organization(message.organization, "organization")
-    event = message.audit_event
-    require(bool(event.kind), "audit_event.kind", "is required", domain=DOMAIN)
-    return await store.append(
-        session,
-        organization_id=org_id,
-        event_id=(message.event_id or fallback_id)[:64],
-        kind=event.kind,
-        repository=event.repository,
-        task=event.task,
-        branch=event.branch,
-        actor=event.actor,
-        payload=json_format.MessageToDict(event.payload) if event.HasField("payload") else {},
-        create_time=to_time(event.create_time) or clock.now(),
-    )
+    event_id = message.event_id or fallback_id
+    entries = [message.audit_event, *message.audit_events]
+    for index, event in enumerate(entries):
+        field = "audit_event" if index == 0 else f"audit_events[{index - 1}]"
+        require(bool(event.kind), f"{field}.kind", "is required", domain=DOMAIN)
+    stored = 0
+    for index, event in enumerate(entries):
+        stored += await store.append(
+            session,
+            organization_id=org_id,
+            event_id=event_id[:64] if index == 0 else f"{event_id[:56]}/{index}",
+            kind=event.kind,
+            repository=event.repository,
+            task=event.task,
+            branch=event.branch,
+            actor=event.actor,
+            payload=json_format.MessageToDict(event.payload) if event.HasField("payload") else {},
+            create_time=to_time(event.create_time) or clock.now(),
+        )
+    return stored
 
 
 _LATEST_US = clock.to_us(dt.datetime.max.replace(tzinfo=dt.UTC))  # a token's time is an instant

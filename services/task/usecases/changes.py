@@ -117,27 +117,33 @@ async def task_changed(
             task_summary=convert.task_summary(task, sessions, status=task.status),
         ),
     )
-    for entry in audits:
-        await append_audit(session, deps, task, entry)
+    await append_audit(session, deps, task, audits)
     return list(sessions)
 
 
-async def append_audit(session: AsyncSession, deps: Deps, task: Task, entry: Audit) -> None:
-    """Append one audit entry about `task` to the organization's audit log (via the outbox)."""
-    payload = struct_pb2.Struct()
-    payload.update(_plain(entry.payload))
+async def append_audit(session: AsyncSession, deps: Deps, task: Task, entries: Sequence[Audit]) -> None:
+    """Append audit entries about `task` to the organization's audit log (via the outbox): one
+    AppendAuditEvent for all of them, so one change costs the organization service one write."""
+    if not entries:
+        return
+    at, who = convert.ts(now()), actor()
+    events = []
+    for entry in entries:
+        payload = struct_pb2.Struct()
+        payload.update(_plain(entry.payload))
+        events.append(
+            audit_event_pb2.AuditEvent(
+                kind=entry.kind,
+                repository=task.repository,
+                task=task.name,
+                branch=task.branch,
+                actor=who,
+                payload=payload,
+                create_time=at,
+            )
+        )
     message = org_events.AppendAuditEvent(
-        organization=task.parent,
-        event_id=uuid.uuid4().hex,
-        audit_event=audit_event_pb2.AuditEvent(
-            kind=entry.kind,
-            repository=task.repository,
-            task=task.name,
-            branch=task.branch,
-            actor=actor(),
-            payload=payload,
-            create_time=convert.ts(now()),
-        ),
+        organization=task.parent, event_id=uuid.uuid4().hex, audit_event=events[0], audit_events=events[1:]
     )
     await deps.outbox.publish(
         session, routing_key=AUDIT_ROUTING_KEY, message=message, message_id=message.event_id

@@ -13,6 +13,7 @@ from foundry.organization.v1 import app_snapshot_pb2, audit_event_pb2, member_pb
 from foundry.organization.v1 import events_pb2 as org_events
 from foundry.organization.v1 import organization_service_pb2 as pb
 from google.protobuf import field_mask_pb2, struct_pb2
+from prometheus_client import REGISTRY
 
 from services.platform.identity import Caller
 from services.platform.messaging.broker import queue_name
@@ -316,6 +317,55 @@ async def test_redelivered_audit_event_is_stored_once_and_listed_newest_first(
         )
     )
     assert [e.kind for e in rest.audit_events] == ["task.created"] and not rest.next_page_token
+
+
+async def test_one_audit_item_appends_its_entries_in_order_once_and_a_bad_entry_stores_none(
+    env: OrgEnv, tmp_path: Path
+) -> None:
+    """AppendAuditEvent carries every entry of one change of the sender (`audit_event`, then
+    `audit_events`): stored in order in one transaction, once across a redelivery; an entry without
+    a kind refuses the whole item (dead-lettered) and stores none of it."""
+    org = await env.new_org(tmp_path)
+    queue = queue_name(env.mesh.settings.name_prefix, "organization", "audit")
+
+    def entry(kind: str, seconds: int) -> audit_event_pb2.AuditEvent:
+        event = audit_event_pb2.AuditEvent(
+            kind=kind, task=f"organizations/{org}/tasks/t1", actor="services/task"
+        )
+        event.create_time.FromSeconds(1_800_000_000 + seconds)
+        return event
+
+    async def send(
+        event_id: str, first: audit_event_pb2.AuditEvent, *more: audit_event_pb2.AuditEvent
+    ) -> None:
+        message = org_events.AppendAuditEvent(
+            organization=f"organizations/{org}", event_id=event_id, audit_event=first, audit_events=more
+        )
+        await env.mesh.broker.publish(
+            exchange="", routing_key=queue, body=message.SerializeToString(), message_id=event_id
+        )
+
+    labels = {"service": "organization", "queue": queue, "outcome": "dead_letter"}
+    refused = REGISTRY.get_sample_value("foundry_messages_handled_total", labels) or 0.0
+    await send("bad", entry("task.created", 0), entry("", 0))  # refused whole: nothing of it stored
+
+    def dead_lettered() -> None:
+        assert (REGISTRY.get_sample_value("foundry_messages_handled_total", labels) or 0.0) > refused
+
+    await assert_eventually(dead_lettered)
+    changed = (entry("task.provision.stage", 1), entry("task.provision.step", 1), entry("task.status", 1))
+    await send("b1", *changed)
+    await send("b1", *changed)  # redelivery
+
+    async def listed() -> list[str]:
+        events = (
+            await env.stub().ListAuditEvents(pb.ListAuditEventsRequest(parent=f"organizations/{org}"))
+        ).audit_events
+        assert len(events) == 3, events
+        return [e.kind for e in events]
+
+    # Newest first: one instant, so the last appended comes first.
+    assert await assert_eventually(listed) == ["task.status", "task.provision.step", "task.provision.stage"]
 
 
 async def test_settings_updates_need_an_owner_and_github_users_sign_in_without_a_token_here(
