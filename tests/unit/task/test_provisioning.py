@@ -12,6 +12,7 @@ from foundry.sandbox.v1 import agent_session_pb2, sandbox_pb2, session_event_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
 from foundry.task.v1 import events_pb2, session_pb2, task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
+from prometheus_client import REGISTRY
 
 from services.platform.messaging.broker import queue_name
 from services.platform.settings import Settings
@@ -46,6 +47,9 @@ async def test_provisioning_reaches_ready_through_every_stage(
     fast_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     async with task_world(fast_settings(), tmp_path) as world:
+        provision = queue_name(world.mesh.settings.name_prefix, "task", "provision")
+        handled = {"service": "task", "queue": provision, "outcome": "ack"}
+        before = REGISTRY.get_sample_value("foundry_messages_handled_total", handled) or 0.0
         task = await world.create("Add a hello file")
         task_id = task.name.rsplit("/", 1)[-1]
         watch = world.watch(task.name)
@@ -65,6 +69,9 @@ async def test_provisioning_reaches_ready_through_every_stage(
             assert seen == sorted(seen)
         finally:
             await watch.close()
+        # One delivery ran every step: each completion claimed the next (no queue hop per step).
+        after = REGISTRY.get_sample_value("foundry_messages_handled_total", handled) or 0.0
+        assert after - before == 1
         # The sandbox service holds exactly one running sandbox, checked out on the task's branch
         # where the task says, and one agent session: the task's first session.
         (box,) = await world.sandboxes()
