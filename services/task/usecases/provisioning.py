@@ -19,11 +19,13 @@ dies holding a lease is taken over once the lease lapses (`resume_stalled`).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from foundry.sandbox.v1 import sandbox_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
@@ -58,31 +60,73 @@ async def run_next_step(
     _, task_id = names.task(name)
     claim = f"{deps.replica}:{uuid.uuid4().hex[:12]}"  # one lease per delivery, even within a replica
     claimed = await _claim(deps, task_id, claim)
+    if claimed is None:
+        return
+    reads = OrganizationReads(deps, claimed[0].organization)
     chained = False
-    while claimed is not None:
-        task, step, first = claimed
-        started = time.monotonic()
-        try:
-            # A chained step is this delivery's bonus: its transient failure is retried, never final.
-            outcome = await run_leased(
-                deps,
-                task_id,
-                claim,
-                partial(_execute, deps, task, step, first),
-                timeout=deps.step_timeout,
-                doing=partial(step.name.replace, "_", " "),
-                last_attempt=last_attempt and not chained,
-            )
-        except FoundryError as exc:
-            if not (chained and exc.retryable and last_attempt):
-                raise
-            # This delivery has no retry left: the step gets a work item of its own (lease released).
-            await _enqueue(deps, task.name)
-            return
-        finally:
-            deps.steps.record(task_id, started, time.monotonic())
-        claimed = await _complete(deps, task_id, claim, step, outcome, chain=not stopping())
-        chained = True
+    try:
+        while claimed is not None:
+            task, step, first = claimed
+            started = time.monotonic()
+            try:
+                # A chained step is this delivery's bonus: its transient failure is retried, never final.
+                outcome = await run_leased(
+                    deps,
+                    task_id,
+                    claim,
+                    partial(_execute, deps, task, step, first, reads),
+                    timeout=deps.step_timeout,
+                    doing=partial(step.name.replace, "_", " "),
+                    last_attempt=last_attempt and not chained,
+                )
+            except FoundryError as exc:
+                if not (chained and exc.retryable and last_attempt):
+                    raise
+                # This delivery has no retry left: the step gets a work item of its own (lease released).
+                await _enqueue(deps, task.name)
+                return
+            finally:
+                deps.steps.record(task_id, started, time.monotonic())
+            claimed = await _complete(deps, task_id, claim, step, outcome, chain=not stopping())
+            chained = True
+    finally:
+        reads.close()
+
+
+class OrganizationReads:
+    """The organization's settings the steps of one delivery need (egress policy, permission policy,
+    model API keys): read once per delivery, all together on first use, so a chain of steps waits
+    for one round of peer reads instead of one per step. A failed read fails the step that needs it."""
+
+    def __init__(self, deps: Deps, organization: str) -> None:
+        self._deps, self._organization = deps, organization
+        self._reads: dict[str, asyncio.Task[Any]] = {}
+
+    def _read(self, what: str) -> Awaitable[Any]:
+        if not self._reads:
+            client, org = self._deps.organization, self._organization
+            self._reads = {
+                "egress": asyncio.create_task(client.sandbox_egress(organization=org)),
+                "policy": asyncio.create_task(client.permission_policy(organization=org)),
+                "keys": asyncio.create_task(client.model_credentials(organization=org)),
+            }
+            for read in self._reads.values():  # a read no step awaited must not log "never retrieved"
+                read.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # Shielded: a step cancelled by its timeout must not cancel a read the next step shares.
+        return asyncio.shield(self._reads[what])
+
+    async def egress(self) -> str:
+        return str(await self._read("egress"))
+
+    async def permission_policy(self) -> Any:
+        return await self._read("policy")
+
+    async def model_credentials(self) -> dict[str, str]:
+        return dict(await self._read("keys"))
+
+    def close(self) -> None:
+        for read in self._reads.values():
+            read.cancel()
 
 
 async def _enqueue(deps: Deps, name: str) -> None:
@@ -134,13 +178,15 @@ async def _claim(deps: Deps, task_id: str, claim: str) -> Claimed | None:
     return task, step, first
 
 
-async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) -> dict[str, object]:
+async def _execute(
+    deps: Deps, task: Task, step: Step, first: Session | None, reads: OrganizationReads
+) -> dict[str, object]:
     """Run the step's sandbox command; returns what to record on the task."""
     sb = deps.sandbox
     timeout = deps.step_timeout
     if step.name == "create_sandbox":
         # The organization's egress policy is read here, in the background step, not on CreateTask.
-        egress = await deps.organization.sandbox_egress(organization=task.organization)
+        egress = await reads.egress()
         created = await sb.create_sandbox(
             sb_pb2.CreateSandboxRequest(
                 parent=task.parent,
@@ -173,7 +219,7 @@ async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) ->
         return {"sandbox": prepared.sandbox}
     if step.name == "start_agent":
         # The organization's model API keys, read here in the background, for the agent's environment.
-        environment = await deps.organization.model_credentials(organization=task.organization)
+        environment = await reads.model_credentials()
         await sb.start_agent(
             sb_pb2.StartAgentRequest(
                 parent=task.sandbox_name,
@@ -186,8 +232,8 @@ async def _execute(deps: Deps, task: Task, step: Step, first: Session | None) ->
     if first is None:  # every session was closed meanwhile: nothing to create
         return {}
     # The organization's permission policy, read here in the background like the egress policy.
-    policy = await deps.organization.permission_policy(organization=task.organization)
-    environment = await deps.organization.model_credentials(organization=task.organization)
+    policy = await reads.permission_policy()
+    environment = await reads.model_credentials()
     started = await sb.start_agent_session(
         sb_pb2.StartAgentSessionRequest(
             parent=task.sandbox_name,
