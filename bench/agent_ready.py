@@ -37,19 +37,18 @@ from services.sandbox.providers.bubblewrap import available
 NAME = "agent_ready"
 TARGET_P50_MS = 300.0
 TARGET_P99_MS = 1000.0
-# Where a warm task's time goes, from the embedded mesh's INFO log of one run (08:06 UTC, 2 shared
-# cores, load 5): written into the result when a target is missed.
+# Where a warm task's time goes, from the embedded mesh's INFO log of one run (2026-12-06 22:22 UTC,
+# 2 shared cores): written into the result when a target is missed.
 PROFILE_NOTES = (
-    "warm path, one task, create -> ready 385 ms: CreateTask 9 ms; step create_sandbox 66 ms (claim RPC "
-    "14 ms, GetOrganization 8 ms, the rest two task transactions with watch/summary/audit events); "
-    "queue hop 33 ms; step prepare_repository 116 ms (PrepareRepository 95 ms: ls-remote, two git "
-    "config and one checkout under bubblewrap, row update); hop 25 ms; step start_agent 45 ms "
-    "(ResolveModelCredentials 7 ms, StartAgent 6 ms: the warm agent); hop 20 ms; step create_session "
-    "70 ms (GetOrganization 9 ms, ResolveModelCredentials 5 ms, StartAgentSession 25 ms). The "
-    "organization service's audit and summary handlers (30-110 ms each, several per step) run "
-    "meanwhile on the same 2 cores. What would take it under 300 ms: fewer provisioning steps for a "
-    "claimed sandbox (claim + switch + session in one sandbox call), per-step transactions and events "
-    "cheaper (issue 17 item 2), git config written without two extra confined processes."
+    "warm path, one task, create -> ready seen on WatchTask 300 ms: CreateTask 12 ms; queue hop to the "
+    "provisioning delivery 23 ms; the organization reads of the whole delivery (egress, permission "
+    "policy, model keys) together 20 ms; CreateSandbox (warm claim) 22 ms; PrepareRepository 69 ms "
+    "(ls-remote, two git config and one checkout under bubblewrap); StartAgent 5 ms (the warm agent); "
+    "StartAgentSession 45 ms (session/new); four step completions 15-27 ms each (one task transaction "
+    "with its watch change, summary event and audit item, claiming the next step); the WatchTask "
+    "event 11 ms. The organization's summary and audit handlers (10-35 ms each) run meanwhile on the "
+    "same cores. What would take it further: the claim, switch and session in one sandbox call, git "
+    "identity written without two extra confined processes."
 )
 
 
