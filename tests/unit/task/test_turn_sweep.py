@@ -63,6 +63,29 @@ async def _idle(world: TaskWorld, name: str) -> None:
     await assert_eventually(idle, timeout=20, interval=0.1)
 
 
+async def _left_running(world: TaskWorld, session_name: str, *, text: str = "", message_id: str = "") -> str:
+    """Leave the session RUNNING on a message as a loss would: with `text`, a new `queued` message
+    (SendMessage committed, its DeliverMessage lost); with `message_id`, that message back to
+    `delivered` (its `turn_completed` lost). Returns the message id."""
+    deps = _deps(world)
+    task_id = session_name.split("/tasks/")[1].split("/")[0]
+    session_id = session_name.rsplit("/", 1)[1]
+    async with deps.db.transaction() as s:
+        if text:
+            message = QueuedMessage(
+                f"m-{uuid.uuid4().hex}", session_id, task_id, text, [], f"users/{world.alice.user_id}"
+            )
+            await queries.insert_message(s, message=message)
+            message_id = message.id
+        else:
+            await queries.set_message_state(s, message_id=message_id, state="delivered")
+        row = await queries.get_session(s, task_id=task_id, session_id=session_id)
+        assert row is not None
+        row.status, row.current_turn, row.thinking_since = "running", message_id, now()
+        await queries.update_session(s, row=row)
+    return message_id
+
+
 async def test_a_lost_turn_completed_is_applied_by_the_sweep_without_running_the_turn_again(
     fast_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -75,14 +98,7 @@ async def test_a_lost_turn_completed_is_applied_by_the_sweep_without_running_the
         assert await _message_state(deps, message_id) == "completed"
 
         # What a lost `turn_completed` leaves: the message delivered, the session RUNNING on it.
-        task_id = first.name.split("/tasks/")[1].split("/")[0]
-        session_id = first.name.rsplit("/", 1)[1]
-        async with deps.db.transaction() as s:
-            row = await queries.get_session(s, task_id=task_id, session_id=session_id)
-            assert row is not None
-            row.status, row.current_turn, row.thinking_since = "running", message_id, now()
-            await queries.update_session(s, row=row)
-            await queries.set_message_state(s, message_id=message_id, state="delivered")
+        await _left_running(world, first.name, message_id=message_id)
         assert (await _session(world, first.name)).status == session_pb2.SESSION_STATUS_RUNNING
 
         assert await sessions.resend_stale(deps, older_than=dt.timedelta(minutes=5)) == 0  # not stale yet
@@ -101,47 +117,18 @@ async def test_a_lost_delivery_reaches_the_agent_once_through_the_sweep(
     async with task_world(fast_settings(), tmp_path) as world:
         _, first = await _ready(world)
         deps = _deps(world)
-        task_id = first.name.split("/tasks/")[1].split("/")[0]
-        session_id = first.name.rsplit("/", 1)[1]
-        message = QueuedMessage(
-            id=f"m-{uuid.uuid4().hex}",
-            session_id=session_id,
-            task_id=task_id,
-            text="lost in the mail",
-            attachments=[],
-            user=f"users/{world.alice.user_id}",
-        )
-        # What SendMessage commits when its DeliverMessage work item is then lost.
-        async with deps.db.transaction() as s:
-            await queries.insert_message(s, message=message)
-            row = await queries.get_session(s, task_id=task_id, session_id=session_id)
-            assert row is not None
-            row.status, row.current_turn, row.thinking_since = "running", message.id, now()
-            await queries.update_session(s, row=row)
+        message_id = await _left_running(world, first.name, text="lost in the mail")
 
         # The first sweep claims it; a second one at once finds it claimed (sent just now).
         assert await sessions.resend_stale(deps, older_than=dt.timedelta(seconds=-1)) == 1
         assert await sessions.resend_stale(deps, older_than=dt.timedelta(seconds=30)) == 0
         await _idle(world, first.name)
-        assert await _message_state(deps, message.id) == "completed"
+        assert await _message_state(deps, message_id) == "completed"
         assert await _user_messages(world, first.sandbox_session, "lost in the mail") == 1
 
         # Two deliveries of one message (the sweep racing the original): the turn runs once.
-        again = QueuedMessage(
-            id=f"m-{uuid.uuid4().hex}",
-            session_id=session_id,
-            task_id=task_id,
-            text="twice delivered",
-            attachments=[],
-            user=message.user,
-        )
-        async with deps.db.transaction() as s:
-            await queries.insert_message(s, message=again)
-            row = await queries.get_session(s, task_id=task_id, session_id=session_id)
-            assert row is not None
-            row.status, row.current_turn, row.thinking_since = "running", again.id, now()
-            await queries.update_session(s, row=row)
-        name = f"{first.name}/messages/{again.id}"
+        again = await _left_running(world, first.name, text="twice delivered")
+        name = f"{first.name}/messages/{again}"
         await asyncio.gather(sessions.deliver_message(deps, name), sessions.deliver_message(deps, name))
         await _idle(world, first.name)
         assert await _user_messages(world, first.sandbox_session, "twice delivered") == 1
