@@ -41,12 +41,14 @@ async def run_leased(
     timeout: float,
     doing: Callable[[], str],
     last_attempt: bool,
+    release_on_retry: bool = True,
 ) -> T | StepFailed:
     """`await work()` while holding the lease `claim` on the task, within `timeout` seconds.
 
     Returns the work's result, or a StepFailed ("<doing()> timed out after …" / "<doing()> failed: …",
-    or one the work raised). Raises a retryable FoundryError (after releasing the lease) unless
-    `last_attempt`, and CancelledError (after releasing the lease)."""
+    or one the work raised). Raises a retryable FoundryError (after releasing the lease, unless not
+    `release_on_retry`: the caller hands it back itself) unless `last_attempt`, and CancelledError
+    (after releasing the lease)."""
     beat = asyncio.create_task(heartbeat(deps, task_id, claim), name=f"lease-{task_id}")
     try:
         async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel on 3.11
@@ -57,7 +59,8 @@ async def run_leased(
         return failed
     except FoundryError as exc:
         if exc.retryable and not last_attempt:
-            await release(deps, task_id, claim)
+            if release_on_retry:
+                await release(deps, task_id, claim)
             raise
         return StepFailed(f"{doing()} failed: {exc.message}")
     except asyncio.CancelledError:

@@ -69,7 +69,8 @@ async def run_next_step(
             task, step, first = claimed
             started = time.monotonic()
             try:
-                # A chained step is this delivery's bonus: its transient failure is retried, never final.
+                # A chained step's transient failure is never final and never spends this delivery's
+                # retries (they were the first step's): the step gets a work item of its own.
                 outcome = await run_leased(
                     deps,
                     task_id,
@@ -78,12 +79,13 @@ async def run_next_step(
                     timeout=deps.step_timeout,
                     doing=partial(step.name.replace, "_", " "),
                     last_attempt=last_attempt and not chained,
+                    release_on_retry=not chained,
                 )
             except FoundryError as exc:
-                if not (chained and exc.retryable and last_attempt):
+                if not (chained and exc.retryable):
                     raise
-                # This delivery has no retry left: the step gets a work item of its own (lease released).
-                await _enqueue(deps, task.name)
+                log.info("provision_step_handed_off", task=task.name, step=step.name, error=exc.message)
+                await _hand_off(deps, task_id, claim, task.name)
                 return
             finally:
                 deps.steps.record(task_id, started, time.monotonic())
@@ -104,16 +106,23 @@ class OrganizationReads:
 
     def _read(self, what: str) -> Awaitable[Any]:
         if not self._reads:
-            client, org = self._deps.organization, self._organization
-            self._reads = {
-                "egress": asyncio.create_task(client.sandbox_egress(organization=org)),
-                "policy": asyncio.create_task(client.permission_policy(organization=org)),
-                "keys": asyncio.create_task(client.model_credentials(organization=org)),
-            }
-            for read in self._reads.values():  # a read no step awaited must not log "never retrieved"
-                read.add_done_callback(lambda t: t.cancelled() or t.exception())
+            for name in ("egress", "policy", "keys"):
+                self._start(name)
+        elif (read := self._reads[what]).done() and (read.cancelled() or read.exception()):
+            self._start(what)  # a failed read is asked again by the next step that needs it
         # Shielded: a step cancelled by its timeout must not cancel a read the next step shares.
         return asyncio.shield(self._reads[what])
+
+    def _start(self, what: str) -> None:
+        client, org = self._deps.organization, self._organization
+        reads = {
+            "egress": client.sandbox_egress,
+            "policy": client.permission_policy,
+            "keys": client.model_credentials,
+        }
+        read: asyncio.Task[Any] = asyncio.create_task(reads[what](organization=org))
+        read.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "never retrieved"
+        self._reads[what] = read
 
     async def egress(self) -> str:
         return str(await self._read("egress"))
@@ -129,8 +138,11 @@ class OrganizationReads:
             read.cancel()
 
 
-async def _enqueue(deps: Deps, name: str) -> None:
+async def _hand_off(deps: Deps, task_id: str, claim: str, name: str) -> None:
+    """Give the lease back and enqueue the next step, in one transaction: if it fails, the lease is
+    still held and lapses, and the stall sweep enqueues the step (never a task with neither)."""
     async with deps.db.transaction() as session:
+        await queries.set_lease(session, task_id=task_id, owner=None, until=None, expected_owner=claim)
         await deps.outbox.enqueue(
             session, queue=deps.queue("provision"), message=events_pb2.ProvisionTask(name=name)
         )

@@ -14,8 +14,13 @@ from foundry.task.v1 import events_pb2, session_pb2, task_pb2
 from foundry.task.v1 import task_service_pb2 as pb
 from prometheus_client import REGISTRY
 
+from services.platform.errors import Unavailable
 from services.platform.messaging.broker import queue_name
+from services.platform.messaging.memory import MemoryBroker
 from services.platform.settings import Settings
+from services.task.app import build_deps
+from services.task.store import queries
+from services.task.usecases import provisioning
 from tests.helpers.eventually import assert_eventually
 from tests.unit.task.conftest import TaskWorld, task_world
 
@@ -196,3 +201,48 @@ async def test_the_organization_egress_policy_reaches_its_new_sandboxes(
         assert (await assert_eventually(output, timeout=15)).strip() == "0"
         # The bubblewrap provider keeps the policy beside the checkout, out of the sandbox's reach.
         assert (Path(task.sandbox.cwd).parent / "egress").read_text() == "none"
+
+
+async def test_a_chained_step_that_fails_transiently_gets_a_work_item_of_its_own(
+    fast_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery's last attempt ran the first step; the chained second step hits a transient
+    error: it is not recorded as ERROR (its retries were never spent), the lease is given back and
+    a fresh work item carries the step on to READY."""
+    async with task_world(fast_settings(), tmp_path) as world:
+        host = world.mesh.hosts["task"]
+        assert host.runtime is not None
+        await host.runtime.worker.stop_consuming()  # the steps run here, one delivery at a time
+        deps = build_deps(host.runtime)
+        real = deps.sandbox.prepare_repository
+        failures: list[str] = []
+
+        async def blip(request: sb_pb2.PrepareRepositoryRequest, *, deadline: float) -> object:
+            if not failures:
+                failures.append(request.name)
+                raise Unavailable("the sandbox service is restarting")
+            return await real(request, deadline=deadline)
+
+        monkeypatch.setattr(deps.sandbox, "prepare_repository", blip)
+        task = await world.create("Add a hello file")
+        await provisioning.run_next_step(deps, task.name, last_attempt=True)
+        assert failures, "the chained step did not run"
+        async with deps.db.snapshot() as s:
+            row = await queries.get_task(s, task_id=task.name.rsplit("/", 1)[-1])
+        assert row is not None
+        assert (row.stage, row.status, row.lease_owner) == (
+            "sandbox_allocated",
+            "init_prepare_repository",
+            None,
+        )
+        broker = world.mesh.broker
+        assert isinstance(broker, MemoryBroker)
+        queue = queue_name(world.mesh.settings.name_prefix, "task", "provision")
+
+        def handed_off() -> None:  # CreateTask's work item (run by hand above) and the fresh one
+            assert broker.ready_count(queue) == 2, broker.ready_count(queue)
+
+        await assert_eventually(handed_off)
+        await provisioning.run_next_step(deps, task.name, last_attempt=True)  # the fresh work item's run
+        got = await world.get(task.name)
+        assert got.provisioning.stage == STAGES.Value("PROVISIONING_STAGE_READY"), got.status_message
