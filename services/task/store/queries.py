@@ -435,20 +435,23 @@ async def open_messages(session: AsyncSession, *, session_id: str) -> list[Queue
 async def claim_stale_messages(
     session: AsyncSession, *, before: dt.datetime, at: dt.datetime, limit: int
 ) -> list[tuple[str, QueuedMessage]]:
-    """Open messages (queued or delivered) of open sessions last sent before `before`, oldest first,
-    with their organization; each is marked `resent_at = at` in this transaction, so replicas
-    sweeping at the same time take different rows (`SKIP LOCKED` on PostgreSQL)."""
+    """Open messages (queued or delivered) of open sessions of live tasks last sent before `before`,
+    least recently sent first (so a backlog larger than `limit` rotates), with their organization;
+    each is marked `resent_at = at` in this transaction, so replicas sweeping at the same time take
+    different rows (`SKIP LOCKED` on PostgreSQL)."""
     last_sent = func.coalesce(messages.c.resent_at, messages.c.created_at)
     query = (
         select(sessions.c.organization, messages)
         .join(sessions, sessions.c.id == messages.c.session_id)
+        .join(tasks, tasks.c.id == messages.c.task_id)
         .where(
             messages.c.state.in_(("queued", "delivered")),
             messages.c.created_at < before,
             last_sent < before,
             sessions.c.closed_at.is_(None),
+            tasks.c.ended_at.is_(None),
         )
-        .order_by(messages.c.created_at, messages.c.id)
+        .order_by(last_sent, messages.c.id)
         .limit(limit)
         .with_for_update(of=messages, skip_locked=True)
     )

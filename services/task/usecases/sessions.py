@@ -311,6 +311,8 @@ async def deliver_message(deps: Deps, name: str) -> None:
         message = await queries.get_message(session, message_id=message_id)
     if task is None or row is None or message is None or message.state not in OPEN_MESSAGE_STATES:
         return
+    if task.ended or row.closed:  # nothing runs any more (the sweep skips them too)
+        return
     try:  # the organization's current permission policy travels with each turn (a change applies)
         permission_policy = await deps.organization.permission_policy(organization=org)
     except FoundryError as exc:  # never hold a message for it: the session keeps the policy it has

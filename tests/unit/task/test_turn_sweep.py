@@ -21,7 +21,7 @@ from foundry.task.v1 import task_service_pb2 as pb
 from services.platform.db import Database
 from services.platform.settings import Settings
 from services.task.app import build_deps
-from services.task.domain.models import QueuedMessage, Session, now
+from services.task.domain.models import QueuedMessage, Session, Task, now
 from services.task.store import queries
 from services.task.store.tables import messages
 from services.task.usecases import sessions
@@ -149,6 +149,8 @@ async def test_two_replicas_sweeping_at_once_on_postgres_claim_each_message_once
         ids = [f"m-{i:02d}-{uuid.uuid4().hex[:6]}" for i in range(40)]
         try:
             async with db.transaction() as s:
+                task = Task(task_id, org, "r", "demo", "/r", "main", "t", "p", "b", "idle")
+                await queries.insert_task(s, task=task)
                 row = Session(
                     id=f"session-{uuid.uuid4()}",
                     task_id=task_id,
@@ -163,6 +165,16 @@ async def test_two_replicas_sweeping_at_once_on_postgres_claim_each_message_once
                 for message_id in ids:
                     message = QueuedMessage(message_id, row.id, task_id, "x", [], "", created_at=old)
                     await queries.insert_message(s, message=message)
+                # A killed task's messages stay as they were: no sweep sends them anywhere.
+                ended = Task(f"{task_id}-k", org, "r", "demo", "/r", "main", "t", "p", "b2", "killed")
+                ended.ended_at = old
+                await queries.insert_task(s, task=ended)
+                killed = Session(f"{row.id}-k", ended.id, org, 1, "s", "", "", "idle")
+                await queries.insert_session(s, row=killed)
+                left = QueuedMessage(
+                    f"m-k-{uuid.uuid4().hex[:6]}", killed.id, ended.id, "x", [], "", created_at=old
+                )
+                await queries.insert_message(s, message=left)
 
             async def claim(database: Database) -> list[str]:
                 async with database.transaction() as s:
