@@ -20,7 +20,7 @@ from services.platform.messaging.broker import queue_name
 from services.platform.watch.testing import WatchClient
 from tests.helpers import assert_eventually
 from tests.helpers.mesh import ALICE, BOB
-from tests.unit.organization.support import OrgEnv, new_org_id, resources_of, sync_progress
+from tests.unit.organization.support import OrgEnv, SummaryWatcher, new_org_id, resources_of, sync_progress
 
 GATEWAY = Caller.service("gateway")
 
@@ -444,3 +444,61 @@ async def test_settings_updates_need_an_owner_and_github_users_sign_in_without_a
     # this service neither takes nor hands out one.
     assert "access_token" not in pb.SignInWithGithubRequest.DESCRIPTOR.fields_by_name
     assert not hasattr(pb, "ResolveGithubTokenRequest")
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_app_and_workbench_bootstraps_are_timed_and_a_resume_is_counted_not_timed(
+    env: OrgEnv, tmp_path: Path
+) -> None:
+    """The seed's observability list: the app snapshot's and the workbench's (organization summary)
+    bootstrap durations (`foundry_watch_bootstrap_seconds`, kinds `app` and `org_summary`), and a
+    reconnect with a token counted by view (`foundry_watch_resumes_total`), not timed again."""
+    signed = await _sign_in(env, "iris")
+    iris = _as(signed.user)
+    org = await env.new_org(tmp_path, caller=iris)
+    timed = "foundry_watch_bootstrap_seconds_count"
+    before = {kind: _sample(timed, service="organization", kind=kind) for kind in ("app", "org_summary")}
+    resumed = _sample(
+        "foundry_watch_resumes_total", service="organization", kind="org_summary", outcome="caught_up"
+    )
+
+    app = WatchClient()
+    app.begin()
+    call = env.stub(iris).WatchApp(
+        pb.WatchAppRequest(name="users/me/appSnapshot", auth_session=signed.auth_session.name)
+    )
+    summary = SummaryWatcher(env, org, caller=iris).start()
+
+    async def read_app() -> None:
+        async for response in call:
+            app.apply(response.event)
+
+    reader = asyncio.create_task(read_app())
+    try:
+        await assert_eventually(lambda: _assert(bool(app.token) and bool(summary.client.token)))
+        assert _sample(timed, service="organization", kind="app") == before["app"] + 1
+        assert _sample(timed, service="organization", kind="org_summary") == before["org_summary"] + 1
+        assert _sample("foundry_watch_bootstrap_seconds_sum", service="organization", kind="app") > 0
+        await summary.stop()
+        again = SummaryWatcher(env, org, summary.client, caller=iris).start()  # with its token
+        try:
+            await assert_eventually(
+                lambda: _assert(
+                    _sample(
+                        "foundry_watch_resumes_total",
+                        service="organization",
+                        kind="org_summary",
+                        outcome="caught_up",
+                    )
+                    == resumed + 1
+                )
+            )
+            assert _sample(timed, service="organization", kind="org_summary") == before["org_summary"] + 1
+        finally:
+            await again.stop()
+    finally:
+        call.cancel()
+        reader.cancel()
