@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.platform import prestop
 from services.platform.messaging.memory import MemoryBroker
@@ -116,3 +117,20 @@ async def test_prestop_hook_returns_at_once_when_no_process_listens() -> None:
     started = time.monotonic()
     code = await asyncio.to_thread(prestop.main, ["drain", "--port", str(free_port()), "--wait", "5"])
     assert code == 0 and time.monotonic() - started < 3
+
+
+async def test_the_drain_duration_and_the_draining_flag_are_exported() -> None:
+    """`foundry_drain_duration_seconds{process}` observes drain start → resources closed once per
+    drain (at least begin_drain's time here); `foundry_draining{process}` is 1 from then on."""
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"process": "budget"}) or 0.0
+
+    count, total = (
+        sample("foundry_drain_duration_seconds_count"),
+        sample("foundry_drain_duration_seconds_sum"),
+    )
+    await _drained(DrainSettings(grace_seconds=1.0, readiness_delay_seconds=0.0))
+    assert sample("foundry_drain_duration_seconds_count") == count + 1
+    assert sample("foundry_drain_duration_seconds_sum") - total >= BEGIN_DRAIN_SECONDS
+    assert sample("foundry_draining") == 1.0
