@@ -94,14 +94,17 @@ class TestSharing:
         async with running(tmp_path, heartbeat_seconds=60) as h:
             alice = await h.signed_in("alice", member_of=[ORG])
             subscribers = metric("foundry_gateway_subscribers", topic_type="organization")
+            connections = metric("foundry_gateway_stream_connections")
             async with AsgiTab.open(h.gateway.app, alice, f"/v1/stream?topic={TOPIC}") as tab:
                 await tab.until(b"event: snapshot")
                 assert h.gateway.manager.stats() == {"connections": 1, "upstreams": {TOPIC: 1}}
                 assert metric("foundry_gateway_subscribers", topic_type="organization") == subscribers + 1
+                assert metric("foundry_gateway_stream_connections") == connections + 1
                 tab.disconnect()
                 await asyncio.sleep(0)  # one tick
                 assert h.gateway.manager.stats() == {"connections": 0, "upstreams": {TOPIC: 0}}
                 assert metric("foundry_gateway_subscribers", topic_type="organization") == subscribers
+                assert metric("foundry_gateway_stream_connections") == connections
 
 
 class TestAuthorization:
