@@ -78,13 +78,20 @@ class OrganizationClient:
         )
         return response.task_index_entry
 
-    async def sandbox_egress(self, *, organization: str) -> str:
+    async def sandbox_policies(
+        self, *, organization: str
+    ) -> tuple[str, agent_session_pb2.PermissionPolicy.ValueType]:
         """The organization's sandbox egress policy as the sandbox service names it (`none`,
-        `model_apis`, `open`), or "" for the sandbox service's default. Errors: NotFound, Unavailable."""
+        `model_apis`, `open`; "" for the sandbox service's default) and its permission policy (ALLOW
+        when unset), from one GetOrganization. Background work only. Errors: NotFound, Unavailable."""
         response = await self._stub.GetOrganization(
             org_pb2.GetOrganizationRequest(name=f"organizations/{organization}")
         )
-        return EGRESS_POLICIES.get(response.organization.sandbox_egress, "")
+        egress = EGRESS_POLICIES.get(response.organization.sandbox_egress, "")
+        policy = PERMISSION_POLICIES.get(
+            response.organization.permission_policy, agent_session_pb2.PERMISSION_POLICY_ALLOW
+        )
+        return egress, policy
 
     async def permission_policy(self, *, organization: str) -> agent_session_pb2.PermissionPolicy.ValueType:
         """The organization's permission policy as the sandbox service names it (ALLOW when unset).

@@ -106,7 +106,7 @@ class OrganizationReads:
 
     def _read(self, what: str) -> Awaitable[Any]:
         if not self._reads:
-            for name in ("egress", "policy", "keys"):
+            for name in ("policies", "keys"):
                 self._start(name)
         elif (read := self._reads[what]).done() and (read.cancelled() or read.exception()):
             self._start(what)  # a failed read is asked again by the next step that needs it
@@ -115,20 +115,18 @@ class OrganizationReads:
 
     def _start(self, what: str) -> None:
         client, org = self._deps.organization, self._organization
-        reads = {
-            "egress": client.sandbox_egress,
-            "policy": client.permission_policy,
-            "keys": client.model_credentials,
-        }
+        reads = {"policies": client.sandbox_policies, "keys": client.model_credentials}
         read: asyncio.Task[Any] = asyncio.create_task(reads[what](organization=org))
         read.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "never retrieved"
         self._reads[what] = read
 
     async def egress(self) -> str:
-        return str(await self._read("egress"))
+        egress, _ = await self._read("policies")
+        return str(egress)
 
     async def permission_policy(self) -> Any:
-        return await self._read("policy")
+        _, policy = await self._read("policies")
+        return policy
 
     async def model_credentials(self) -> dict[str, str]:
         return dict(await self._read("keys"))
