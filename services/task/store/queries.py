@@ -375,8 +375,9 @@ async def next_session_position(session: AsyncSession, *, task_id: str) -> int:
 # -- messages --------------------------------------------------------------------------------------
 
 
-def _message(row: Any) -> QueuedMessage:
-    data = dict(row._mapping)
+def _message(row: Any, *, extra: tuple[str, ...] = ()) -> QueuedMessage:
+    """A messages row as a QueuedMessage; `extra` names joined columns to leave out."""
+    data = {k: v for k, v in row._mapping.items() if k not in extra}
     data["attachments"] = list(data["attachments"] or [])
     return QueuedMessage(**data)
 
@@ -455,12 +456,8 @@ async def claim_stale_messages(
         .limit(limit)
         .with_for_update(of=messages, skip_locked=True)
     )
-    found = []
-    for row in (await session.execute(query)).all():
-        data = dict(row._mapping)
-        organization = data.pop("organization")
-        data["attachments"] = list(data["attachments"] or [])
-        found.append((organization, QueuedMessage(**data)))
+    rows = (await session.execute(query)).all()
+    found = [(row.organization, _message(row, extra=("organization",))) for row in rows]
     if found:
         await session.execute(
             update(messages).where(messages.c.id.in_([m.id for _, m in found])).values(resent_at=at)
