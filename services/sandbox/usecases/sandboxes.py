@@ -246,14 +246,12 @@ class Sandboxes:
             return sandbox
         pid = sandbox.provider_sandbox_id
         git = gitops.Git(self.provider, pid, token)
-        require(
-            await gitops.valid_branch_name(git, branch), "branch", f"{branch!r} is not a valid branch name"
+        # Both asked of git at once (two short processes on every task's way to ready).
+        branch_ok, base_ok = await asyncio.gather(
+            gitops.valid_branch_name(git, branch), gitops.valid_branch_name(git, base_branch or "main")
         )
-        require(
-            not base_branch or await gitops.valid_branch_name(git, base_branch),
-            "base_branch",
-            f"{base_branch!r} is not a valid branch name",
-        )
+        require(branch_ok, "branch", f"{branch!r} is not a valid branch name")
+        require(base_ok, "base_branch", f"{base_branch!r} is not a valid branch name")
         if clone_url.startswith(("/", "file://")):
             given = os.path.normpath(clone_url.removeprefix("file://"))  # noqa: ASYNC240 - string-only
             source = await asyncio.to_thread(os.path.realpath, given)
@@ -296,10 +294,6 @@ class Sandboxes:
                 confined=False,
             )
             await self.provider.exec(pid, ["mv", f"{WORK}.tmp", WORK], confined=False)
-        if user_name:
-            await git.run("config", "user.name", user_name)
-        if user_email:
-            await git.run("config", "user.email", user_email)
         # A current warm checkout: ls-remote said the remote has no `branch`.
         existed = False if detach or warm_current else await gitops.remote_branch_exists(git, branch)
         if detach:
@@ -307,22 +301,24 @@ class Sandboxes:
                 raise precondition(
                     f"base branch {branch!r} does not exist in {clone_url}", "BASE_BRANCH_NOT_FOUND"
                 )
-            await git.run("checkout", *force, "--detach", f"origin/{branch}")
+            switch = [*force, "--detach", f"origin/{branch}"]
             base = branch
         elif existed:
-            await git.run("checkout", *force, "-B", branch, f"origin/{branch}")
+            switch = [*force, "-B", branch, f"origin/{branch}"]
             base = base_branch
         elif warm_current:
             assert current is not None
             base = current.base_branch  # at the head the warm checkout was prepared at
-            await git.run("checkout", "--no-track", "-B", branch, f"origin/{base}")
+            switch = ["--no-track", "-B", branch, f"origin/{base}"]
         else:
             base = base_branch or await gitops.default_branch(git)
             if not await gitops.remote_branch_exists(git, base):
                 raise precondition(
                     f"base branch {base!r} does not exist in {clone_url}", "BASE_BRANCH_NOT_FOUND"
                 )
-            await git.run("checkout", *force, "--no-track", "-B", branch, f"origin/{base}")
+            switch = [*force, "--no-track", "-B", branch, f"origin/{base}"]
+        identity = {"user.name": user_name, "user.email": user_email}
+        await git.run_configured({k: v for k, v in identity.items() if v}, "checkout", *switch)
         checkout = Checkout(
             clone_url=clone_url,
             branch="" if detach else branch,

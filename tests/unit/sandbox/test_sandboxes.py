@@ -59,6 +59,9 @@ async def test_prepare_repository_creates_a_new_branch_from_the_default_branch(
     assert (work / "README.md").read_text() == "# demo\nline two\n"
     assert not (work / "feature.txt").exists()
     assert checkout.head_commit == git("rev-parse", "main", cwd=origin).strip()
+    # The task owner's identity, for the agent's commits.
+    assert git("config", "user.name", cwd=work).strip() == "Foundry"
+    assert git("config", "user.email", cwd=work).strip() == "foundry@example.com"
 
 
 async def test_prepare_repository_reuses_an_existing_remote_branch(

@@ -128,6 +128,10 @@ async def test_a_task_claims_the_warm_sandbox_switched_to_its_branch_and_the_poo
     switched = await prepare(stub, claimed.sandbox.name, origin, "feat/two")
     assert switched.checkout.branch == "feat/two" and switched.checkout.base_branch == "main"
     assert switched.checkout.head_commit == git("rev-parse", "main", cwd=origin).strip()
+    # The task owner's identity was written with the switch (a warm checkout has none).
+    work = Path(switched.checkout.path)
+    assert git("config", "user.name", cwd=work).strip() == "Foundry"
+    assert git("config", "user.email", cwd=work).strip() == "foundry@example.com"
     # The warm agent (started before the claim, with no keys) serves the task's session.
     started = await stub.StartAgent(pb.StartAgentRequest(parent=claimed.sandbox.name, agent="agents/fake"))
     assert started.agent_connection.start_time.ToDatetime() < claimed.sandbox.update_time.ToDatetime()
