@@ -29,6 +29,7 @@ from services.github_data.domain.models import (
     WebhookDelivery,
 )
 from services.platform.errors import InvalidArgument
+from services.platform.timestamps import to_timestamp
 
 _STATES = {
     "pending": ss_pb2.SYNC_STATE_PENDING,
@@ -67,13 +68,7 @@ _DELIVERY = {
 }
 
 
-def ts(value: datetime | None) -> Timestamp | None:
-    """An aware UTC datetime (as every store returns) → Timestamp; None stays unset."""
-    if value is None:
-        return None
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+ts = to_timestamp  # an aware UTC datetime (as every store returns) → Timestamp; None stays unset
 
 
 def from_ts(value: Timestamp, present: bool) -> datetime | None:

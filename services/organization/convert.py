@@ -20,6 +20,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.organization.domain.github_accounts import AppInstallation, GithubAccount
+from services.platform.timestamps import to_timestamp
 
 # github_discoveries.state → GithubDiscoveryState
 _DISCOVERY_STATES = {
@@ -177,10 +178,7 @@ def audit_event(row: Any) -> audit_event_pb2.AuditEvent:
 
 def timestamp(value: dt.datetime | None) -> Timestamp:
     """An aware datetime as a proto Timestamp (None, like the epoch, gives the unset Timestamp)."""
-    out = Timestamp()
-    if value is not None:
-        out.FromDatetime(value)
-    return out
+    return to_timestamp(value) or Timestamp()
 
 
 def to_time(ts: Timestamp) -> dt.datetime | None:

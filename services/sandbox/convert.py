@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from foundry.sandbox.v1 import (
@@ -13,19 +12,14 @@ from foundry.sandbox.v1 import (
     sandbox_pb2,
     session_event_pb2,
 )
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
 
+from services.platform.timestamps import to_timestamp
 from services.sandbox.domain import models as m
 from services.sandbox.domain.permissions import PermissionOutcome, PermissionRequest
 
-
-def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
+ts = to_timestamp
 
 
 def _enum(enum_type: Any, prefix: str, value: str) -> Any:

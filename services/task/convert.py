@@ -9,17 +9,11 @@ from typing import Any
 from foundry.github_data.v1 import pull_request_pb2
 from foundry.sandbox.v1 import agent_session_pb2, git_state_pb2, sandbox_pb2
 from foundry.task.v1 import session_pb2, task_pb2, user_task_state_pb2
-from google.protobuf import timestamp_pb2
 
+from services.platform.timestamps import to_timestamp
 from services.task.domain.models import Owner, Session, Task, UserSessionState, UserTaskState
 
-
-def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
+ts = to_timestamp
 
 
 def task_status(value: str) -> task_pb2.TaskStatus.ValueType:
