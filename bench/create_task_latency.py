@@ -3,7 +3,8 @@
 The embedded mesh runs with FOUNDRY_SANDBOX__CREATE_DELAY_SECONDS=30 (every sandbox takes 30 s), and
 50 concurrent callers create tasks over gRPC. Side by side, the same client drives a bare grpc.aio
 server whose only work is inserting one row through the platform's `Database` (bench/bare_server.py).
-The request path of CreateTask must not wait for the sandbox: p99(CreateTask) / p99(bare insert) ≤ 2.
+The request path of CreateTask must not wait for the sandbox: p99(CreateTask) / p99(bare insert)
+≤ 3 (issue 17, item 3; its opening table said 2).
 
 Two loads, each run against both servers:
 - closed loop (the target): every caller sends its next call as soon as the last one answered, so the
@@ -33,6 +34,7 @@ from load.mesh import EmbeddedMesh
 
 NAME = "create_task_latency"
 CONCURRENCY = 50
+TARGET_RATIO = 3.0
 SANDBOX_DELAY_SECONDS = 30
 OPEN_LOOP_RATE = 5.0  # creates per second in the open-loop phase
 OPEN_LOOP_WARMUP = 5  # sequential creates before it
@@ -90,7 +92,7 @@ async def main(quick: bool) -> dict[str, Any]:
             await asyncio.to_thread(mesh.stop)
     real_s, bare_s = latency_summary(real.latencies), latency_summary(bare.latencies)
     ratio = round(real_s["p99_ms"] / max(bare_s["p99_ms"], 1e-6), 2)
-    met = ratio <= 2.0
+    met = ratio <= TARGET_RATIO
     return write(
         NAME,
         quick=quick,
@@ -127,7 +129,7 @@ async def main(quick: bool) -> dict[str, Any]:
             },
             "profile": profile_summary,
         },
-        targets={"p99_ratio": target("CreateTask p99 / bare insert p99 <= 2", ratio, met)},
+        targets={"p99_ratio": target(f"CreateTask p99 / bare insert p99 <= {TARGET_RATIO:g}", ratio, met)},
         profile_notes="" if met else notes("embedded mesh process during CreateTask", profile_summary),
     )
 

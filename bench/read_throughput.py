@@ -2,9 +2,10 @@
 
 The same closed-loop client (grpc.aio, 50 concurrent calls on one channel) drives TaskService.GetTask
 on the embedded mesh for a fixed time, then /bench.Bare/Echo of a separate process returning the
-same bytes (a serialized GetTaskResponse, so payloads match). Target: real / bare ≥ 0.6.
+same bytes (a serialized GetTaskResponse, so payloads match). Target (issue 17, item 1): real / bare
+≥ 0.5 on both shapes (the issue's opening table said 0.6; its item 1 asks for 0.5 on both).
 
-The mesh shape (figures under `mesh`, not part of the target yet): the task service as its own
+The mesh shape (figures under `mesh`, target `mesh_ratio`): the task service as its own
 process on PostgreSQL (a private cluster, or FOUNDRY_BENCH_PG_ADMIN_DSN) with RabbitMQ (a private
 node), organization and github_data beside it and the instant sandbox in this process; GetTask on it
 against the echo in the same run. FOUNDRY_BENCH_READ_MESH=0 skips it.
@@ -33,6 +34,7 @@ from services.platform.settings import Settings
 
 NAME = "read_throughput"
 CONCURRENCY = 50
+TARGET_RATIO = 0.5
 
 
 @contextlib.contextmanager
@@ -173,7 +175,8 @@ async def main(quick: bool) -> dict[str, Any]:
             mesh_figures = await mesh_shape(seconds, Path(tmp))
     real_rps, bare_rps = len(real.latencies) / real.wall, len(bare.latencies) / bare.wall
     ratio = round(real_rps / max(bare_rps, 1e-9), 3)
-    met = ratio >= 0.6
+    met = ratio >= TARGET_RATIO
+    mesh_ratio = mesh_figures.get("ratio")
     return write(
         NAME,
         quick=quick,
@@ -193,8 +196,30 @@ async def main(quick: bool) -> dict[str, Any]:
             "profile": profile_summary,
             "mesh": mesh_figures,
         },
-        targets={"ratio": target("GetTask rps / bare echo rps >= 0.6", ratio, met)},
-        profile_notes="" if met else notes("embedded mesh process during GetTask", profile_summary),
+        targets={
+            "ratio": target(f"GetTask rps / bare echo rps >= {TARGET_RATIO} (embedded)", ratio, met),
+            **(
+                {}
+                if mesh_ratio is None
+                else {
+                    "mesh_ratio": target(
+                        f"GetTask rps / bare echo rps >= {TARGET_RATIO} (mesh: PostgreSQL + RabbitMQ)",
+                        mesh_ratio,
+                        mesh_ratio >= TARGET_RATIO,
+                    )
+                }
+            ),
+        },
+        profile_notes=" | ".join(
+            [
+                *([] if met else [notes("embedded mesh process during GetTask", profile_summary)]),
+                *(
+                    []
+                    if mesh_ratio is None or mesh_ratio >= TARGET_RATIO
+                    else [notes("task service process (mesh shape) during GetTask", mesh_figures["profile"])]
+                ),
+            ]
+        ),
     )
 
 

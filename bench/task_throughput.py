@@ -4,7 +4,8 @@ The organization, github-data and task services run as their own processes (the 
 fresh PostgreSQL database and a RabbitMQ node of its own; the sandbox service is
 bench/instant_sandbox.py (every provisioning call answers at once: an instant provider and a cheap
 agent). 50 concurrent callers create N tasks; the clock stops when the task database shows all N
-at stage `ready` (status idle, first session ready). Target: ≥ 200 tasks/s.
+at stage `ready` (status idle, first session ready). Target: ≥ 100 tasks/s (issue 17, item 2; its
+opening table said 200).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tests.helpers.servers import PrivateRabbit
 
 NAME = "task_throughput"
 CONCURRENCY = 50
+TARGET_PER_SECOND = 100
 # The machine's PostgreSQL by default; the test suite points it at its own server.
 PG_ADMIN = os.environ.get("FOUNDRY_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICES = ("organization", "github_data", "task")
@@ -135,7 +137,7 @@ async def main(quick: bool) -> dict[str, Any]:
                     await asyncio.to_thread(stop, proc, 15)
                 await sandbox.stop(None)
     rate = round(ready / elapsed, 1)
-    met = ready == created and rate >= 200
+    met = ready == created and rate >= TARGET_PER_SECOND
     return write(
         NAME,
         quick=quick,
@@ -156,7 +158,7 @@ async def main(quick: bool) -> dict[str, Any]:
             "create_task_latency": latency_summary(creates.latencies),
             "profile": profile_summary,
         },
-        targets={"tasks_per_second": target("create -> ready >= 200 tasks/s", rate, met)},
+        targets={"tasks_per_second": target(f"create -> ready >= {TARGET_PER_SECOND} tasks/s", rate, met)},
         profile_notes="" if met else notes("task service process (create + provisioning)", profile_summary),
     )
 
