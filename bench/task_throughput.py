@@ -76,6 +76,45 @@ async def ready_count(db_url: str) -> int:
         await conn.close()
 
 
+async def db_activity(db_url: str) -> dict[str, Any]:
+    """PostgreSQL's cumulative statistics of the bench database: transactions committed, and rows
+    inserted, updated and deleted per table (`schema.table`; one schema per service). Backends report
+    them when a transaction ends (at most once a second while busy) and when they exit."""
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        commits = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        rows = await conn.fetch(
+            "SELECT schemaname || '.' || relname AS name, n_tup_ins + n_tup_upd + n_tup_del AS written"
+            " FROM pg_stat_user_tables"
+        )
+    finally:
+        await conn.close()
+    return {
+        "commits": int(commits),
+        "rows_written": {r["name"]: int(r["written"]) for r in rows},
+    }
+
+
+def per_task(before: dict[str, Any], after: dict[str, Any], tasks: int, own_commits: int) -> dict[str, Any]:
+    """Database work per task between two `db_activity` readings; `own_commits` (the bench's own
+    reads) are taken out of the commit count."""
+    n = max(tasks, 1)
+    tables = {
+        name: round((rows - before["rows_written"].get(name, 0)) / n, 1)
+        for name, rows in after["rows_written"].items()
+    }
+    services: dict[str, float] = {}
+    for name, rows in tables.items():
+        services[name.split(".")[0]] = round(services.get(name.split(".")[0], 0.0) + rows, 1)
+    return {
+        "commits": round((after["commits"] - before["commits"] - own_commits) / n, 1),
+        "rows_written_by_service": dict(sorted(services.items())),
+        "rows_written_by_table": dict(sorted(((k, v) for k, v in tables.items() if v), key=lambda t: -t[1])),
+    }
+
+
 async def main(quick: bool) -> dict[str, Any]:
     total = 50 if quick else 1000
     suffix = uuid.uuid4().hex[:8]
@@ -122,6 +161,9 @@ async def main(quick: bool) -> dict[str, Any]:
                             timeout=60,
                         )
 
+                    await asyncio.sleep(1.5)  # the world's setup reported to the statistics
+                    before = await db_activity(db_url)
+                    polls = 2  # this reading and the one after
                     with py_spy(procs["task"].pid, Path(tmp) / "profile.txt") as profile:
                         began = time.perf_counter()
                         creates = await closed_loop(create, concurrency=CONCURRENCY, per_worker=per_worker)
@@ -130,12 +172,15 @@ async def main(quick: bool) -> dict[str, Any]:
                         while ready < created and time.perf_counter() < deadline:
                             await asyncio.sleep(0.05)
                             ready = await ready_count(db_url)
+                            polls += 1
                         elapsed = time.perf_counter() - began
                     profile_summary = summarize(profile) if profile else {"samples": 0}
             finally:
                 for proc in procs.values():
                     await asyncio.to_thread(stop, proc, 15)
                 await sandbox.stop(None)
+            # After the services exited (their backends then report everything they did).
+            database_work = per_task(before, await db_activity(db_url), created, polls)
     rate = round(ready / elapsed, 1)
     met = ready == created and rate >= TARGET_PER_SECOND
     return write(
@@ -157,6 +202,8 @@ async def main(quick: bool) -> dict[str, Any]:
             "create_errors": dict(creates.errors),
             "create_task_latency": latency_summary(creates.latencies),
             "profile": profile_summary,
+            # Per task, create to ready, background included (drain-time writes too).
+            "database_per_task": database_work,
         },
         targets={"tasks_per_second": target(f"create -> ready >= {TARGET_PER_SECOND} tasks/s", rate, met)},
         profile_notes="" if met else notes("task service process (create + provisioning)", profile_summary),
