@@ -38,6 +38,10 @@ ORDER = (
 # The meshes started here connect organizations in temporary directories (the dev default allows
 # only the home directory); their processes inherit this.
 os.environ.setdefault("FOUNDRY_LOCAL_ROOTS", json.dumps([tempfile.gettempdir()]))
+# As `make bench` (the Makefile exports it): the meshes' processes then run on uvloop, as deployed
+# (services.platform.process._uvloop_is_safe); without it a direct `python -m bench` measured them on
+# asyncio's pure-Python loop.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 def headline(result: dict[str, Any]) -> list[tuple[str, str, str]]:
