@@ -43,12 +43,14 @@ PROFILE_NOTES = (
     "warm path, one task, create -> ready seen on WatchTask 300 ms: CreateTask 12 ms; queue hop to the "
     "provisioning delivery 23 ms; the organization reads of the whole delivery (egress, permission "
     "policy, model keys) together 20 ms; CreateSandbox (warm claim) 22 ms; PrepareRepository 69 ms "
-    "(ls-remote, two git config and one checkout under bubblewrap); StartAgent 5 ms (the warm agent); "
+    "(ls-remote, two git config and one checkout under bubblewrap; since 2026-12-07 the identity is "
+    "written in the checkout's process and the two branch-name checks run at once); StartAgent 5 ms (the "
+    "warm agent); "
     "StartAgentSession 45 ms (session/new); four step completions 15-27 ms each (one task transaction "
     "with its watch change, summary event and audit item, claiming the next step); the WatchTask "
     "event 11 ms. The organization's summary and audit handlers (10-35 ms each) run meanwhile on the "
-    "same cores. What would take it further: the claim, switch and session in one sandbox call, git "
-    "identity written without two extra confined processes."
+    "same cores. What would take it further: the claim, switch and session in one sandbox call, and "
+    "fewer transactions per step."
 )
 
 

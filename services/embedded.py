@@ -37,7 +37,8 @@ def build(settings: Settings, broker: Broker, *, with_gateway: bool = True) -> S
 
 def main() -> int:
     settings = Settings()
-    run_forever(settings, "embedded", lambda broker: build(settings, broker))
+    # The sandbox service runs here: its git and agent processes are cheaper to start on asyncio.
+    run_forever(settings, "embedded", lambda broker: build(settings, broker), spawns_processes=True)
     return 0
 
 

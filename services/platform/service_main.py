@@ -45,5 +45,10 @@ def service_main(service: ServiceName, wire: Wire, argv: list[str] | None = None
             file=sys.stderr,
         )
         return 2
-    run_forever(settings, service, lambda broker: [ServiceHost(settings, service, broker, wire)])
+    run_forever(
+        settings,
+        service,
+        lambda broker: [ServiceHost(settings, service, broker, wire)],
+        spawns_processes=service == "sandbox",
+    )
     return 0
