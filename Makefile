@@ -105,8 +105,10 @@ real-agent:
 	  || echo "warning: could not install @zed-industries/codex-acp@$(CODEX_ACP_VERSION); the real Codex test will be skipped"
 
 ## Static checks first (seconds), then the whole suite against the real PostgreSQL and RabbitMQ.
+## Tests marked own_process run after the rest, in a pytest process of their own (see the marker).
 test: check browser sandbox-tools real-agent
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q --durations=30 -m "not own_process"
+	$(PY) -m pytest -q -m own_process
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e"

@@ -40,7 +40,10 @@ from tests.e2e.procs.cluster import Cluster, Replica, metric
 from tests.e2e.procs.world import World, create_request, make_world, task_stub
 from tests.helpers import assert_eventually, make_pg_database
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+# In a process of its own (`make test`): in the shared test process, after the 37 tests before it,
+# gRPC core crashed the test runner with SIGSEGV in one of its own threads during this test, in 2 of
+# the last 4 fresh-clone CI runs (grpc/grpc#31441 is of this kind). Standalone it passed every time.
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.own_process]
 
 WORKERS = 3
 PAUSE = 0.1  # seconds between one worker's operations: a steady, modest rate on 2 cores
