@@ -96,11 +96,8 @@ class OrganizationClient:
     async def permission_policy(self, *, organization: str) -> agent_session_pb2.PermissionPolicy.ValueType:
         """The organization's permission policy as the sandbox service names it (ALLOW when unset).
         Background work only (a peer read). Errors: NotFound, Unavailable."""
-        response = await self._stub.GetOrganization(
-            org_pb2.GetOrganizationRequest(name=f"organizations/{organization}")
-        )
-        policy = response.organization.permission_policy
-        return PERMISSION_POLICIES.get(policy, agent_session_pb2.PERMISSION_POLICY_ALLOW)
+        _, policy = await self.sandbox_policies(organization=organization)
+        return policy
 
     async def model_credentials(self, *, organization: str) -> dict[str, str]:
         """The organization's model API keys (variable -> key) for its agents' environment; never log

@@ -246,12 +246,11 @@ class Sandboxes:
             return sandbox
         pid = sandbox.provider_sandbox_id
         git = gitops.Git(self.provider, pid, token)
-        # Both asked of git at once (two short processes on every task's way to ready).
-        branch_ok, base_ok = await asyncio.gather(
-            gitops.valid_branch_name(git, branch), gitops.valid_branch_name(git, base_branch or "main")
-        )
-        require(branch_ok, "branch", f"{branch!r} is not a valid branch name")
-        require(base_ok, "base_branch", f"{base_branch!r} is not a valid branch name")
+        # Asked of git at once (short processes on every task's way to ready); no base, no question.
+        named = {"branch": branch, "base_branch": base_branch} if base_branch else {"branch": branch}
+        valid = await asyncio.gather(*(gitops.valid_branch_name(git, name) for name in named.values()))
+        for (field, name), ok in zip(named.items(), valid, strict=True):
+            require(ok, field, f"{name!r} is not a valid branch name")
         if clone_url.startswith(("/", "file://")):
             given = os.path.normpath(clone_url.removeprefix("file://"))  # noqa: ASYNC240 - string-only
             source = await asyncio.to_thread(os.path.realpath, given)

@@ -128,6 +128,27 @@ async def test_prepare_repository_with_an_unknown_base_branch_fails_with_its_nam
     assert "base branch 'develop' does not exist" in (caught.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("branch", "base_branch", "field"),
+    [("feat..x", "", "branch"), ("feat/x", "main.lock", "base_branch"), ("bad~1", "main^", "branch")],
+)
+async def test_prepare_repository_with_an_invalid_branch_name_names_the_field_and_changes_nothing(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path, branch: str, base_branch: str, field: str
+) -> None:
+    sandbox = await create_sandbox(stub)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PrepareRepository(
+            pb.PrepareRepositoryRequest(
+                name=sandbox.name, clone_url=str(origin), branch=branch, base_branch=base_branch
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    named = {"branch": branch, "base_branch": base_branch}[field]
+    assert caught.value.details() == f"{field}: {named!r} is not a valid branch name"
+    after = await stub.GetSandbox(pb.GetSandboxRequest(name=sandbox.name))
+    assert not after.sandbox.HasField("checkout")
+
+
 async def test_destroy_sandbox_removes_its_directory_and_is_idempotent(
     stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
