@@ -424,7 +424,8 @@ class BubblewrapProvider(LocalProvider):
             sandbox_env["NO_PROXY"] = sandbox_env["no_proxy"] = ""
             forward = (
                 f"socat TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{EGRESS_SOCKET} "
-                '2>/dev/null & exec "$@"'
+                # Never the command's pipes: a forwarder left behind must not keep its output open.
+                '</dev/null >/dev/null 2>&1 & exec "$@"'
             )
             argv = ["/bin/sh", "-c", forward, "sh", *argv]
         sandbox_env.update(env or {})
