@@ -15,8 +15,10 @@ Asserted:
 - every task answered OK is provisioned and idle, with every provisioning stage done once, its
   prompt sent to its agent once (the transcript), exactly once in the organization summary with its
   latest version, and its audit entries (`task.created`, `task.initialized`, one per stage) once.
-  A first turn whose delivery or `turn_completed` the restart lost (seen once in CI, 2026-12-06) is
-  recovered by the task service's turn sweep (`sessions.resend_stale`, 30 s), within the 90 s.
+  A sandbox turn running when the connection dropped used to be cancelled half-way by aiormq and
+  stay RUNNING for good (CI, 2026-12-06 and 12-07; about one run in three here): handlers now finish
+  (`AmqpBroker.consume`). Should the broker lose a message, the task service's turn sweep
+  (`sessions.resend_stale`, 30 s) and the sandbox's recovery of abandoned turns repair it within the 90 s.
 
 Figures are printed (run with -s): CreateTask latency while the broker was down, the time from the
 node accepting connections again until every task created during the outage was idle, and the whole
@@ -37,6 +39,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 from foundry.organization.v1 import audit_event_pb2
 from foundry.organization.v1 import organization_service_pb2 as org_pb
@@ -174,7 +177,9 @@ async def test_rabbitmq_restarted_under_load_loses_nothing_and_applies_nothing_t
         now = await tasks.ListTasks(
             task_pb.ListTasksRequest(parent=world.organization, show_ended=True, page_size=500)
         )
-        _print_task_events(cluster, [t.name for t in now.tasks if t.status != IDLE][:3])
+        behind_names = [t.name for t in now.tasks if t.status != IDLE][:3]
+        _print_task_events(cluster, behind_names)
+        await _print_sandbox_turns(cluster, behind_names)
         raise
     idle_at = time.monotonic()
 
@@ -265,11 +270,28 @@ async def test_rabbitmq_restarted_under_load_loses_nothing_and_applies_nothing_t
 
 
 def _print_task_events(cluster: Cluster, names: list[str]) -> None:
-    """Every replica's log events naming one of these tasks (a failure's evidence: the cluster's
-    temporary directory is gone by the time anyone looks)."""
+    """Every replica's log events naming one of these tasks, and its warnings and errors (a failure's
+    evidence: the cluster's temporary directory is gone by the time anyone looks)."""
     ids = {name.rsplit("/", 1)[-1] for name in names}
     for replica in cluster.all():
         lines = [e for e in replica.events() if any(i in json.dumps(e) for i in ids)]
         print(f"\n--- {replica.label}: {len(lines)} events naming {sorted(ids)} (last 80) ---")
         for e in lines[-80:]:
             print(json.dumps(e)[:400])
+        warnings = [e for e in replica.events() if e.get("level") in ("warning", "error", "critical")]
+        print(f"\n--- {replica.label}: {len(warnings)} warnings and errors (last 40) ---")
+        for e in warnings[-40:]:
+            print(json.dumps(e)[:600])
+
+
+async def _print_sandbox_turns(cluster: Cluster, names: list[str]) -> None:
+    """The sandbox service's own rows for these tasks' turns and sessions (its schema, read directly)."""
+    ids = [name.rsplit("/", 1)[-1] for name in names]
+    url = cluster.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(url, server_settings={"search_path": "sandbox"})
+    try:
+        for table in ("agent_sessions", "turns"):
+            for row in await connection.fetch(f"SELECT * FROM {table} WHERE sandbox_id = ANY($1)", ids):
+                print(f"sandbox.{table}: {dict(row)}")
+    finally:
+        await connection.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import aio_pika
@@ -94,6 +94,7 @@ class AmqpBroker:
         self._unanswered = False  # a call on the way out went unanswered (see CLOSE_TIMEOUT_SECONDS)
         self._lost = ""  # why the connection is down while aio-pika re-establishes it ("" when up)
         self._listeners: list[ConnectionListener] = []
+        self._handlers: set[asyncio.Task[None]] = set()  # strong refs: see `consume`
 
     @property
     def events_exchange(self) -> str:
@@ -241,10 +242,23 @@ class AmqpBroker:
         queue = await self._declare(channel, spec)
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
-            await handler(_AmqpDelivery(self, spec, incoming))
+            # aiormq runs this callback as a task of the channel and cancels it when the channel
+            # closes (a broker restart, a lost connection). A handler half-way through its effect
+            # (a sandbox turn: claimed, agent running) must not stop at whatever await it was on:
+            # it runs in a task of its own and finishes. Its ack goes with the channel
+            # (`_AmqpDelivery._settle`), and the broker delivers the message again (at least once).
+            task = asyncio.create_task(_run(handler, _AmqpDelivery(self, spec, incoming)))
+            self._handlers.add(task)
+            task.add_done_callback(self._handler_done)
+            await asyncio.shield(task)
 
         tag = await queue.consume(on_message, no_ack=False)
         return _AmqpSubscription(self, queue, tag)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("amqp_delivery_handler_failed", error=repr(exc), exc_info=exc)
 
     async def broadcast(self, topic: str, body: bytes) -> None:
         """Best-effort notification on `<prefix>.broadcast` (transient, not mandatory)."""
@@ -425,6 +439,10 @@ class AmqpBroker:
         return "events" if exchange == self.events_exchange else ""
 
 
+async def _run(handler: DeliveryHandler, delivery: _AmqpDelivery) -> None:
+    await handler(delivery)
+
+
 class _AmqpSubscription:
     def __init__(
         self, broker: AmqpBroker, queue: AbstractQueue, tag: str, *, delete_on_cancel: bool = False
@@ -481,8 +499,24 @@ class _AmqpDelivery:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
 
+    async def _settle(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
+        """Settle on the delivery's channel; if that channel closed meanwhile (the handler outlived a
+        broker restart, see `AmqpBroker.consume`), the broker has put the message back already and
+        delivers it again: say so instead of raising."""
+        try:
+            await call()
+        except _PUBLISH_ERRORS as exc:
+            log.warning(
+                "amqp_settle_lost",
+                settle=what,
+                queue=self._spec.name,
+                message_id=self.message.message_id,
+                error=repr(exc),
+                outcome="the channel closed: the broker delivers the message again",
+            )
+
     async def ack(self) -> None:
-        await self._incoming.ack()
+        await self._settle("ack", self._incoming.ack)
 
     async def retry(self, delay_seconds: float) -> None:
         """Copy to the matching retry queue (confirmed), then ack; on failure requeue so nothing is lost."""
@@ -491,9 +525,9 @@ class _AmqpDelivery:
             await self._broker.publish_raw("", queue, self._copy({ATTEMPT: self.message.attempt + 1}))
         except Unavailable:
             log.warning("amqp_retry_publish_failed", queue=queue, message_id=self.message.message_id)
-            await self._incoming.nack(requeue=True)
+            await self.requeue()
             return
-        await self._incoming.ack()
+        await self.ack()
 
     async def dead_letter(self, reason: str) -> None:
         """Copy to `<queue>.dlq` with the reason (confirmed), then ack; on failure reject to the DLX."""
@@ -502,9 +536,9 @@ class _AmqpDelivery:
                 self._broker.dlx_exchange, self._spec.name, self._copy({DEAD_LETTER_REASON: reason[:1000]})
             )
         except Unavailable:
-            await self._incoming.reject(requeue=False)
+            await self._settle("reject", lambda: self._incoming.reject(requeue=False))
             return
-        await self._incoming.ack()
+        await self.ack()
 
     async def requeue(self) -> None:
-        await self._incoming.nack(requeue=True)
+        await self._settle("requeue", lambda: self._incoming.nack(requeue=True))

@@ -15,6 +15,7 @@ import datetime as dt
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 from services.platform.clock import now
@@ -39,6 +40,10 @@ STALE_AFTER = dt.timedelta(seconds=60)
 RESTARTED = (
     "interrupted: the sandbox service stopped while this turn was running, and the agent process "
     "with it; the next message restarts the agent"
+)
+ABANDONED = (
+    "interrupted: the sandbox service stopped running this turn after an internal error (see its "
+    "log); the next message goes on in this session"
 )
 
 
@@ -132,6 +137,9 @@ class TurnRunner:
         self.runner = runner
         self.host = runner.split(":", 1)[0]
         self.is_alive = is_alive
+        # Sessions this process is running turns of now: a RUNNING turn claimed by this runner for a
+        # session not in here was abandoned (an unexpected error), and `recover` ends it.
+        self._running: Counter[SessionKey] = Counter()
 
     async def run_session(self, key: SessionKey) -> int:
         """Run the session's queued turns one after the other while this runner holds the claim.
@@ -142,9 +150,15 @@ class TurnRunner:
             log.warning("turn_for_other_replica", session=key.name, owner=sandbox.replica)
             return 0
         count = 0
-        while (turn := await self.records.claim_next_turn(key, self.runner)) is not None:
-            await self._run(turn)
-            count += 1
+        self._running[key] += 1  # before the claim: `recover` must never see a claim it is about to run
+        try:
+            while (turn := await self.records.claim_next_turn(key, self.runner)) is not None:
+                await self._run(turn)
+                count += 1
+        finally:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
         return count
 
     async def _run(self, turn: Turn) -> None:
@@ -249,9 +263,11 @@ class TurnRunner:
         (or it is an earlier incarnation of this process, as in a container where the service is
         always the same pid) or its agent process is gone; or, from another host, its heartbeat is
         stale. An agent that outlives its runner briefly does not keep the turn: its stdio was
-        connected to the dead runner, and it exits at end of input."""
+        connected to the dead runner, and it exits at end of input. A turn of this very runner is
+        orphaned when this process no longer runs its session (its run stopped on an unexpected
+        error, the claim left behind)."""
         if turn.runner == self.runner:
-            return False
+            return not self._running[turn.session]
         host, _, rest = turn.runner.partition(":")
         if host == self.host:
             pid = rest.split(":", 1)[0]
@@ -276,8 +292,9 @@ class TurnRunner:
             if not self.orphaned(turn):
                 continue
             log.warning("turn_orphaned", turn=turn.name, runner=turn.runner, agent_pid=turn.agent_pid)
+            why = ABANDONED if turn.runner == self.runner else RESTARTED
             await self.records.finish_turn(
-                turn, state=TurnState.INTERRUPTED, error=RESTARTED, events=interrupted_events(RESTARTED)
+                turn, state=TurnState.INTERRUPTED, error=why, events=interrupted_events(why)
             )
             interrupted += 1
         kicked: set[SessionKey] = set()

@@ -342,6 +342,55 @@ async def test_robust_connection_recovers_publish_and_consume_after_the_broker_d
         await broker.close()
 
 
+async def test_a_handler_running_when_the_connection_drops_finishes_and_its_message_comes_again(
+    amqp_url: str, prefix: str
+) -> None:
+    """aiormq runs each consumer callback as a task of its channel and cancels those tasks when the
+    channel closes. A handler half-way through a multi-step effect (a sandbox turn: claim, run the
+    agent, record the end) must not stop at an arbitrary await because the broker restarted: it
+    finishes, its ack is lost with the channel (logged, not raised), and the broker delivers the
+    message again after the reconnect (at least once; handlers are idempotent)."""
+    name = f"{prefix}@handler-survives"
+    broker = AmqpBroker(amqp_url, prefix=prefix, settings=SETTINGS, connection_name=name)
+    await broker.connect()
+    try:
+        spec = QueueSpec(f"{prefix}.survives")
+        release = asyncio.Event()
+        runs: list[tuple[str, bool]] = []  # message id, redelivered
+        finished: list[str] = []
+        cancelled: list[str] = []
+
+        async def long_effect(message: Message, ctx: HandlerContext) -> None:
+            runs.append((message.message_id, message.redelivered))
+            try:
+                if len(runs) == 1:
+                    await release.wait()  # the connection drops while the effect is under way
+            except asyncio.CancelledError:
+                cancelled.append(message.message_id)
+                raise
+            finished.append(message.message_id)
+
+        worker = Worker(broker, service="sandbox", settings=SETTINGS)
+        worker.register(spec, long_effect)
+        await worker.start()
+        await broker.publish(exchange="", routing_key=spec.name, body=b"", message_id="turn")
+        await assert_eventually(lambda: _eq(runs, [("turn", False)]))
+        pids = await asyncio.to_thread(_connection_pids, name)
+        assert len(pids) == 1, pids
+        await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test: handler survives")
+        await assert_eventually(lambda: _eq(bool(broker.unavailable_reason), True), timeout=10)
+        release.set()
+        await assert_eventually(lambda: _eq(finished, ["turn"]), timeout=5)
+        # Unacked when its channel closed: delivered again once the robust connection is back.
+        await assert_eventually(lambda: _eq(runs, [("turn", False), ("turn", True)]), timeout=30)
+        await assert_eventually(lambda: _eq(finished, ["turn", "turn"]), timeout=5)
+        assert cancelled == []
+        assert await worker.wait_idle(5.0)
+        await worker.stop(5.0)
+    finally:
+        await broker.close()
+
+
 def _connection_pids(connection_name: str) -> list[str]:
     """Erlang pids of the open connections whose client properties carry `connection_name`."""
     listed = rabbitmqctl("list_connections", "--no-table-headers", "pid", "client_properties")

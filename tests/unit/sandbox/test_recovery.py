@@ -195,7 +195,10 @@ def test_a_turn_whose_runner_process_is_gone_is_orphaned_even_while_its_agent_li
         is_alive=alive.__contains__,
     )
     fresh, stale = dt.timedelta(seconds=1), dt.timedelta(minutes=5)
-    assert not runner.orphaned(_turn("h:999:new", 200, stale))  # its own
+    own = _turn("h:999:new", 200, stale)
+    assert runner.orphaned(own)  # its own, but no run of its session is under way: abandoned
+    runner._running[own.session] += 1  # what `run_session` holds while it runs the session's turns
+    assert not runner.orphaned(own)
     assert not runner.orphaned(_turn("h:100:other", 200, fresh))  # another live replica on this host
     assert runner.orphaned(_turn("h:100:other", 404, fresh))  # that replica's agent died
     assert runner.orphaned(_turn("h:404:old", 200, fresh))  # a killed runner; its agent lingers
