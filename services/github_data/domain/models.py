@@ -83,6 +83,7 @@ class SyncStatus:
     version: int = 0
     job_state: JobState = "idle"
     job_reason: str = ""
+    job_rerun: str = ""  # why a sync was asked for while this one ran: it follows this one
     update_time: datetime | None = None
     repository_count: int = 0
     open_pull_request_count: int = 0

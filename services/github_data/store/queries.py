@@ -150,6 +150,7 @@ def _status(row: Any, repos: int = 0, prs: int = 0, conn: Connection | None = No
         version=row.version,
         job_state=row.job_state,
         job_reason=row.job_reason,
+        job_rerun=row.job_rerun,
         update_time=row.update_time,
         repository_count=repos,
         open_pull_request_count=prs,
@@ -176,6 +177,7 @@ async def create_status(session: AsyncSession, *, org: str, now: datetime) -> No
             seq=0,
             job_state="idle",
             job_reason="",
+            job_rerun="",
             update_time=now,
         )
     )
@@ -240,6 +242,33 @@ async def update_status(
     )
     result = await session.execute(stmt)
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def request_rerun(session: AsyncSession, *, org: str, reason: str) -> bool:
+    """Record that a sync was asked for (`reason`) while one runs, unless one was already; False when
+    no sync runs or a rerun is recorded. Not a change of the status shown: `version` stays."""
+    stmt = (
+        update(sync_status)
+        .where(
+            and_(
+                sync_status.c.organization == org,
+                sync_status.c.job_state == "running",
+                sync_status.c.job_rerun == "",
+            )
+        )
+        .values(job_rerun=reason)
+    )
+    return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def take_rerun(session: AsyncSession, *, org: str) -> str:
+    """The rerun recorded during the sync that ends now ("" when none), cleared."""
+    stmt = select(sync_status.c.job_rerun).where(sync_status.c.organization == org)
+    reason = str((await session.execute(stmt)).scalar() or "")
+    if reason:
+        clear = update(sync_status).where(sync_status.c.organization == org).values(job_rerun="")
+        await session.execute(clear)
+    return reason
 
 
 async def renew_lease(session: AsyncSession, *, org: str, token: str, until: datetime | None) -> bool:

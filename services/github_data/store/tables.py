@@ -68,6 +68,9 @@ sync_status = Table(
     Column("job_lease_until", UtcDateTime(), nullable=True),
     Column("job_reason", Text, nullable=False, default=""),
     Column("job_started_at", UtcDateTime(), nullable=True),
+    # Why a sync was asked for while this one ran ("" when none was): it runs once this one ends, as
+    # the running one may have listed the repositories before the change that prompted the request.
+    Column("job_rerun", Text, nullable=False, default="", server_default=""),
     Column("update_time", UtcDateTime(), nullable=False),
 )
 

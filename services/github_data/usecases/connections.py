@@ -1,8 +1,11 @@
 """Connecting organizations, asking for syncs, clearing state, and resuming syncs after a restart.
 
 A sync request never runs the sync: it bumps the generation, marks the job `queued`, writes the
-RunSync work item and a SyncProgress event in one transaction, and returns. While a job is queued
-or running, another request returns the current status instead.
+RunSync work item and a SyncProgress event in one transaction, and returns. While a job is queued,
+another request returns the current status (the queued sync will see what is there when it starts).
+While one runs, it may have listed the repositories before the change that prompted the request
+("Sync now" after adding a repository): the request is recorded (`job_rerun`) and a new sync is
+queued when the running one ends (`sync.SyncRun`), one however many requests came meanwhile.
 """
 
 from __future__ import annotations
@@ -46,12 +49,17 @@ def _check_local_root(root: str) -> str:
 
 
 async def enqueue_sync(session: AsyncSession, deps: Deps, org: str, reason: str) -> bool:
-    """Queue a full sync of `org` in the caller's transaction unless one is queued or running.
+    """Queue a full sync of `org` in the caller's transaction unless one is queued; while one runs,
+    record the request so that a new sync follows it (see the module docstring).
 
     Returns True when a new sync was queued. The caller publishes SyncProgress.
     """
     status = await queries.get_status(session, org=org, with_counts=False)
     assert status is not None
+    if status.job_state == "running":
+        if await queries.request_rerun(session, org=org, reason=reason):
+            log.info("sync_rerun_requested", organization=org, generation=status.generation, reason=reason)
+        return False
     if status.job_active:
         return False
     generation = status.generation + 1
@@ -151,6 +159,7 @@ async def clear_state(
             "job_state": "idle",
             "job_token": None,
             "job_lease_until": None,
+            "job_rerun": "",
             "error_message": "",
             "update_time": now,
         },

@@ -41,6 +41,7 @@ from services.github_data.domain.models import (
 from services.github_data.domain.ports import Provider, ProviderError, RemoteRepository
 from services.github_data.providers import open_provider
 from services.github_data.store import queries
+from services.github_data.usecases.connections import enqueue_sync
 from services.github_data.usecases.deps import Deps
 from services.github_data.usecases.upserts import (
     announce_removed,
@@ -295,6 +296,7 @@ class SyncRun:
                 },
                 session=session,
             )
+            await self._follow_up(session)
         log.info(
             "sync_finished",
             organization=self.org,
@@ -303,6 +305,14 @@ class SyncRun:
             swept_repositories=len(repos),
             swept_pull_requests=len(prs),
         )
+
+    async def _follow_up(self, session: Any) -> None:
+        """Queue the sync asked for while this one ran (`connections.enqueue_sync`), in the
+        transaction that ends this one: the request may have come after this one listed what changed."""
+        reason = await queries.take_rerun(session, org=self.org)
+        why = f"asked for during the last sync: {reason}"
+        if reason and await enqueue_sync(session, self.deps, self.org, why):
+            await self.deps.events.sync_progress(session, self.org)
 
     async def _fail(self, message: str) -> None:
         log.warning("sync_error", organization=self.org, generation=self.generation, error=message)
@@ -322,6 +332,7 @@ class SyncRun:
                     },
                     session=session,
                 )
+                await self._follow_up(session)
         except Superseded:
             log.info("sync_superseded", organization=self.org, generation=self.generation)
 

@@ -157,20 +157,43 @@ async def test_250_repository_organization_syncs_in_batches_of_10_with_paging(
         ]
 
 
-async def test_request_sync_while_one_runs_returns_its_status(settings: Settings, gh: GithubServer) -> None:
+async def test_a_sync_asked_for_while_one_runs_follows_it_once_and_sees_the_change(
+    settings: Settings, gh: GithubServer
+) -> None:
+    """ "Sync now" after adding a repository, while a sync that already listed the repositories is
+    still running (its pull requests): the request returns that sync's status, and a second sync
+    follows it (one, for any number of requests meanwhile) and lists the new repository."""
     organization(gh.state, 30)
-    gh.state.delay["/pulls"] = 0.2
+    gate = gh.state.hold("/pulls")  # the first sync waits in its first pull-request batch
     async with running(with_api(settings, gh), ["github_data"]) as mesh:
         client = stub(mesh)
         await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
         running_status = await wait_state(mesh, ss.SYNC_STATE_SYNCING)
-        again = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
-        assert not again.enqueued
-        assert again.sync_status.generation == running_status.generation == 1
-        gh.state.delay.clear()
-        await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+        await assert_eventually(lambda: _eq(any("/pulls" in r for r in gh.state.requests), True))
+        gh.state.add_repo(ORG, "late", default_branch="main")
+        for _ in range(2):
+            again = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
+            assert not again.enqueued
+            assert again.sync_status.generation == running_status.generation == 1
+        gate.set()
+        gh.state.gates.clear()
+
+        async def second_sync_done() -> ss.SyncStatus:
+            status = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+            assert status.generation == 2, status
+            return status
+
+        await assert_eventually(second_sync_done, timeout=30)
+        listed = await client.ListRepositories(
+            pb.ListRepositoriesRequest(parent=f"organizations/{ORG}", page_size=100)
+        )
+        assert "acme/late" in [r.full_name for r in listed.repositories]
         after = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
-        assert after.enqueued and after.sync_status.generation == 2
+        assert after.enqueued and after.sync_status.generation == 3  # no third sync came before
+
+
+def _eq(actual: object, expected: object) -> None:
+    assert actual == expected
 
 
 async def test_rate_limited_answers_are_waited_out_and_the_sync_succeeds(

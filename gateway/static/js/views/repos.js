@@ -62,7 +62,8 @@ export function repoOverview(org) {
       syncNow.disabled = true;
       try {
         const response = await post(`/v1/${orgName}/syncStatus:requestSync`, { reason: "workbench: sync now", requestId: crypto.randomUUID() });
-        note.textContent = response.enqueued ? "Sync requested." : "A sync is already under way.";
+        note.textContent = response.enqueued ? "Sync requested."
+          : "A sync is under way; another follows it to pick up recent changes.";
       } catch (e) {
         error.textContent = e.message;
       } finally {
