@@ -4,9 +4,13 @@ Tests that need isolation inside the run use `unique_name()`."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,41 @@ def amqp_url() -> str:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     SERVERS.close()
+
+
+HANG_REPORT_LEAD_SECONDS = 20.0  # before pytest-timeout's deadline
+
+
+@pytest.fixture(autouse=True)
+async def _asyncio_tasks_shown_before_a_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """An async test that hangs is killed by pytest-timeout, whose dump shows threads only: the event
+    loop's thread sits in `select()` and which await never returned is lost. Shortly before that
+    deadline, print every asyncio task's stack (in the test's captured output)."""
+    if not inspect.iscoroutinefunction(getattr(request, "function", None)):
+        yield
+        return
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 0)
+    if limit <= HANG_REPORT_LEAD_SECONDS:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    timer = threading.Timer(
+        limit - HANG_REPORT_LEAD_SECONDS, lambda: loop.call_soon_threadsafe(_print_tasks, request.node.nodeid)
+    )
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _print_tasks(test: str) -> None:
+    tasks = asyncio.all_tasks()
+    print(f"\n+++ {test}: still running near its timeout; {len(tasks)} asyncio tasks +++", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(file=sys.stderr)  # the awaits it is suspended in, outermost first
 
 
 @pytest.fixture
