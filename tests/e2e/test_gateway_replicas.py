@@ -7,7 +7,6 @@ tab ends with exactly what a fresh page bootstraps."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import uuid
 from collections import Counter
@@ -91,6 +90,7 @@ class Tab:
         self.connections: list[list[SseEvent]] = []
         self.reopened_after_404 = 0
         self._task: asyncio.Task[None] | None = None
+        self._response: httpx.Response | None = None
         self._hello = asyncio.Event()
 
     @property
@@ -105,16 +105,16 @@ class Tab:
         return f"/v1/stream?resume={resume}&{query}" if resume else f"/v1/stream?{query}"
 
     def open(self, resume: str = "") -> None:
-        if self._task is not None:
-            self._task.cancel()
+        assert self._task is None, "close() the tab's stream first"
         self._hello.clear()
         self._task = asyncio.create_task(self._run(self._url(resume)))
 
     async def _run(self, url: str) -> None:
         headers: dict[str, str] = {}
-        while True:
+        while asyncio.current_task() is self._task:
             try:
                 async with self.http.stream("GET", url, headers=headers) as response:
+                    self._response = response
                     if response.status_code != 200:
                         await asyncio.sleep(0.5)
                         url, headers = self._url(self.last_id), {}
@@ -123,6 +123,8 @@ class Tab:
                     self.connections.append(events)
                     while True:
                         event = await reader.next(3600)
+                        if asyncio.current_task() is not self._task:
+                            return  # closed, its cancel absorbed by httpx: never mix in a dead stream
                         events.append(event)
                         self.last_id = event.id or self.last_id
                         if event.event == "hello":
@@ -141,15 +143,27 @@ class Tab:
         response = await self.http.post(f"/v1/streams/{self.stream_id}:subscribe", json={"topics": topics})
         if response.status_code == 404:
             self.reopened_after_404 += 1
+            await self.close()
             self.open(self.last_id)
         else:
             assert response.status_code == 200 and response.json()["errors"] == [], response.text
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop reading, bounded: a cancel that lands inside httpx's read of the stream can be
+        absorbed there (the task then reads on, the stream's heartbeats keeping it busy), and an
+        unbounded wait hung the test in its `finally` for 300 s, hiding what had failed."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        _, pending = await asyncio.wait({task}, timeout=5)
+        if pending and self._response is not None:
+            await self._response.aclose()  # the read ends with the connection
+            _, pending = await asyncio.wait({task}, timeout=5)
+        if pending:
+            print(f"a tab's reader did not stop: {task!r}")
+        elif not task.cancelled() and task.exception() is not None:
+            print(f"a tab's reader failed: {task.exception()!r}")
 
 
 async def test_tabs_subscribe_resume_and_receive_on_either_gateway_replica(tmp_path: Path) -> None:
