@@ -59,7 +59,11 @@ async def enqueue_sync(session: AsyncSession, deps: Deps, org: str, reason: str)
     if status.job_state == "running":
         if await queries.request_rerun(session, org=org, reason=reason):
             log.info("sync_rerun_requested", organization=org, generation=status.generation, reason=reason)
-        return False
+            return False
+        # Not recorded: one is recorded already, or the sync ended since the read above (on PostgreSQL
+        # the update waited for its closing transaction, then found it idle). Look again.
+        status = await queries.get_status(session, org=org, with_counts=False)
+        assert status is not None
     if status.job_active:
         return False
     generation = status.generation + 1

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import grpc
 import httpx
 import pytest
@@ -32,6 +33,7 @@ from services.platform.settings import Settings
 from tests.helpers import assert_eventually
 from tests.helpers.github_server import DOCS, GithubServer, GithubState
 from tests.helpers.github_sign_in import sign_in_with_github
+from tests.helpers.infra import make_pg_database
 from tests.helpers.mesh import Mesh, running
 from tests.unit.github_data.conftest import EventLog, stub
 
@@ -190,6 +192,46 @@ async def test_a_sync_asked_for_while_one_runs_follows_it_once_and_sees_the_chan
         assert "acme/late" in [r.full_name for r in listed.repositories]
         after = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
         assert after.enqueued and after.sync_status.generation == 3  # no third sync came before
+
+
+@pytest.mark.integration
+async def test_a_sync_asked_for_while_the_running_one_commits_its_end_is_queued_on_postgres(
+    settings: Settings, gh: GithubServer, amqp_url: str
+) -> None:
+    """The request reads the sync as running, but the sync's closing transaction holds the status row:
+    the request's rerun update waits for it, then finds the sync ended (PostgreSQL re-checks the
+    condition). The request must then queue a sync itself, not be dropped."""
+    organization(gh.state, 3)
+    gate = gh.state.hold("/pulls")
+    async with make_pg_database() as db_url:
+        pg = settings.model_copy(update={"database_url": db_url, "amqp_url": amqp_url})
+        async with running(with_api(pg, gh), ["github_data"]) as mesh:
+            client = stub(mesh)
+            await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
+            await wait_state(mesh, ss.SYNC_STATE_SYNCING)
+            closing = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                ending = closing.transaction()
+                await ending.start()  # a sync's closing transaction, as `SyncRun._finalize` holds it
+                await closing.execute(
+                    "UPDATE github_data.sync_status SET state = 'synced', job_state = 'idle', "
+                    "job_token = NULL, job_lease_until = NULL WHERE organization = $1",
+                    ORG,
+                )
+                request = asyncio.ensure_future(
+                    client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
+                )
+                await asyncio.sleep(1.0)
+                assert not request.done()  # its rerun update waits for the row
+                await ending.commit()
+                answer = await asyncio.wait_for(request, 10)
+            finally:
+                await closing.close()
+                gate.set()  # the superseded first sync stops at its next write
+                gh.state.gates.clear()
+            assert answer.enqueued and answer.sync_status.generation == 2
+            done = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
+            assert done.generation == 2
 
 
 def _eq(actual: object, expected: object) -> None:
