@@ -171,7 +171,11 @@ async def test_a_sync_asked_for_while_one_runs_follows_it_once_and_sees_the_chan
         client = stub(mesh)
         await client.ConnectOrganization(pb.ConnectOrganizationRequest(connection=github_connection()))
         running_status = await wait_state(mesh, ss.SYNC_STATE_SYNCING)
-        await assert_eventually(lambda: _eq(any("/pulls" in r for r in gh.state.requests), True))
+
+        async def listed_and_waiting() -> None:  # the repositories listed, the pull requests held
+            assert any("/pulls" in r for r in gh.state.requests), gh.state.requests
+
+        await assert_eventually(listed_and_waiting)
         gh.state.add_repo(ORG, "late", default_branch="main")
         for _ in range(2):
             again = await client.RequestSync(pb.RequestSyncRequest(name=STATUS, reason="manual reload"))
@@ -232,10 +236,6 @@ async def test_a_sync_asked_for_while_the_running_one_commits_its_end_is_queued_
             assert answer.enqueued and answer.sync_status.generation == 2
             done = await wait_state(mesh, ss.SYNC_STATE_SYNCED)
             assert done.generation == 2
-
-
-def _eq(actual: object, expected: object) -> None:
-    assert actual == expected
 
 
 async def test_rate_limited_answers_are_waited_out_and_the_sync_succeeds(
