@@ -577,24 +577,37 @@ async def put_user_task_state(
     )
 
 
-async def put_user_session_state(session: AsyncSession, *, task_id: str, state: UserSessionState) -> None:
-    key = and_(
-        user_session_states.c.session_id == state.session_id, user_session_states.c.user_id == state.user
+def _put_user_session_state(insert_: Any) -> Any:
+    stmt = insert_(user_session_states)
+    columns = ("task_id", "unread", "draft_text", "draft_attachments", "draft_updated_at", "updated_at")
+    return stmt.on_conflict_do_update(
+        index_elements=[user_session_states.c.session_id, user_session_states.c.user_id],
+        set_={c: stmt.excluded[c] for c in columns},
     )
-    values = {
-        "task_id": task_id,
-        "unread": state.unread,
-        "draft_text": state.draft_text,
-        "draft_attachments": state.draft_attachments,
-        "draft_updated_at": state.draft_updated_at,
-        "updated_at": state.updated_at,
-    }
-    if (await session.execute(select(user_session_states.c.session_id).where(key))).first():
-        await session.execute(update(user_session_states).where(key).values(**values))
-    else:
-        await session.execute(
-            insert(user_session_states).values(session_id=state.session_id, user_id=state.user, **values)
-        )
+
+
+# An upsert: two calls at once for a user's first state of a session (two messages sent together)
+# both found no row and both inserted, and the second failed on pk_user_session_states (INTERNAL).
+_PUT_USER_SESSION_STATE = {
+    "postgresql": _put_user_session_state(postgresql.insert),
+    "sqlite": _put_user_session_state(sqlite.insert),
+}
+
+
+async def put_user_session_state(session: AsyncSession, *, task_id: str, state: UserSessionState) -> None:
+    await session.execute(
+        _PUT_USER_SESSION_STATE[session.get_bind().dialect.name],
+        {
+            "session_id": state.session_id,
+            "user_id": state.user,
+            "task_id": task_id,
+            "unread": state.unread,
+            "draft_text": state.draft_text,
+            "draft_attachments": state.draft_attachments,
+            "draft_updated_at": state.draft_updated_at,
+            "updated_at": state.updated_at,
+        },
+    )
 
 
 async def delete_user_session_states(session: AsyncSession, *, session_id: str) -> None:
