@@ -48,6 +48,7 @@ from services.github_data.store.tables import (
     sync_status,
     webhook_deliveries,
 )
+from services.platform.db.upsert import insert as upsert_insert
 
 # -- connections ------------------------------------------------------------------------------------
 
@@ -89,21 +90,15 @@ async def get_connection(session: AsyncSession, *, org: str) -> Connection | Non
 
 
 async def save_connection(session: AsyncSession, *, connection: Connection, now: datetime) -> Connection:
-    """Insert or update the connection of `connection.organization`; returns it as stored."""
-    values = _connection_values(connection)
-    existing = await get_connection(session, org=connection.organization)
-    if existing is None:
-        await session.execute(
-            insert(connections).values(
-                organization=connection.organization, create_time=now, update_time=now, **values
-            )
-        )
-    else:
-        await session.execute(
-            update(connections)
-            .where(connections.c.organization == connection.organization)
-            .values(update_time=now, **values)
-        )
+    """Insert or update the connection of `connection.organization` (one upsert: two first connects
+    at once both succeed); returns it as stored."""
+    values = {**_connection_values(connection), "update_time": now}
+    stmt = upsert_insert(session, connections).values(
+        organization=connection.organization, create_time=now, **values
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(index_elements=[connections.c.organization], set_=values)
+    )
     stored = await get_connection(session, org=connection.organization)
     assert stored is not None
     return stored
@@ -161,9 +156,11 @@ def _status(row: Any, repos: int = 0, prs: int = 0, conn: Connection | None = No
 
 
 async def create_status(session: AsyncSession, *, org: str, now: datetime) -> None:
-    """The first status row of an organization (pending, generation 0)."""
+    """The first status row of an organization (pending, generation 0); none when it has one (two
+    first connects at once)."""
     await session.execute(
-        insert(sync_status).values(
+        upsert_insert(session, sync_status)
+        .values(
             organization=org,
             state="pending",
             phase=None,
@@ -180,6 +177,7 @@ async def create_status(session: AsyncSession, *, org: str, now: datetime) -> No
             job_rerun="",
             update_time=now,
         )
+        .on_conflict_do_nothing(index_elements=[sync_status.c.organization])
     )
 
 

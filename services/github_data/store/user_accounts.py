@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.github_data.domain.accounts import Discovery, DiscoveryState, GithubAccount, UserToken
 from services.github_data.store.tables import user_accounts, user_discoveries, user_tokens
+from services.platform.db.upsert import insert as upsert_insert
 from services.platform.logging import get_logger
 from services.platform.secrets import SecretBox, SecretUnreadable
 
@@ -100,18 +101,17 @@ async def put_discovery(
 ) -> Discovery:
     """Move the user's discovery to `state` with the next version; `done` also records the success
     time. Returns it as stored."""
-    existing = await get_discovery(session, user_id=user_id)
     values: dict[str, Any] = {"state": state, "error_message": error_message, "update_time": now}
     if state == "done":
         values["last_success_time"] = now
-    if existing is None:
-        await session.execute(insert(user_discoveries).values(user_id=user_id, version=1, **values))
-    else:
-        await session.execute(
-            update(user_discoveries)
-            .where(user_discoveries.c.user_id == user_id)
-            .values(version=user_discoveries.c.version + 1, **values)
+    # One upsert: two discoveries of a new user at once both succeed.
+    stmt = upsert_insert(session, user_discoveries).values(user_id=user_id, version=1, **values)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[user_discoveries.c.user_id],
+            set_={**values, "version": user_discoveries.c.version + 1},
         )
+    )
     stored = await get_discovery(session, user_id=user_id)
     assert stored is not None
     return stored

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.organization.store._sql import insert
 from services.organization.store.tables import auth_sessions, members, organizations, users
+from services.platform.db.upsert import insert
 
 ACTIVE = 1  # MemberState.MEMBER_STATE_ACTIVE
 

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import Row, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.organization.store._sql import insert
 from services.organization.store.tables import audit_events
+from services.platform.db.upsert import insert
 
 
 async def append(session: AsyncSession, **values: Any) -> bool:

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import Row, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.organization.store._sql import insert
 from services.organization.store.tables import (
     applied_versions,
     github_discoveries,
@@ -16,6 +15,7 @@ from services.organization.store.tables import (
     members,
     organizations,
 )
+from services.platform.db.upsert import insert
 
 ACTIVE = 1  # MemberState.MEMBER_STATE_ACTIVE
 PROVIDER_GITHUB = 2  # github_data Provider.PROVIDER_GITHUB

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Row, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.organization.store._sql import insert
 from services.organization.store.tables import model_credentials
+from services.platform.db.upsert import insert
 
 
 async def upsert(

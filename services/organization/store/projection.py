@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import Row, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.organization.store._sql import insert
 from services.organization.store.tables import (
     applied_versions,
     open_pull_requests,
@@ -18,6 +17,7 @@ from services.organization.store.tables import (
     task_summaries,
 )
 from services.platform.clock import EPOCH
+from services.platform.db.upsert import insert
 
 
 async def accept_version(session: AsyncSession, *, name: str, version: int) -> bool:

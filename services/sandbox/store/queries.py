@@ -7,7 +7,6 @@ from typing import Any
 
 from foundry.sandbox.v1 import events_pb2
 from sqlalchemy import and_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform import clock
@@ -23,10 +22,6 @@ EVENTS_APPENDED = "sandbox.session.events_appended"
 def events_scope(key: m.SessionKey) -> str:
     """The watch scope of a session's event log."""
     return f"session_events:{key.name}"
-
-
-def insert_for(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def sandbox_where(key: m.SandboxKey) -> Any:

@@ -18,13 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform import clock
 from services.platform.db import Database
+from services.platform.db.upsert import insert
 from services.platform.outbox import Outbox
 from services.sandbox import convert
 from services.sandbox.domain import models as m
 from services.sandbox.store import rows
 from services.sandbox.store.queries import (
     append_events,
-    insert_for,
     owned_by,
     sandbox_where,
     session_where,
@@ -91,7 +91,7 @@ class SandboxRecords:
         """Insert `sandbox` unless a row with its key exists; returns (row, created)."""
         async with self.db.transaction() as s:
             result = await s.execute(
-                insert_for(s)(sandboxes)
+                insert(s, sandboxes)
                 .values(**rows.sandbox_values(sandbox))
                 .on_conflict_do_nothing(index_elements=[sandboxes.c.organization, sandboxes.c.sandbox_id])
             )
@@ -165,7 +165,7 @@ class SandboxRecords:
     async def insert_session(self, agent_session: m.AgentSession) -> tuple[m.AgentSession, bool]:
         async with self.db.transaction() as s:
             result = await s.execute(
-                insert_for(s)(agent_sessions)
+                insert(s, agent_sessions)
                 .values(**rows.session_values(agent_session))
                 .on_conflict_do_nothing(
                     index_elements=[

@@ -17,9 +17,10 @@ from sqlalchemy.exc import IntegrityError
 
 from services.platform import clock
 from services.platform.db import Database
+from services.platform.db.upsert import insert
 from services.sandbox.domain import models as m
 from services.sandbox.store import rows
-from services.sandbox.store.queries import insert_for, sandbox_where
+from services.sandbox.store.queries import sandbox_where
 from services.sandbox.store.sandboxes import SandboxRecords
 from services.sandbox.store.tables import sandboxes, warm_pools
 
@@ -59,7 +60,7 @@ class WarmPoolRecords:
         }
         async with self.db.transaction() as s:
             await s.execute(
-                insert_for(s)(warm_pools)
+                insert(s, warm_pools)
                 .values(
                     organization=target.organization,
                     repository=target.repository,
