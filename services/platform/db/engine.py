@@ -214,11 +214,17 @@ class Database:
                 format="binary",
             )
 
+        async def keep_session(conn: Any) -> None:
+            """Release without the default reset query (`RESET ALL; UNLISTEN *; …`), a second round
+            trip per read: this pool only runs single SELECTs, which leave no session state (asyncpg
+            still rolls back an open transaction before this is called)."""
+
         return await asyncpg.create_pool(
             min_size=0,
             max_size=2 * self._pool_size,
             timeout=self._connect_timeout,
             init=init,
+            reset=keep_session,
             **opts,
         )
 

@@ -12,10 +12,12 @@ from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
 
 from services.platform.watch import WatchHub
 from services.task import convert
+from services.task.api.detail_cache import DetailResponses
 from services.task.api.watch import watch_session, watch_task, watch_user_task_states
 from services.task.domain import names
 from services.task.domain.errors import TaskNotFound, invalid
 from services.task.domain.models import Session, Task
+from services.task.store.queries import TaskDetail
 from services.task.usecases import (
     commands,
     file_reverts,
@@ -38,12 +40,18 @@ def _task(
     return convert.task(row, sessions, status=row.status, full=full, unread=unread)
 
 
+def _detail_response(detail: TaskDetail, full: bool) -> pb.GetTaskResponse:
+    row, sessions, unread = detail.records()
+    return pb.GetTaskResponse(task=_task(row, sessions, full=full, unread=unread))
+
+
 class TaskServicer(pb_grpc.TaskServiceServicer):
     """Implements foundry.task.v1.TaskService."""
 
     def __init__(self, deps: Deps, hub: WatchHub) -> None:
         self.deps = deps
         self.hub = hub
+        self._details = DetailResponses(_detail_response)
 
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Ctx) -> pb.CreateTaskResponse:
         t = request.task
@@ -68,13 +76,11 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Ctx) -> pb.GetTaskResponse:
         try:
-            row, sessions, unread = await task_ops.load_detail(self.deps, request.name)
+            detail = await task_ops.load_detail(self.deps, request.name)
         except TaskNotFound as exc:
             await self._first_use(request.name, exc)
-            row, sessions, unread = await task_ops.load_detail(self.deps, request.name)
-        return pb.GetTaskResponse(
-            task=_task(row, sessions, full=request.view != task_pb2.TASK_VIEW_BASIC, unread=unread)
-        )
+            detail = await task_ops.load_detail(self.deps, request.name)
+        return self._details.response(request.name, detail, full=request.view != task_pb2.TASK_VIEW_BASIC)
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: Ctx) -> pb.ListTasksResponse:
         rows, token = await task_ops.list_tasks(

@@ -125,25 +125,46 @@ _DETAIL = Read(
 )
 
 
-async def task_detail(
-    db: Database, *, task_id: str, organization: str, user_id: str
-) -> tuple[Task, list[Session], frozenset[str]] | None:
-    """The task, all its sessions (creation order) and the ids of those `user_id` has unread ("": a
-    service caller, none), read in one statement; None when there is no such task."""
+class TaskDetail:
+    """GetTask's read as read: `rows` (one per session, the task's columns repeated) compare equal
+    exactly when the task, its sessions and the caller's unread flags are unchanged, which lets
+    the servicer reuse the response it built from equal rows (`records()` builds the records)."""
+
+    __slots__ = ("rows", "user_id")
+
+    def __init__(self, rows: list[list[Any]], user_id: str) -> None:
+        self.rows, self.user_id = rows, user_id
+
+    @property
+    def weight(self) -> int:
+        """Bytes held by the largest values (git state, pull request), for bounding a cache."""
+        first = self.rows[0]
+        return len(first[_GIT_STATE] or b"") + len(first[_PULL_REQUEST] or b"")
+
+    def records(self) -> tuple[Task, list[Session], frozenset[str]]:
+        """The task, all its sessions (creation order) and the ids of those the caller has unread."""
+        rows = self.rows
+        task = _task_from(dict(zip(_TASK_KEYS, rows[0][:_N_TASK], strict=True)))
+        found: list[Session] = []
+        unread: set[str] = set()
+        end = _N_TASK + _N_SESSION
+        for row in rows:
+            if row[_N_TASK] is None:  # no sessions
+                continue
+            found.append(_session_from(dict(zip(_SESSION_KEYS, row[_N_TASK:end], strict=True))))
+            if self.user_id and row[end]:
+                unread.add(row[_N_TASK])
+        return task, found, frozenset(unread)
+
+
+_GIT_STATE, _PULL_REQUEST = _TASK_KEYS.index("git_state"), _TASK_KEYS.index("pull_request")
+
+
+async def task_detail(db: Database, *, task_id: str, organization: str, user_id: str) -> TaskDetail | None:
+    """The task, all its sessions and `user_id`'s unread flags ("": a service caller, none), read in
+    one statement; None when there is no such task."""
     rows = await db.fetch(_DETAIL, task_id=task_id, organization=organization, user_id=user_id)
-    if not rows:
-        return None
-    task = _task_from(dict(zip(_TASK_KEYS, rows[0][:_N_TASK], strict=True)))
-    found: list[Session] = []
-    unread: set[str] = set()
-    end = _N_TASK + _N_SESSION
-    for row in rows:
-        if row[_N_TASK] is None:  # no sessions
-            continue
-        found.append(_session_from(dict(zip(_SESSION_KEYS, row[_N_TASK:end], strict=True))))
-        if user_id and row[end]:
-            unread.add(row[_N_TASK])
-    return task, found, frozenset(unread)
+    return TaskDetail(rows, user_id) if rows else None
 
 
 # CreateTask's retry check: the task created under this request id, with its sessions, in one statement.

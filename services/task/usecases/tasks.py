@@ -255,9 +255,9 @@ async def load(deps: Deps, name: str, *, authorize: bool = True) -> tuple[Task, 
         return task, await queries.list_sessions(session, task_id=task_id)
 
 
-async def load_detail(deps: Deps, name: str) -> tuple[Task, list[Session], frozenset[str]]:
-    """GetTask's read: the task, its sessions and the ids of sessions unread by the caller, in one
-    statement (`queries.task_detail`: no ORM session, one consistent state). Errors as `load`."""
+async def load_detail(deps: Deps, name: str) -> queries.TaskDetail:
+    """GetTask's read: the task, its sessions and the caller's unread flags, in one statement
+    (`queries.task_detail`: no ORM session, one consistent state). Errors as `load`."""
     org, task_id = names.task(name)
     await deps.membership.require(f"organizations/{org}")
     detail = await queries.task_detail(deps.db, task_id=task_id, organization=org, user_id=caller_user_id())
