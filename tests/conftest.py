@@ -46,6 +46,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     SERVERS.close()
 
 
+_held: list[object] = []  # gRPC objects kept for the whole run (`_grpc_held_for_the_run`)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _grpc_held_for_the_run() -> None:
+    """Keep gRPC initialised for the whole run, with one idle channel that is never closed.
+
+    grpc.aio counts its live channels and servers: each time the count falls to zero it shuts its
+    completion queue down (joining the poller thread) and calls grpc_shutdown, which tears gRPC core
+    down in a thread of its own; core likewise drops its default EventEngine (thread pool and timer
+    thread) when nothing holds it. The next channel starts all of it again. A test process drops its
+    last channel hundreds of times, and a teardown racing the next start is the kind of crash
+    (SIGSEGV in a gRPC thread; see grpc/grpc#43364) that took the runner down in CI. Held, the
+    rolling-restart test starts 1 timer thread and 1 thread pool instead of 12 and 14.
+    A service holds its server for its whole life, so it never goes through the cycle."""
+    import grpc.aio
+
+    _held.append(grpc.aio.insecure_channel("localhost:1"))  # idle: never connects, never closed
+
+
 HANG_REPORT_LEAD_SECONDS = 20.0  # before pytest-timeout's deadline
 
 
