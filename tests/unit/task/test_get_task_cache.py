@@ -8,6 +8,7 @@ from pathlib import Path
 
 from foundry.task.v1 import task_pb2, user_task_state_pb2
 from foundry.task.v1 import task_service_pb2 as pb
+from foundry.task.v1 import task_service_pb2_grpc as pb_grpc
 from google.protobuf import field_mask_pb2
 
 from services.platform.settings import Settings
@@ -26,9 +27,9 @@ async def test_get_task_shows_each_callers_unread_flags_and_every_change(
         bob = world.task_stub(await world.sign_in("bob"))
         session = task.sessions[0].name
 
-        async def unread(stub: object) -> bool:
-            got = (await stub.GetTask(pb.GetTaskRequest(name=task.name))).task  # type: ignore[attr-defined]
-            return got.sessions[0].unread
+        async def unread(stub: pb_grpc.TaskServiceAsyncStub) -> bool:
+            got = (await stub.GetTask(pb.GetTaskRequest(name=task.name))).task
+            return bool(got.sessions[0].unread)
 
         async def mark(value: bool) -> None:
             state = user_task_state_pb2.UserSessionState(name=f"{session}/userStates/me", unread=value)
