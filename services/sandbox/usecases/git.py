@@ -9,6 +9,8 @@ credential helper reading an environment variable; it never lands in a file, URL
 from __future__ import annotations
 
 import re
+import secrets
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +44,7 @@ _SERVICE_SIDE = (
 )
 PUSH_REPO = "push.git"
 FETCH_REPO = "fetch.git"
+MAX_BATCH_SCRIPT = 64 * 1024  # bytes of one `run_many` script; Linux caps one argument at 128 KiB
 
 
 @dataclass
@@ -110,6 +113,61 @@ class Git:
             raise failure(args, result, self.token)  # git's own message says which command failed
         return result
 
+    async def run_many(self, commands: Sequence[Sequence[str]]) -> list[ExecResult]:
+        """Run `git <args>` for each of `commands` in the checkout, in turn, in one confined process per
+        MAX_BATCH_SCRIPT of script (a shell; each confined process costs a bubblewrap start), and
+        return each one's result whatever its exit code (check with `checked`).
+
+        Each command's output is followed by a line holding a random marker and its exit code, on
+        stdout and on stderr; outputs are cut at those lines. Raises GitError when the outputs cannot
+        be cut so (a command printed the marker, or the shell died), Unavailable as `Provider.exec`."""
+        marker = f"foundry-{secrets.token_hex(16)}"
+        results: list[ExecResult] = []
+        batch: list[Sequence[str]] = []
+        lines: list[str] = []
+        size = 0
+        for args in commands:
+            line = (
+                f"{shlex.join(self._argv(args))} </dev/null; s=$?; "
+                f"printf '\\n{marker} %d\\n' $s; printf '\\n{marker} %d\\n' $s >&2"
+            )
+            if lines and size + len(line.encode()) > MAX_BATCH_SCRIPT:
+                results += await self._run_batch(batch, lines, marker)
+                batch, lines, size = [], [], 0
+            batch.append(args)
+            lines.append(line)
+            size += len(line.encode()) + 1  # and its newline
+        if batch:
+            results += await self._run_batch(batch, lines, marker)
+        return results
+
+    async def _run_batch(
+        self, commands: Sequence[Sequence[str]], lines: list[str], marker: str
+    ) -> list[ExecResult]:
+        result = await self.provider.exec(
+            self.provider_id,
+            ["/bin/sh", "-c", "\n".join(lines)],
+            cwd=WORK,
+            env=self._env(),
+            timeout=GIT_TIMEOUT_SECONDS,
+        )
+        outs, errs = _framed(result.stdout, marker), _framed(result.stderr, marker)
+        if len(outs) != len(commands) or [c for _, c in outs] != [c for _, c in errs]:
+            raise GitError(
+                f"git output could not be read (exit status {result.returncode}): "
+                + (result.stderr.strip().splitlines() or ["no message"])[-1]
+            )
+        return [
+            ExecResult(tuple(self._argv(args)), code, out, err)
+            for args, (out, code), (err, _) in zip(commands, outs, errs, strict=True)
+        ]
+
+    def checked(self, result: ExecResult, ok_codes: tuple[int, ...] = (0,)) -> ExecResult:
+        """`result` (of `run_many`) when its exit code is in `ok_codes`; else the error `run` raises."""
+        if result.returncode not in ok_codes:
+            raise failure(result.argv[len(self._argv(())) :], result, self.token)
+        return result
+
     async def try_run(self, *args: str, cwd: str = WORK, confined: bool = True) -> ExecResult:
         """Run `git <args>` and return the result whatever the exit code."""
         return await self.provider.exec(
@@ -120,6 +178,20 @@ class Git:
             timeout=GIT_TIMEOUT_SECONDS,
             confined=confined,
         )
+
+
+def _framed(text: str, marker: str) -> list[tuple[str, int]]:
+    """`out1\\n<marker> 0\\nout2\\n<marker> 1\\n` → [(out1, 0), (out2, 1)]; [] when malformed."""
+    pieces = text.split(f"\n{marker} ")
+    cut: list[tuple[str, int]] = []
+    output = pieces[0]
+    for piece in pieces[1:]:
+        code, newline, rest = piece.partition("\n")
+        if not (newline and code.isdigit()):
+            return []
+        cut.append((output, int(code)))
+        output = rest
+    return cut if output == "" else []
 
 
 def failure(args: Sequence[str], result: ExecResult, token: str = "") -> GitError | RemoteUnusable:

@@ -83,67 +83,92 @@ def _cut(diff: str, limit: int) -> tuple[str, bool]:
     return data[:limit].decode(errors="ignore"), True
 
 
-async def base_commit(git: Git, base_branch: str) -> str:
-    """The merge-base of HEAD and `origin/<base_branch>`; HEAD when there is none."""
-    if base_branch:
-        found = await git.try_run("merge-base", "HEAD", f"refs/remotes/origin/{base_branch}")
-        if found.ok and found.stdout.strip():
-            return found.stdout.strip()
-    return (await git.run("rev-parse", "HEAD")).stdout.strip()
+def _diffs(*against: str) -> list[tuple[str, ...]]:
+    return [
+        ("diff", *against, "--name-status", "-z", "--no-renames"),
+        ("diff", *against, "--numstat", "-z", "--no-renames"),
+    ]
+
+
+_HEAD = [
+    ("rev-parse", "HEAD"),
+    ("symbolic-ref", "--short", "HEAD"),
+    ("status", "--porcelain=v1", "-z", "--no-renames", "--untracked-files=all"),
+    ("ls-files", "-z", "--cached", "--others", "--exclude-standard"),
+]
 
 
 async def compute(git: Git, key: SandboxKey, base_branch: str = "") -> GitState:
     """Run git in the checkout and build its state against `base_branch` (see the module docstring).
-    Raises GitError / RemoteUnusable on git failures."""
+    Raises GitError / RemoteUnusable on git failures.
+
+    It runs after every turn and on every task's way to ready, so the commands go in two batches of
+    one confined process each (`Git.run_many`): the state of the checkout, then the diff of each
+    changed file (none when nothing changed). `git diff --merge-base` (git 2.30) diffs against the
+    merge-base in the first batch; without one, the diffs are asked again against HEAD."""
     if not base_branch:  # a task on a branch that already existed may name no base: the default one
         try:
             base_branch = await default_branch(git)
         except RemoteUnusable:
             base_branch = ""
-    base = await base_commit(git, base_branch)
-    untracked_status = parse_status(
-        (await git.run("status", "--porcelain=v1", "-z", "--no-renames", "--untracked-files=all")).stdout
-    )
+    base_ref = f"refs/remotes/origin/{base_branch}"
+    if base_branch:
+        merge_base, name_status, numstat, *rest = await git.run_many(
+            [("merge-base", "HEAD", base_ref), *_diffs("--merge-base", base_ref), *_HEAD]
+        )
+    else:
+        merge_base = None
+        name_status, numstat, *rest = await git.run_many([*_diffs("HEAD"), *_HEAD])
+    head_rev, symbolic, untracked_run, listed = rest
+    head = git.checked(head_rev).stdout.strip()
+    base = merge_base.stdout.strip() if merge_base is not None and merge_base.ok else ""
+    if not base:  # no base branch, or no merge-base with it: HEAD is the base
+        if merge_base is not None:
+            name_status, numstat = await git.run_many(_diffs("HEAD"))
+        base = head
+    untracked_status = parse_status(git.checked(untracked_run).stdout)
     status: dict[str, tuple[ChangeType, bool]] = {
-        path: (change, False)
-        for path, change in parse_name_status(
-            (await git.run("diff", base, "--name-status", "-z", "--no-renames")).stdout
-        ).items()
+        path: (change, False) for path, change in parse_name_status(git.checked(name_status).stdout).items()
     }
     status.update({p: v for p, v in untracked_status.items() if v[1]})
-    tracked = parse_numstat((await git.run("diff", base, "--numstat", "-z", "--no-renames")).stdout)
+    tracked = parse_numstat(git.checked(numstat).stdout)
+    paths = sorted(status)
+    # Untracked files: a count for every one; the text of the first MAX_DIFFED_FILES changed files.
+    asked: list[tuple[str, ...]] = []
+    for index, path in enumerate(paths):
+        if status[path][1]:
+            asked.append(("diff", "--no-index", "--numstat", "-z", "--", "/dev/null", path))
+        if index < MAX_DIFFED_FILES:
+            asked.append(
+                ("diff", "--no-index", "--", "/dev/null", path)
+                if status[path][1]
+                else ("diff", base, "--no-renames", "--", path)
+            )
+    answers = iter(await git.run_many(asked)) if asked else iter(())
     changes: list[FileChange] = []
     diffs: list[FileDiff] = []
     budget = MAX_TOTAL_DIFF_BYTES
-    for index, path in enumerate(sorted(status)):
+    for index, path in enumerate(paths):
         change_type, untracked = status[path]
         if untracked:
-            stat = parse_numstat(
-                (
-                    await git.run(
-                        "diff", "--no-index", "--numstat", "-z", "--", "/dev/null", path, ok_codes=(0, 1)
-                    )
-                ).stdout
-            )
+            stat = parse_numstat(git.checked(next(answers), (0, 1)).stdout)
             added, removed, binary = next(iter(stat.values()), (0, 0, False))
         else:
             added, removed, binary = tracked.get(path, (0, 0, False))
         changes.append(FileChange(path, change_type, added, removed, binary))
-        if index >= MAX_DIFFED_FILES or budget <= 0:
+        if index >= MAX_DIFFED_FILES:
             diffs.append(FileDiff(path, "", True))
             continue
-        if untracked:
-            text = (await git.run("diff", "--no-index", "--", "/dev/null", path, ok_codes=(0, 1))).stdout
-        else:
-            text = (await git.run("diff", base, "--no-renames", "--", path)).stdout
+        text = git.checked(next(answers), (0, 1) if untracked else (0,)).stdout
+        if budget <= 0:
+            diffs.append(FileDiff(path, "", True))
+            continue
         cut, truncated = _cut(text, min(MAX_DIFF_BYTES, budget))
         budget -= len(cut.encode())
         diffs.append(FileDiff(path, cut, truncated))
-    listed = (await git.run("ls-files", "-z", "--cached", "--others", "--exclude-standard")).stdout
     deleted = {p for p, (t, _) in status.items() if t is ChangeType.DELETED}
-    files = sorted({p for p in listed.split("\0") if p and p not in deleted})
-    branch = (await git.try_run("symbolic-ref", "--short", "HEAD")).stdout.strip()
-    head = (await git.run("rev-parse", "HEAD")).stdout.strip()
+    files = sorted({p for p in git.checked(listed).stdout.split("\0") if p and p not in deleted})
+    branch = symbolic.stdout.strip() if symbolic.ok else ""
     return GitState(
         sandbox=key,
         branch=branch,
