@@ -246,12 +246,16 @@ class Sandboxes:
             return sandbox
         pid = sandbox.provider_sandbox_id
         git = gitops.Git(self.provider, pid, token)
-        # Asked of git at once (short processes on every task's way to ready); no base, no question.
+        # Read-only questions asked at once (short processes on every task's way to ready): the branch
+        # names (no base, no question) and whether the checkout exists.
         named = {"branch": branch, "base_branch": base_branch} if base_branch else {"branch": branch}
-        valid = await asyncio.gather(*(gitops.valid_branch_name(git, name) for name in named.values()))
+        *valid, has_repository = await asyncio.gather(
+            *(gitops.valid_branch_name(git, name) for name in named.values()), gitops.is_repository(git)
+        )
         for (field, name), ok in zip(named.items(), valid, strict=True):
             require(ok, field, f"{name!r} is not a valid branch name")
-        if clone_url.startswith(("/", "file://")):
+        local = clone_url.startswith(("/", "file://"))
+        if local:
             given = os.path.normpath(clone_url.removeprefix("file://"))  # noqa: ASYNC240 - string-only
             source = await asyncio.to_thread(os.path.realpath, given)
             require(
@@ -261,16 +265,22 @@ class Sandboxes:
             )
             # Repositories are listed with resolved paths: a symlink here was swapped in since.
             require(source == given, "clone_url", f"{given} is (or passes through) a symlink")
-            exists = await self.provider.exec(
-                pid, ["test", "-e", clone_url.removeprefix("file://")], confined=False
-            )
-            require(exists.ok, "clone_url", f"{clone_url} does not exist")
         # A fresh clone has no index yet (--force populates it); an existing checkout keeps local changes.
         # A warm checkout of another URL (the repository's was changed) is cloned again.
         stale = current is not None and sandbox.from_warm_pool and current.clone_url != clone_url
-        fresh = stale or not await gitops.is_repository(git)
+        fresh = stale or not has_repository
         force = ["--force"] if fresh else []
-        warm_current = not fresh and await self._warm_is_current(git, sandbox, clone_url, branch, base_branch)
+
+        async def exists() -> bool:
+            path = clone_url.removeprefix("file://")
+            return not local or (await self.provider.exec(pid, ["test", "-e", path], confined=False)).ok
+
+        async def current_warm() -> bool:
+            return not fresh and await self._warm_is_current(git, sandbox, clone_url, branch, base_branch)
+
+        # Both asked of the remote at once: does a local one exist; is a claimed warm checkout current?
+        found, warm_current = await asyncio.gather(exists(), current_warm())
+        require(found, "clone_url", f"{clone_url} does not exist")
         if warm_current:
             pass  # claimed from the warm pool and the remote has not moved since: nothing to fetch
         elif not fresh:
