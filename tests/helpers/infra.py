@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+from sqlalchemy import MetaData
+
+from services.platform.db import Database
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -72,6 +75,20 @@ async def make_pg_database(name: str | None = None) -> AsyncIterator[str]:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def pg_tables(*metadatas: MetaData) -> AsyncIterator[Database]:
+    """A fresh database (`make_pg_database`) holding the tables of `metadatas`, as a `Database`."""
+    async with make_pg_database() as url:
+        db = Database(url)
+        try:
+            async with db.engine.begin() as connection:
+                for metadata in metadatas:
+                    await connection.run_sync(metadata.create_all)
+            yield db
+        finally:
+            await db.dispose()
 
 
 async def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:

@@ -10,34 +10,27 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
-from services.platform.db import Database
 from services.task.domain.models import UserSessionState
 from services.task.store import queries
 from services.task.store.tables import metadata, user_session_states
-from tests.helpers.infra import make_pg_database
+from tests.helpers.infra import pg_tables
 
 pytestmark = pytest.mark.integration
 WRITERS = 8
 
 
 async def test_concurrent_first_writes_of_a_users_session_state_all_succeed() -> None:
-    async with make_pg_database() as url:
-        db = Database(url)
-        try:
-            async with db.engine.begin() as connection:
-                await connection.run_sync(metadata.create_all)
-            gate = asyncio.Barrier(WRITERS)
+    async with pg_tables(metadata) as db:
+        gate = asyncio.Barrier(WRITERS)
 
-            async def write(n: int) -> None:
-                async with db.transaction() as session:
-                    await gate.wait()  # every transaction open, none has written yet
-                    await queries.put_user_session_state(
-                        session, task_id="t1", state=UserSessionState("s1", "alice", draft_text=f"draft {n}")
-                    )
-
-            await asyncio.gather(*(write(n) for n in range(WRITERS)))
+        async def write(n: int) -> None:
             async with db.transaction() as session:
-                rows = (await session.execute(select(user_session_states))).all()
-            assert len(rows) == 1 and rows[0].draft_text.startswith("draft "), rows
-        finally:
-            await db.dispose()
+                await gate.wait()  # every transaction open, none has written yet
+                await queries.put_user_session_state(
+                    session, task_id="t1", state=UserSessionState("s1", "alice", draft_text=f"draft {n}")
+                )
+
+        await asyncio.gather(*(write(n) for n in range(WRITERS)))
+        async with db.transaction() as session:
+            rows = (await session.execute(select(user_session_states))).all()
+        assert len(rows) == 1 and rows[0].draft_text.startswith("draft "), rows
