@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import uuid
 
-from services.platform.aio import wait_event
 from services.platform.clock import now
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import Sandbox, SandboxKey, SandboxState
@@ -45,8 +44,8 @@ from services.sandbox.store.warm_pool import (
 from services.sandbox.usecases.sandboxes import Sandboxes
 
 log = get_logger(__name__)
-# After a claim the refill waits this long, periodic passes included: the claiming task's next steps
-# (switch, session) run first instead of competing with a clone and an agent start for the CPU.
+# A claim wakes the refill this much later: the claiming task's next steps (switch, session) run
+# first instead of competing with a clone and an agent start for the CPU.
 REFILL_AFTER_CLAIM_SECONDS = 1.0
 
 
@@ -83,7 +82,6 @@ class WarmPool:
         self.wake = asyncio.Event()
         self._preparing: set[asyncio.Task[None]] = set()
         self._registered: dict[tuple[str, str], PoolTarget] = {}
-        self._refill_not_before = 0.0  # loop time; set by a claim (REFILL_AFTER_CLAIM_SECONDS)
 
     def attach(self) -> None:
         """Have CreateSandbox claim from the pool and PrepareRepository register repositories."""
@@ -118,9 +116,7 @@ class WarmPool:
             for warm in stale:
                 await self.discard(warm, expected=warm.pool, reason="egress policy changed")
         if claimed is not None or stale:
-            loop = asyncio.get_running_loop()
-            self._refill_not_before = loop.time() + REFILL_AFTER_CLAIM_SECONDS
-            loop.call_later(REFILL_AFTER_CLAIM_SECONDS, self.wake.set)
+            asyncio.get_running_loop().call_later(REFILL_AFTER_CLAIM_SECONDS, self.wake.set)
         return claimed
 
     async def register(self, sandbox: Sandbox) -> None:
@@ -151,12 +147,8 @@ class WarmPool:
         if self.size <= 0:
             return
         await self.reclaim()
-        loop = asyncio.get_running_loop()
         while not self.draining:
             self.wake.clear()
-            if (hold := self._refill_not_before - loop.time()) > 0:
-                await wait_event(self.wake, hold)  # a claim just now: its task's steps go first
-                continue
             try:
                 await self.refill()
             except Exception:  # retried at the next pass

@@ -5,7 +5,6 @@ sandbox took is read from its record (`from_warm_pool`), never from timing."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from services.platform.db import Database
 from services.platform.settings import Settings
 from services.sandbox.domain.models import SandboxKey
 from services.sandbox.store.warm_pool import PREPARING, WARM, PoolTarget
-from services.sandbox.usecases.warm_pool import REFILL_AFTER_CLAIM_SECONDS, WarmPool
+from services.sandbox.usecases.warm_pool import WarmPool
 from tests.helpers.eventually import assert_eventually
 from tests.helpers.mesh import Mesh, running
 from tests.unit.sandbox.conftest import ORG, sandbox_stub
@@ -141,13 +140,9 @@ async def test_a_task_claims_the_warm_sandbox_switched_to_its_branch_and_the_poo
     )
     assert session.agent_session.name == f"{claimed.sandbox.name}/sessions/s1"
 
-    # Refilled after the claim, and only REFILL_AFTER_CLAIM_SECONDS after it although a refill pass
-    # runs every 0.2 s: the claiming task's own steps had the CPU first. The next claim follows a
-    # head that moved meanwhile (fetch, then switch).
+    # Refilled after the claim; the next claim follows a head that moved meanwhile (fetch, then switch).
     (refill,) = await one_warm(mesh)
     assert refill.key.sandbox_id != warm.key.sandbox_id
-    held = refill.create_time - claimed.sandbox.update_time.ToDatetime(tzinfo=dt.UTC)
-    assert held >= dt.timedelta(seconds=REFILL_AFTER_CLAIM_SECONDS), held
     seed = tmp_path / "moved"
     git("clone", "-q", str(origin), str(seed), cwd=tmp_path)
     (seed / "NEW.md").write_text("moved\n")
