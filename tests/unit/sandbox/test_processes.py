@@ -127,7 +127,16 @@ async def test_stop_sends_sigterm_and_create_is_idempotent_by_request_id(
         assert current.state == process_pb2.PROCESS_STATE_EXITED
         return current
 
-    done = await assert_eventually(exited, timeout=20)
+    try:
+        done = await assert_eventually(exited, timeout=20)
+    except AssertionError:
+        # Seen twice in CI under heavy load, never alone: which processes were left (a pipe holder?).
+        ps = await asyncio.create_subprocess_exec(
+            "ps", "-eo", "pid,ppid,pgid,sid,stat,etimes,args", "--forest", stdout=asyncio.subprocess.PIPE
+        )
+        tree, _ = await ps.communicate()
+        print(f"process {first.name} (pid {first.pid}) still not EXITED; processes:\n{tree.decode()}")
+        raise
     # Ended by the stop's SIGTERM, not by the SIGKILL after the grace. (Under bubblewrap the signal
     # reaches the sandbox's monitor process, which reports it as its own signal or exit status.)
     assert done.exit_signal != 9 and (done.exit_signal == 15 or done.HasField("exit_code")), done
