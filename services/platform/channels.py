@@ -146,6 +146,12 @@ class Channels:
         """The (lazily created) channel to `peer`."""
         return self._cached(peer, self.settings.target_of(peer))
 
+    def placement_channel(self, peer: ServiceName) -> grpc.aio.Channel:
+        """A second balanced channel to `peer`, for calls that choose where a new resource lives
+        (services.platform.routing): its round robin advances on those calls alone, so consecutive
+        placements go to consecutive replicas whatever else the main channel carries."""
+        return self._cached(f"placement:{peer}", self.settings.target_of(peer))
+
     def channel_to(self, address: str) -> grpc.aio.Channel:
         """The (lazily created) channel to one replica at `address` (`host:port`), e.g. the owner of a
         sandbox (services.platform.routing)."""

@@ -79,15 +79,18 @@ class ReplicaRoutes(Generic[S]):
     ) -> None:
         self._peers, self._peer, self._make, self._key = peers, peer, stub, key
         self._balanced = stub(peers.channel(peer))
+        self._placing = stub(peers.placement_channel(peer))
         self._stubs: dict[str, S] = {}
         self._owners: OrderedDict[str, str] = OrderedDict()
 
-    def stub(self, name: str) -> S:
-        """The stub for calls on the resource `name` (any name under the owned resource)."""
+    def stub(self, name: str, *, placing: bool = False) -> S:
+        """The stub for calls on the resource `name` (any name under the owned resource). An owner not
+        known yet: the balanced channel, or with `placing` (a call that creates the resource, so the
+        replica it lands on owns it) the placement channel (`Channels.placement_channel`)."""
         resource = self._key(name)
         owner = self._owners.get(resource) if resource else None
         if owner is None:
-            return self._balanced
+            return self._placing if placing else self._balanced
         self._owners.move_to_end(resource)  # type: ignore[arg-type]
         if owner not in self._stubs:
             self._stubs[owner] = self._make(self._peers.channel_to(owner))
@@ -112,10 +115,11 @@ class ReplicaRoutes(Generic[S]):
         self.remember(name, owner)
         return True
 
-    async def call(self, name: str, invoke: Callable[[S], Awaitable[T]]) -> T:
-        """`invoke(stub)` on the owner of `name`; an ON_OTHER_REPLICA answer is followed once."""
+    async def call(self, name: str, invoke: Callable[[S], Awaitable[T]], *, placing: bool = False) -> T:
+        """`invoke(stub)` on the owner of `name` (`placing`: see `stub`); an ON_OTHER_REPLICA answer
+        is followed once."""
         try:
-            return await invoke(self.stub(name))
+            return await invoke(self.stub(name, placing=placing))
         except (grpc.RpcError, FoundryError) as exc:
             if not self.learn(name, exc):
                 raise

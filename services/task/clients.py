@@ -204,18 +204,23 @@ class SandboxClient:
         self._agents = (time.monotonic(), agents)
         return agents
 
-    async def _on(self, name: str, method: str, request: object, deadline: float | None = None) -> Any:
+    async def _on(
+        self, name: str, method: str, request: object, deadline: float | None = None, *, placing: bool = False
+    ) -> Any:
         def invoke(stub: sb_grpc.SandboxServiceStub) -> Any:
             rpc = getattr(stub, method)
             return rpc(request, timeout=deadline) if deadline else rpc(request)
 
-        return await self.routes.call(name, invoke)
+        return await self.routes.call(name, invoke, placing=placing)
 
     async def create_sandbox(
         self, request: sb_pb2.CreateSandboxRequest, *, deadline: float
     ) -> sb_pb2.CreateSandboxResponse:
         name = f"{request.parent}/sandboxes/{request.sandbox_id}"
-        response: sb_pb2.CreateSandboxResponse = await self._on(name, "CreateSandbox", request, deadline)
+        # The replica CreateSandbox lands on owns the sandbox: new ones go round the replicas in turn.
+        response: sb_pb2.CreateSandboxResponse = await self._on(
+            name, "CreateSandbox", request, deadline, placing=True
+        )
         self.routes.remember(name, response.sandbox.replica)
         return response
 

@@ -33,7 +33,7 @@ from tests.helpers import assert_eventually, make_pg_database
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 EV = session_event_pb2.SessionEventKind
-TASKS = 4  # round-robin over two replicas: both get sandboxes (checked below, not assumed)
+TASKS = 4  # created at first; more follow one at a time until both replicas own a sandbox (below)
 
 
 async def test_tasks_run_on_both_sandbox_replicas_and_every_call_reaches_the_owner(
@@ -61,10 +61,6 @@ async def _scenario(cluster: Cluster, root: Path, amqp_url: str) -> None:
     world = await make_world(cluster, root)
     tasks = task_stub(cluster, world)
     sandboxes = sb_grpc.SandboxServiceStub(cluster.channel("sandbox", world.user))
-    names = [
-        (await tasks.CreateTask(create_request(world, prompt=f"write notes {i}"))).task.name
-        for i in range(TASKS)
-    ]
 
     async def idle(name: str) -> task_pb2.Task:
         task = (await tasks.GetTask(task_pb.GetTaskRequest(name=name))).task
@@ -72,18 +68,34 @@ async def _scenario(cluster: Cluster, root: Path, amqp_url: str) -> None:
         assert task.sessions[0].status in (session_pb2.SESSION_STATUS_READY, session_pb2.SESSION_STATUS_IDLE)
         return task
 
-    settled = [await assert_eventually(functools.partial(idle, n), timeout=90, interval=0.3) for n in names]
+    async def create(count: int) -> list[task_pb2.Task]:
+        names = [
+            (
+                await tasks.CreateTask(create_request(world, prompt=f"write notes {uuid.uuid4().hex[:6]}"))
+            ).task.name
+            for _ in range(count)
+        ]
+        return [await assert_eventually(functools.partial(idle, n), timeout=90, interval=0.3) for n in names]
 
+    replicas = {r.address for r in cluster.members["sandbox"]}
     owners: dict[str, str] = {}
-    for task in settled:
-        sandbox = (await sandboxes.GetSandbox(sb_pb.GetSandboxRequest(name=task.sandbox.name))).sandbox
-        owners[sandbox.name] = sandbox.replica
-        # The files live on the owner's volume only.
-        index = next(r.index for r in cluster.members["sandbox"] if r.address == sandbox.replica)
-        volumes = {r.index: root / "data" / f"sandboxes-{r.index}" for r in cluster.members["sandbox"]}
-        held = {i: (v / sandbox.provider_sandbox_id).is_dir() for i, v in volumes.items()}
-        assert held == {i: i == index for i in volumes}, (sandbox.name, held)
-    assert set(owners.values()) == {r.address for r in cluster.members["sandbox"]}, owners
+    settled: list[task_pb2.Task] = []
+    # A new sandbox lives where its CreateSandbox landed (round robin over the replicas the task
+    # replica's channel has connected): right after start-up one replica may take them all. The
+    # test needs both, so one more task at a time, until both own one (at most TASKS more).
+    for count in (TASKS, *[1] * TASKS):
+        for task in await create(count):
+            sandbox = (await sandboxes.GetSandbox(sb_pb.GetSandboxRequest(name=task.sandbox.name))).sandbox
+            owners[sandbox.name] = sandbox.replica
+            settled.append(task)
+            # The files live on the owner's volume only.
+            index = next(r.index for r in cluster.members["sandbox"] if r.address == sandbox.replica)
+            volumes = {r.index: root / "data" / f"sandboxes-{r.index}" for r in cluster.members["sandbox"]}
+            held = {i: (v / sandbox.provider_sandbox_id).is_dir() for i, v in volumes.items()}
+            assert held == {i: i == index for i in volumes}, (sandbox.name, held)
+        if set(owners.values()) == replicas:
+            break
+    assert set(owners.values()) == replicas, owners
 
     # The prompt ran as the first turn on every sandbox, wherever it lives.
     for task in settled:
