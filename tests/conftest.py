@@ -98,7 +98,10 @@ def _print_tasks(test: str) -> None:
     tasks = asyncio.all_tasks()
     print(f"\n+++ {test}: still running near its timeout; {len(tasks)} asyncio tasks +++", file=sys.stderr)
     for task in tasks:
-        task.print_stack(file=sys.stderr)  # the awaits it is suspended in, outermost first
+        try:
+            task.print_stack(file=sys.stderr)  # the awaits it is suspended in, outermost first
+        except Exception:  # a frame without a line number (a C-level await): the task at least
+            print(f"{task!r} (stack unavailable)", file=sys.stderr)
 
 
 @pytest.fixture
