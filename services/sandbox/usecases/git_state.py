@@ -134,35 +134,38 @@ async def compute(git: Git, key: SandboxKey, base_branch: str = "") -> GitState:
     tracked = parse_numstat(git.checked(numstat).stdout)
     paths = sorted(status)
     # Untracked files: a count for every one; the text of the first MAX_DIFFED_FILES changed files.
+    # One batch; `counted` and `texts` say where each file's answers are in it.
     asked: list[tuple[str, ...]] = []
-    for index, path in enumerate(paths):
+    counted: dict[str, int] = {}
+    texts: dict[str, int] = {}
+    for path in paths:
         if status[path][1]:
+            counted[path] = len(asked)
             asked.append(("diff", "--no-index", "--numstat", "-z", "--", "/dev/null", path))
-        if index < MAX_DIFFED_FILES:
-            asked.append(
-                ("diff", "--no-index", "--", "/dev/null", path)
-                if status[path][1]
-                else ("diff", base, "--no-renames", "--", path)
-            )
-    answers = iter(await git.run_many(asked)) if asked else iter(())
+    for path in paths[:MAX_DIFFED_FILES]:
+        texts[path] = len(asked)
+        untracked = status[path][1]
+        asked.append(
+            ("diff", "--no-index", "--", "/dev/null", path)
+            if untracked
+            else ("diff", base, "--no-renames", "--", path)
+        )
+    answers = await git.run_many(asked) if asked else []
     changes: list[FileChange] = []
     diffs: list[FileDiff] = []
     budget = MAX_TOTAL_DIFF_BYTES
-    for index, path in enumerate(paths):
+    for path in paths:
         change_type, untracked = status[path]
         if untracked:
-            stat = parse_numstat(git.checked(next(answers), (0, 1)).stdout)
+            stat = parse_numstat(git.checked(answers[counted[path]], (0, 1)).stdout)
             added, removed, binary = next(iter(stat.values()), (0, 0, False))
         else:
             added, removed, binary = tracked.get(path, (0, 0, False))
         changes.append(FileChange(path, change_type, added, removed, binary))
-        if index >= MAX_DIFFED_FILES:
+        if path not in texts or budget <= 0:
             diffs.append(FileDiff(path, "", True))
             continue
-        text = git.checked(next(answers), (0, 1) if untracked else (0,)).stdout
-        if budget <= 0:
-            diffs.append(FileDiff(path, "", True))
-            continue
+        text = git.checked(answers[texts[path]], (0, 1) if untracked else (0,)).stdout
         cut, truncated = _cut(text, min(MAX_DIFF_BYTES, budget))
         budget -= len(cut.encode())
         diffs.append(FileDiff(path, cut, truncated))
