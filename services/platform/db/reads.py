@@ -13,7 +13,7 @@ reader thread of the `Database` with its own read-only `sqlite3` connection: one
 one statement is one implicit read transaction (a consistent snapshot, and in WAL mode it sees
 every transaction committed before it started, so a caller reads its own writes). On PostgreSQL it
 runs as one statement (no BEGIN/COMMIT round trips) on a connection of an asyncpg pool kept for
-these reads (no SQLAlchemy checkout, pre-ping or overflow connections opened and closed per call);
+these reads (no SQLAlchemy checkout, nor overflow connections opened and closed per call);
 asyncpg caches the prepared statement per connection.
 """
 
