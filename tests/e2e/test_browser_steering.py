@@ -50,7 +50,8 @@ async def test_queued_messages_run_after_the_turn_and_stop_cancels_and_says_so(t
                 await page.get_by_test_id("new-task-submit").click()
                 await expect(page.get_by_test_id("agent-message").first).to_contain_text("echo: say hello")
             with steps.step("a message sent during a turn shows queued, then runs after it"):
-                await send("$ echo one; sleep 3")
+                # Long enough for "two" to be sent, and seen queued, while "one" still runs.
+                await send("$ echo one; sleep 8")
                 await expect(page.get_by_test_id("agent-message").last).to_contain_text("one")
                 await send("$ echo two")
                 await expect(page.get_by_test_id("queued-message")).to_have_text("queued: $ echo two")

@@ -55,7 +55,8 @@ async def own_pg_url() -> AsyncIterator[str]:
 async def test_provisioning_resumes_on_a_new_host_after_a_crash_mid_stage(
     pg_settings: Callable[[float], Settings], tmp_path: Path
 ) -> None:
-    async with running(pg_settings(3.0), PEERS) as mesh:
+    # Creating a sandbox takes 8 s: the window for seeing it under way and stopping the host.
+    async with running(pg_settings(8.0), PEERS) as mesh:
         alice, organization, repository = await connect(mesh, make_repositories(tmp_path))
         async with task_replica(mesh.settings, alice) as first:
             world = TaskWorld(mesh, alice, organization, repository, tmp_path / "repos", first.stub)
@@ -79,7 +80,7 @@ async def test_provisioning_resumes_on_a_new_host_after_a_crash_mid_stage(
                 assert got.status == task_pb2.TASK_STATUS_IDLE, got.status  # its prompt's turn ended
                 return got
 
-            done = await assert_eventually(ready, timeout=40)
+            done = await assert_eventually(ready, timeout=60)
         assert done.status == task_pb2.TASK_STATUS_IDLE
         # The interrupted stage was finished by the new replica on the same sandbox: one sandbox,
         # running, with one agent session (the task's).

@@ -264,7 +264,7 @@ async def test_prompts_queue_and_run_one_at_a_time_in_order(
     stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
     session = await start_session(stub, origin)
-    await prompt(stub, session, "a", "$ sleep 0.3; echo first")
+    await prompt(stub, session, "a", "$ sleep 2; echo first")  # b is prompted while a runs
     await prompt(stub, session, "b", "$ echo second")
     repeated = await prompt(stub, session, "a", "ignored: same turn id")
     assert repeated.name == f"{session}/turns/a"

@@ -145,10 +145,11 @@ async def test_a_terminal_is_a_shell_on_a_tty_with_input_resize_and_exit(
         await type_(stub, terminal.name, "stty size\n")
         await screen.until(r"40 132\n")
         # Ctrl-C reaches the foreground job (the shell owns the terminal: job control works).
-        await type_(stub, terminal.name, "sleep 30\n")
-        await asyncio.sleep(0.3)
+        # The job prints zz-2 (its typed echo shows zz-$((1+1))) just before it becomes `sleep`.
+        await type_(stub, terminal.name, "bash -c 'echo zz-$((1+1)); exec sleep 30'\n")
+        await screen.until(r"zz-2")
         await type_(stub, terminal.name, "\x03echo after-$?\n")
-        await screen.until(r"after-130", timeout=5)
+        await screen.until(r"after-130", timeout=15)
         await type_(stub, terminal.name, "exit 7\n")
 
         async def exited() -> process_pb2.Process:

@@ -44,7 +44,8 @@ async def test_messages_sent_during_a_turn_are_shown_queued_and_run_after_it_in_
 ) -> None:
     async with task_world(fast_settings(), tmp_path) as world:
         _, first = await _ready(world)
-        await world.stub.SendMessage(pb.SendMessageRequest(name=first.name, text="$ echo one; sleep 1.5"))
+        # Long enough for both messages to be sent while it runs, on a busy machine too.
+        await world.stub.SendMessage(pb.SendMessageRequest(name=first.name, text="$ echo one; sleep 4"))
         await _command_running(world, first, "one\n")
         for text in ("$ echo two", "$ echo three"):
             sent = (await world.stub.SendMessage(pb.SendMessageRequest(name=first.name, text=text))).session
@@ -63,7 +64,7 @@ async def test_messages_sent_during_a_turn_are_shown_queued_and_run_after_it_in_
 
         events = await assert_eventually(all_ran, timeout=30, interval=0.1)
         users = _texts(events, K.SESSION_EVENT_KIND_USER_MESSAGE)
-        assert users == ["say hello", "$ echo one; sleep 1.5", "$ echo two", "$ echo three"]
+        assert users == ["say hello", "$ echo one; sleep 4", "$ echo two", "$ echo three"]
         chunks = _texts(events, K.SESSION_EVENT_KIND_AGENT_MESSAGE_CHUNK)
         assert chunks[-3:] == ["one\n", "two\n", "three\n"]
         assert not (await _session(world, first.name)).notice
