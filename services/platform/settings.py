@@ -227,7 +227,12 @@ class Settings(BaseSettings):
         None, description="postgresql+asyncpg://… (a schema per service). Unset: SQLite files in data_dir."
     )
     database_pool_size: int = Field(
-        5, ge=1, description="Connections per service engine (PostgreSQL), plus as many overflow connections."
+        5,
+        ge=1,
+        description=(
+            "A service engine keeps up to twice this many PostgreSQL connections open (opened as "
+            "needed, never closed per transaction); its read pool as many again."
+        ),
     )
     database_connect_timeout_seconds: float = Field(
         10.0, gt=0, description="One PostgreSQL connection attempt, and the wait for a free pool connection."
