@@ -25,7 +25,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from services.platform.db.reads import Read
+from services.platform.db.reads import Fetched, Read
 from services.platform.db.write_queue import WriteQueue
 from services.platform.logging import get_logger
 
@@ -155,26 +155,31 @@ class Database:
         """The rows of one prebuilt SELECT (`services.platform.db.reads`), as one statement: on a SQLite
         file one hop to a reader thread (its own read-only connection; a `point` read runs on the
         loop's thread), on PostgreSQL a connection of the read pool without BEGIN/COMMIT. A single
-        statement sees one consistent committed state."""
+        statement sees one consistent committed state. Values are converted as SQLAlchemy converts
+        them (SQLite: datetimes, booleans, JSON)."""
+        return (await self.fetch_raw(read, **params)).rows()
+
+    async def fetch_raw(self, read: Read, **params: Any) -> Fetched:
+        """Like `fetch`, with the conversion left for later (`Fetched.rows()`): for a caller that
+        compares what it read with an earlier read first and may need no values at all."""
         if self.closed:
             raise RuntimeError("database engine is closed (the process is shutting down)")
         compiled = read.compiled(self.engine.dialect)
         args = compiled.args(params)
         if self._read_path is not None and read.point:
-            return compiled.rows(self._sqlite_point_read(compiled.sql, args))
+            return Fetched(self._sqlite_point_read(compiled.sql, args), compiled)
         if self._read_path is not None:
             if self._readers is None:
                 self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
             loop = asyncio.get_running_loop()
-            return compiled.rows(
-                await loop.run_in_executor(self._readers, self._sqlite_read, compiled.sql, args)
-            )
+            raw = await loop.run_in_executor(self._readers, self._sqlite_read, compiled.sql, args)
+            return Fetched(raw, compiled)
         if self.is_sqlite:  # in-memory: only the engine's own connection sees the data
             async with self._read_sessions() as session, session.begin():
                 conn = await session.connection()
-                return compiled.rows((await conn.exec_driver_sql(compiled.sql, tuple(args))).all())
+                return Fetched((await conn.exec_driver_sql(compiled.sql, tuple(args))).all(), compiled)
         pool = await self._postgres_read_pool()
-        return compiled.rows(await pool.fetch(compiled.sql, *args))
+        return Fetched(await pool.fetch(compiled.sql, *args), compiled)
 
     async def _postgres_read_pool(self) -> Any:
         """The asyncpg pool of `fetch`: up to twice `pool_size` connections (as many as the engine's

@@ -69,6 +69,21 @@ class Compiled:
         return out
 
 
+class Fetched:
+    """Rows as the driver returned them (`raw`: tuples, or asyncpg Records, which compare like
+    tuples) and, on demand, converted (`rows()`). Equal raw rows convert to equal rows, so a caller
+    can compare `raw` with an earlier read's before paying for any conversion."""
+
+    __slots__ = ("_compiled", "raw")
+
+    def __init__(self, raw: Sequence[Sequence[Any]], compiled: Compiled) -> None:
+        self.raw, self._compiled = raw, compiled
+
+    def rows(self) -> list[list[Any]]:
+        """The rows as lists of values converted like SQLAlchemy converts them."""
+        return self._compiled.rows(self.raw)
+
+
 class Read:
     """A SELECT run by `Database.fetch`; build it once (module level) and reuse it.
 

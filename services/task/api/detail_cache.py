@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from foundry.task.v1 import task_service_pb2 as pb
 
@@ -14,9 +14,10 @@ Build = Callable[[TaskDetail, bool], pb.GetTaskResponse]
 class DetailResponses:
     """The last GetTaskResponse per (task, caller, view) and the rows it was built from.
 
-    Every GetTask still reads the database (one statement); a read whose rows compare equal to
-    the cached ones gets the cached response, skipping the records and protobuf building (a
-    third of GetTask's CPU on PostgreSQL, bench/read_throughput.py). Equal rows mean an equal
+    Every GetTask still reads the database (one statement); a read whose rows (as the driver
+    returned them) compare equal to the cached ones gets the cached response, skipping the value
+    conversion, the records and the protobuf building (a third of GetTask's CPU on PostgreSQL,
+    bench/read_throughput.py). Equal rows mean an equal
     response: it is built from nothing else. Responses are shared, never mutated (grpc only
     serializes them).
 
@@ -30,7 +31,7 @@ class DetailResponses:
 
     def __init__(self, build: Build) -> None:
         self._build = build
-        self._entries: dict[tuple[str, str, bool], tuple[list[list[object]], pb.GetTaskResponse]] = {}
+        self._entries: dict[tuple[str, str, bool], tuple[Sequence[Sequence[object]], pb.GetTaskResponse]] = {}
 
     def response(self, name: str, detail: TaskDetail, *, full: bool) -> pb.GetTaskResponse:
         key = (name, detail.user_id, full)

@@ -5,7 +5,7 @@ they return and accept `services.task.domain.models` records. The hot reads (`ta
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Integer, and_, bindparam, delete, func, insert, or_, select, update
@@ -126,14 +126,20 @@ _DETAIL = Read(
 
 
 class TaskDetail:
-    """GetTask's read as read: `rows` (one per session, the task's columns repeated) compare equal
-    exactly when the task, its sessions and the caller's unread flags are unchanged, which lets
-    the servicer reuse the response it built from equal rows (`records()` builds the records)."""
+    """GetTask's read as read: `rows` (one per session, the task's columns repeated, as the driver
+    returned them) compare equal exactly when the task, its sessions and the caller's unread flags
+    are unchanged, which lets the servicer reuse the response it built from equal rows without
+    converting any value (`records()` converts and builds the records)."""
 
-    __slots__ = ("rows", "user_id")
+    __slots__ = ("_convert", "rows", "user_id")
 
-    def __init__(self, rows: list[list[Any]], user_id: str) -> None:
-        self.rows, self.user_id = rows, user_id
+    def __init__(
+        self,
+        rows: Sequence[Sequence[Any]],
+        user_id: str,
+        convert: Callable[[], list[list[Any]]] | None = None,
+    ) -> None:
+        self.rows, self.user_id, self._convert = rows, user_id, convert
 
     @property
     def weight(self) -> int:
@@ -143,7 +149,7 @@ class TaskDetail:
 
     def records(self) -> tuple[Task, list[Session], frozenset[str]]:
         """The task, all its sessions (creation order) and the ids of those the caller has unread."""
-        rows = self.rows
+        rows = self._convert() if self._convert is not None else self.rows
         task = _task_from(dict(zip(_TASK_KEYS, rows[0][:_N_TASK], strict=True)))
         found: list[Session] = []
         unread: set[str] = set()
@@ -163,8 +169,8 @@ _GIT_STATE, _PULL_REQUEST = _TASK_KEYS.index("git_state"), _TASK_KEYS.index("pul
 async def task_detail(db: Database, *, task_id: str, organization: str, user_id: str) -> TaskDetail | None:
     """The task, all its sessions and `user_id`'s unread flags ("": a service caller, none), read in
     one statement; None when there is no such task."""
-    rows = await db.fetch(_DETAIL, task_id=task_id, organization=organization, user_id=user_id)
-    return TaskDetail(rows, user_id) if rows else None
+    fetched = await db.fetch_raw(_DETAIL, task_id=task_id, organization=organization, user_id=user_id)
+    return TaskDetail(fetched.raw, user_id, fetched.rows) if fetched.raw else None
 
 
 # CreateTask's retry check: the task created under this request id, with its sessions, in one statement.

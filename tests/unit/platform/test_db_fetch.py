@@ -7,7 +7,19 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from sqlalchemy import JSON, Boolean, Column, DateTime, MetaData, String, Table, bindparam, insert, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 
 from services.platform.db.engine import Database
 from services.platform.db.reads import Read
@@ -64,3 +76,36 @@ async def test_fetch_reads_own_write_with_converted_values(
         await db.dispose()
     with pytest.raises(RuntimeError):
         await db.fetch(read, id="i1")
+
+
+@pytest.mark.parametrize("where", ["file", "postgresql"])
+async def test_raw_rows_compare_equal_exactly_while_the_row_is_unchanged(
+    tmp_path: Path, where: str, pg_url: str
+) -> None:
+    """`fetch_raw` leaves the conversion for later: its raw rows (SQLite: strings and integers where
+    `fetch` gives datetimes and booleans) compare equal until a write changes the row, and convert
+    to what `fetch` returns (GetTask reuses a response on equal raw rows, services/task/api)."""
+    schema = None
+    if where == "postgresql":
+        url, schema = pg_url, unique_name("raw")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    db = Database(url, schema=schema)
+    try:
+        await db.ensure_schema()
+        async with db.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with db.transaction() as session:
+            await session.execute(insert(items).values(id="a", flag=True, data={"n": [1]}, at=AT))
+        first = await db.fetch_raw(POINT_BY_ID, id="a")
+        assert first.rows() == await db.fetch(POINT_BY_ID, id="a")
+        assert (await db.fetch_raw(POINT_BY_ID, id="a")).raw == first.raw
+        async with db.transaction() as session:  # only the time moves, by a microsecond
+            await session.execute(
+                update(items).where(items.c.id == "a").values(at=AT + dt.timedelta(microseconds=1))
+            )
+        changed = await db.fetch_raw(POINT_BY_ID, id="a")
+        assert changed.raw != first.raw
+        assert dict(zip(POINT_BY_ID.keys, changed.rows()[0], strict=True))["at"].microsecond == 678902
+    finally:
+        await db.dispose()
