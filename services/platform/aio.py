@@ -9,6 +9,8 @@ caller's own task, so a cancel always raises.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
+from typing import Any
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -21,3 +23,26 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+async def cancel_and_wait(
+    tasks: Collection[asyncio.Task[Any]], *, patience: float = 10.0
+) -> list[asyncio.Task[Any]]:
+    """Cancel `tasks` and wait until they end, cancelling again, every second, those still running:
+    a cancellation swallowed once (by `asyncio.wait_for` on 3.11, above, or any library that
+    catches it) must not hang a shutdown. Returns the tasks still running after `patience` seconds,
+    for the caller to log. Their outcomes are retrieved (no "exception was never retrieved")."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(1.0, left))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+    return list(pending)

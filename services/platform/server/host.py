@@ -18,7 +18,7 @@ import grpc
 from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_reflection.v1alpha import reflection
 
-from services.platform.aio import wait_event
+from services.platform.aio import cancel_and_wait, wait_event
 from services.platform.authz import Membership
 from services.platform.channels import Channels
 from services.platform.db import Database
@@ -284,9 +284,13 @@ class ServiceHost:
         """Close resources, last: only reached when no handler is active (or all were cancelled)."""
         if self.server is not None:
             await self.server.stop(grace=None)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        stuck = await cancel_and_wait(self._tasks)
+        if stuck:  # they keep running: log where, and close the rest anyway
+            log.error(
+                "tasks_ignored_cancel",
+                service=self.service,
+                tasks={task.get_name(): _where(task) for task in stuck},
+            )
         if self.runtime:
             await self.relay.stop()
             await self.runtime.hub.stop()
@@ -297,3 +301,11 @@ class ServiceHost:
             await self.runtime.peers.close()
         if self.db:
             await self.db.dispose()
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    """Where a task waits: its innermost frames, `file:line in function`."""
+    return " <- ".join(
+        f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        for frame in reversed(task.get_stack(limit=4))
+    )

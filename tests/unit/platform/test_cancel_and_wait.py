@@ -1,0 +1,50 @@
+"""`cancel_and_wait`: a shutdown's cancel of background tasks ends them even when one swallows a
+cancellation (as CI once saw the sandbox service's outbox relay do: `close()` then waited forever)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.platform.aio import cancel_and_wait
+
+
+async def _swallows(times: list[int], swallowed: list[int]) -> None:
+    """Sleeps; catches the first `times[0]` cancellations and goes on sleeping."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if len(swallowed) >= times[0]:
+                raise
+            swallowed.append(1)
+
+
+async def _fails() -> None:
+    raise ValueError("a background task that failed before the shutdown")
+
+
+async def test_a_task_that_swallows_a_cancel_is_cancelled_again_and_ends() -> None:
+    swallowed: list[int] = []
+    stubborn = asyncio.create_task(_swallows([2], swallowed))
+    plain = asyncio.create_task(asyncio.sleep(3600))
+    failed = asyncio.create_task(_fails())
+    await asyncio.sleep(0)
+    stuck = await asyncio.wait_for(cancel_and_wait([stubborn, plain, failed], patience=10), 5)
+    assert stuck == []
+    assert stubborn.cancelled() and plain.cancelled() and len(swallowed) == 2
+    assert isinstance(failed.exception(), ValueError)
+
+
+async def test_a_task_that_never_ends_is_returned_after_the_patience() -> None:
+    swallowed: list[int] = []
+    times = [1_000_000]
+    forever = asyncio.create_task(_swallows(times, swallowed))
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await cancel_and_wait([forever], patience=0.5) == [forever]
+    assert 0.5 <= loop.time() - started < 3 and not forever.done() and swallowed
+    times[0] = 0  # now it gives in
+    forever.cancel()
+    await asyncio.gather(forever, return_exceptions=True)
+    assert forever.cancelled()
