@@ -15,7 +15,7 @@ from types import TracebackType
 from foundry.common.v1 import watch_pb2
 
 from services.platform import clock
-from services.platform.aio import wait_event
+from services.platform.aio import cancel_and_wait, wait_event
 from services.platform.db.engine import Database
 from services.platform.logging import get_logger
 from services.platform.messaging.broker import Broker, Subscription
@@ -114,10 +114,9 @@ class WatchHub:
             with contextlib.suppress(Exception):
                 await self._subscription.cancel()
             self._subscription = None
-        tasks = [*self._tasks, *self._feed_tasks.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stuck = await cancel_and_wait([*self._tasks, *self._feed_tasks.values()])
+        if stuck:
+            log.error("watch_tasks_ignored_cancel", service=self.service, tasks=[t.get_name() for t in stuck])
         self._tasks.clear()
         self._feed_tasks.clear()
 

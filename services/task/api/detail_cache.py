@@ -17,9 +17,8 @@ class DetailResponses:
     Every GetTask still reads the database (one statement); a read whose rows (as the driver
     returned them) compare equal to the cached ones gets the cached response, skipping the value
     conversion, the records and the protobuf building (a third of GetTask's CPU on PostgreSQL,
-    bench/read_throughput.py). Equal rows mean an equal
-    response: it is built from nothing else. Responses are shared, never mutated (grpc only
-    serializes them).
+    bench/read_throughput.py). Equal rows mean an equal response: it is built from nothing else.
+    Responses are shared, never mutated (grpc only serializes them).
 
     Bounded: at most MAX_ENTRIES entries (the oldest dropped first), and none for a task whose git
     state and pull request together exceed MAX_WEIGHT bytes (their rows and responses would hold
