@@ -13,7 +13,7 @@ from services.platform.messaging.broker import QueueSpec
 from services.platform.server.host import Runtime, Servicer, Wiring
 from services.task.api.servicer import TaskServicer
 from services.task.clients import GithubDataClient, OrganizationClient, SandboxClient
-from services.task.usecases import commands, provisioning, publish, session_commands, sessions
+from services.task.usecases import commands, lease, provisioning, publish, session_commands, sessions
 from services.task.usecases.deps import Deps
 from services.task.workers import handlers
 
@@ -79,9 +79,11 @@ def wire(rt: Runtime) -> Wiring:
         while True:
             await asyncio.sleep(STALL_SWEEP_SECONDS)
             try:
-                await provisioning.resume_all(deps, only_stalled=True)
-                await publish.resume(deps, only_stalled=True)
-                await session_commands.resume(deps)
+                if await lease.any_stalled(deps):
+                    await provisioning.resume_all(deps, only_stalled=True)
+                    await publish.resume(deps, only_stalled=True)
+                if await session_commands.any_pending(deps):
+                    await session_commands.resume(deps)
             except Exception:  # retried at the next sweep
                 log.warning("stall_sweep_failed", exc_info=True)
 

@@ -34,6 +34,8 @@ class Compiled:
     def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
+        if "POSTCOMPILE" in self.sql:  # `in_(…)`: SQLAlchemy expands its list per execution
+            raise ValueError("Read takes no IN list (expanding parameter); use or_(col == v, …)")
         positions = compiled.positiontup
         if positions is None:  # a named-parameter dialect: not used by the mesh's drivers
             raise ValueError(f"Read needs a positional paramstyle, not {dialect.paramstyle}")

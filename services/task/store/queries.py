@@ -288,30 +288,60 @@ async def list_tasks(
     return [_task(r) for r in (await session.execute(query)).all()]
 
 
+# Equalities rather than IN lists: a prebuilt Read takes no expanding parameter.
+_PROVISIONING = and_(
+    or_(*(tasks.c.status == s for s in INIT_STATUSES[:-1])),
+    tasks.c.stage != "ready",
+    tasks.c.stage != "error",
+)
+_PUBLISHING = tasks.c.publish_state == "publishing"
+
+
+def _unleased(before: Any) -> Any:
+    return or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < before)
+
+
+def _lapsed(before: Any) -> Any:
+    """Leased by a replica whose lease ended before `before` (it died or stalled holding it)."""
+    return and_(tasks.c.lease_owner.is_not(None), _unleased(before))
+
+
 async def unfinished_provisioning(
-    session: AsyncSession, *, lease_expired_before: dt.datetime | None = None
+    session: AsyncSession, *, lease_expired_before: dt.datetime | None = None, only_stalled: bool = False
 ) -> list[Task]:
     """Tasks whose provisioning has not finished (status init_* before complete, stage not ready/error).
 
     With `lease_expired_before`, only those nobody holds a live lease on (no lease, or one that
-    ended before that time)."""
-    query = select(tasks).where(
-        tasks.c.status.in_(INIT_STATUSES[:-1]), tasks.c.stage.not_in(("ready", "error"))
-    )
+    ended before that time); with `only_stalled` too, only those whose lease lapsed."""
+    query = select(tasks).where(_PROVISIONING)
     if lease_expired_before is not None:
-        query = query.where(or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < lease_expired_before))
+        lease = _lapsed if only_stalled else _unleased
+        query = query.where(lease(lease_expired_before))
     return [_task(r) for r in (await session.execute(query)).all()]
 
 
 async def publishing_tasks(
-    session: AsyncSession, *, lease_expired_before: dt.datetime | None = None
+    session: AsyncSession, *, lease_expired_before: dt.datetime | None = None, only_stalled: bool = False
 ) -> list[Task]:
     """Tasks whose pull request publication is queued or running (with `lease_expired_before`,
-    only those nobody holds a live lease on)."""
-    query = select(tasks).where(tasks.c.publish_state == "publishing")
+    only those nobody holds a live lease on; with `only_stalled` too, only those whose lease lapsed)."""
+    query = select(tasks).where(_PUBLISHING)
     if lease_expired_before is not None:
-        query = query.where(or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < lease_expired_before))
+        lease = _lapsed if only_stalled else _unleased
+        query = query.where(lease(lease_expired_before))
     return [_task(r) for r in (await session.execute(query)).all()]
+
+
+# The stall sweep's check, every STALL_SWEEP_SECONDS on every replica: one statement, no
+# transaction, no rows built; the sweep opens a transaction only when it finds something.
+_ANY_STALLED = Read(
+    select(tasks.c.id).where(or_(_PROVISIONING, _PUBLISHING), _lapsed(bindparam("at"))).limit(1)
+)
+
+
+async def any_stalled_task(db: Database, *, at: dt.datetime) -> bool:
+    """Whether some task's provisioning or publication is held by a lease that ended before `at`."""
+    return bool(await db.fetch(_ANY_STALLED, at=at))
 
 
 async def tasks_in_commands(session: AsyncSession) -> list[Task]:
@@ -358,21 +388,31 @@ async def get_session(session: AsyncSession, *, task_id: str, session_id: str) -
     return _session(row) if row else None
 
 
-async def sessions_with_pending_commands(
-    session: AsyncSession, *, enqueued_before: dt.datetime
-) -> list[Session]:
-    """Sessions with a session command not yet done (an agent session to close, a model to apply, a
-    stop whose turns are still running) that was last enqueued before `enqueued_before` (or never)."""
+def _pending_commands(enqueued_before: Any) -> Any:
     c = sessions.c
     pending = or_(
         and_(c.closed_at.is_not(None), c.agent_closed.is_(False)),
         and_(c.closed_at.is_(None), c.model != c.agent_model),
         and_(c.closed_at.is_(None), c.stop_requested_at.is_not(None), c.status == "running"),
     )
-    query = select(sessions).where(
-        c.sandbox_session != "", pending, or_(c.command_at.is_(None), c.command_at < enqueued_before)
-    )
-    return [_session(r) for r in (await session.execute(query.order_by(c.id))).all()]
+    return and_(c.sandbox_session != "", pending, or_(c.command_at.is_(None), c.command_at < enqueued_before))
+
+
+async def sessions_with_pending_commands(
+    session: AsyncSession, *, enqueued_before: dt.datetime
+) -> list[Session]:
+    """Sessions with a session command not yet done (an agent session to close, a model to apply, a
+    stop whose turns are still running) that was last enqueued before `enqueued_before` (or never)."""
+    query = select(sessions).where(_pending_commands(enqueued_before)).order_by(sessions.c.id)
+    return [_session(r) for r in (await session.execute(query)).all()]
+
+
+_ANY_PENDING_COMMAND = Read(select(sessions.c.id).where(_pending_commands(bindparam("before"))).limit(1))
+
+
+async def any_pending_command(db: Database, *, enqueued_before: dt.datetime) -> bool:
+    """Whether `sessions_with_pending_commands` would find a session, in one statement (no transaction)."""
+    return bool(await db.fetch(_ANY_PENDING_COMMAND, before=enqueued_before))
 
 
 async def find_session_by_request(session: AsyncSession, *, task_id: str, request_id: str) -> Session | None:

@@ -94,3 +94,9 @@ async def release(deps: Deps, task_id: str, claim: str) -> None:
     """Give the lease back, if `claim` still holds it."""
     async with deps.db.transaction() as session:
         await queries.set_lease(session, task_id=task_id, owner=None, until=None, expected_owner=claim)
+
+
+async def any_stalled(deps: Deps) -> bool:
+    """Whether some task's provisioning or publication is held by a lease that lapsed (its replica
+    died or stalled): the stall sweep's check, one statement, so a quiet sweep opens no transaction."""
+    return await queries.any_stalled_task(deps.db, at=now())

@@ -356,9 +356,9 @@ async def resume_all(deps: Deps, *, only_stalled: bool = False) -> int:
     Returns how many were enqueued."""
     at = now()
     async with deps.db.transaction() as session:
-        rows = await queries.unfinished_provisioning(session, lease_expired_before=at)
-        if only_stalled:
-            rows = [t for t in rows if t.lease_owner is not None]
+        rows = await queries.unfinished_provisioning(
+            session, lease_expired_before=at, only_stalled=only_stalled
+        )
         for task in rows:
             if task.lease_owner is not None:
                 await queries.set_lease(

@@ -269,9 +269,7 @@ async def resume(deps: Deps, *, only_stalled: bool = False) -> int:
     """Re-enqueue publications left `publishing` that no live replica holds (all at start-up;
     with `only_stalled`, only those whose holder's lease lapsed). Returns how many."""
     async with deps.db.transaction() as session:
-        rows = await queries.publishing_tasks(session, lease_expired_before=now())
-        if only_stalled:
-            rows = [t for t in rows if t.lease_owner is not None]
+        rows = await queries.publishing_tasks(session, lease_expired_before=now(), only_stalled=only_stalled)
         for task in rows:
             if task.lease_owner is not None:
                 await queries.set_lease(

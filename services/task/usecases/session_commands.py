@@ -235,6 +235,11 @@ def resend_after(deps: Deps) -> dt.timedelta:
     return dt.timedelta(seconds=sum(delays) + deps.lease_seconds)
 
 
+async def any_pending(deps: Deps) -> bool:
+    """Whether `resume()` (default `stale`) would find a command to enqueue again; one statement."""
+    return await queries.any_pending_command(deps.db, enqueued_before=now() - resend_after(deps))
+
+
 async def resume(deps: Deps, *, stale: dt.timedelta | None = None) -> int:
     """Enqueue again every session command still pending whose last enqueue is older than `stale`
     (default `resend_after`; at start-up `stale=0`: all of them). Returns how many."""

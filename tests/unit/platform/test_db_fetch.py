@@ -109,3 +109,13 @@ async def test_raw_rows_compare_equal_exactly_while_the_row_is_unchanged(
         assert dict(zip(POINT_BY_ID.keys, changed.rows()[0], strict=True))["at"].microsecond == 678902
     finally:
         await db.dispose()
+
+
+def test_a_read_with_an_in_list_is_refused_when_compiled() -> None:
+    """SQLAlchemy expands an IN list per execution, which a prebuilt statement cannot do: it says so
+    rather than sending `__[POSTCOMPILE_…]` to the database."""
+    from sqlalchemy.dialects import postgresql
+
+    read = Read(select(items.c.id).where(items.c.id.in_(("a", "b"))))
+    with pytest.raises(ValueError, match="IN list"):
+        read.compiled(postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
