@@ -55,6 +55,9 @@ ID = id_rule(128)
 """The default rule of an id segment."""
 
 
+_PARSED_MAX = 4096  # names remembered per pattern (about 0.5 MB at most)
+
+
 class ResourcePattern:
     """One resource-name pattern such as `organizations/{organization}/tasks/{task}`."""
 
@@ -89,6 +92,8 @@ class ResourcePattern:
         self.reason = reason
         self._segments = tuple(segments)
         self.variables: tuple[str, ...] = tuple(name for name, rule in segments if rule is not None)
+        # Names that parsed, and their ids: a hot read parses the same few names on every call.
+        self._parsed: dict[str, tuple[str, ...]] = {}
 
     def __repr__(self) -> str:
         return f"ResourcePattern({self.pattern!r})"
@@ -116,9 +121,15 @@ class ResourcePattern:
     def parse(self, name: str, field: str = "name") -> tuple[str, ...]:
         """The ids of `name` in pattern order; raises InvalidArgument naming `field` and the pattern."""
         name = name or ""
+        ids = self._parsed.get(name)
+        if ids is not None:
+            return ids
         problem = self._problem(name)
         if problem is None:
-            return self._ids(name)
+            if len(self._parsed) >= _PARSED_MAX:
+                self._parsed.clear()
+            ids = self._parsed[name] = self._ids(name)
+            return ids
         shown = repr(name) if len(name) <= _SHOWN else f"{name[:_SHOWN]!r}… ({len(name)} characters)"
         message = f"must look like {self.pattern}, got {shown}" + (f" ({problem})" if problem else "")
         raise InvalidArgument(

@@ -55,8 +55,12 @@ def _is_open(method_name: str) -> bool:
     return method_name.startswith(OPEN_PREFIXES)
 
 
-def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
-    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+def _header(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
+    """The text value of invocation metadata `name` (a scan of a few pairs: no dict built per RPC)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
 
 
 async def _call(
@@ -293,6 +297,9 @@ class DrainGuard(_Interceptor):
         self._methods: Counter[str] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Read at scrape time rather than inc()/dec() per RPC (each takes the metric's lock). The
+        # newest guard of a service (a restarted host's) is the one exported.
+        _child(metrics.ACTIVE_RPCS, service).set_function(lambda: self.active)
 
     def start_draining(self) -> None:
         self.draining = True
@@ -325,14 +332,12 @@ class DrainGuard(_Interceptor):
         self.active += 1
         self._methods[method_name] += 1
         self._idle.clear()
-        _child(metrics.ACTIVE_RPCS, self.service).inc()
 
     def _exit(self, method_name: str) -> None:
         self.active -= 1
         self._methods[method_name] -= 1
         if not self._methods[method_name]:
             del self._methods[method_name]
-        _child(metrics.ACTIVE_RPCS, self.service).dec()
         if self.active == 0:
             self._idle.set()
 
@@ -381,8 +386,7 @@ class RequestContext(_Interceptor):
     ) -> Any:
         if _is_open(method_name):
             return await _passthrough(method, request, context)
-        md = _metadata(context)
-        rid = md.get(request_context.REQUEST_ID_HEADER) or request_context.new_request_id()
+        rid = _header(context, request_context.REQUEST_ID_HEADER) or request_context.new_request_id()
         request_context.bind_task(request_id=rid)
         result = method(request, context)
         if hasattr(result, "__aiter__"):
@@ -460,8 +464,7 @@ class CallerIdentity(_Interceptor):
     ) -> Any:
         if _is_open(method_name):
             return await _passthrough(method, request, context)
-        md = _metadata(context)
-        caller = self.caller(md.get(CALLER_HEADER), md.get(SIGNATURE_HEADER))
+        caller = self.caller(_header(context, CALLER_HEADER), _header(context, SIGNATURE_HEADER))
         request_context.bind_task(caller=caller)
         result = method(request, context)
         return result if hasattr(result, "__aiter__") else await result

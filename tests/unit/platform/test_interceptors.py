@@ -205,6 +205,8 @@ async def test_draining_refuses_new_rpcs_but_lets_in_flight_finish(server: tuple
     in_flight = asyncio.create_task(_call(target, "Slow"))
     while guard.active == 0:  # noqa: ASYNC110 - the guard exposes a count, not an event
         await asyncio.sleep(0.01)
+    active = {"service": "test"}  # the exported gauge follows the guard's count
+    assert REGISTRY.get_sample_value("foundry_grpc_server_active_rpcs", active) == 1
     guard.start_draining()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _call(target, "Ok")
@@ -213,6 +215,7 @@ async def test_draining_refuses_new_rpcs_but_lets_in_flight_finish(server: tuple
     release.set()
     assert await in_flight == b"slow-done"
     assert await guard.wait_idle(1.0)
+    assert REGISTRY.get_sample_value("foundry_grpc_server_active_rpcs", active) == 0
 
 
 def test_verified_callers_are_reused_until_their_token_expires(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -139,3 +139,22 @@ def test_round_trip(name: str) -> None:
 def test_a_malformed_pattern_is_refused_when_it_is_built(pattern: str, rules: dict[str, IdRule]) -> None:
     with pytest.raises(ValueError):
         ResourcePattern(pattern, rules=rules)
+
+
+def test_parsed_names_are_remembered_without_letting_a_bad_name_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name parsed before answers from memory (the same ids); a bad name is refused every time,
+    and the memory is bounded."""
+    import services.platform.names as names
+
+    pattern = ResourcePattern("organizations/{organization}/tasks/{task}", rules={"organization": ORG_ID})
+    good = "organizations/acme/tasks/t-1"
+    assert pattern.parse(good) == pattern.parse(good) == ("acme", "t-1")
+    for _ in range(2):
+        with pytest.raises(InvalidArgument):
+            pattern.parse("organizations/ACME/tasks/t-1")
+    monkeypatch.setattr(names, "_PARSED_MAX", 3)
+    for n in range(10):
+        assert pattern.parse(f"organizations/acme/tasks/t{n}") == ("acme", f"t{n}")
+    assert len(pattern._parsed) <= 3
