@@ -17,6 +17,7 @@ import time
 
 import asyncpg
 
+from services.platform.aio import cancel_and_wait, where_tasks_wait
 from services.platform.settings import SERVICE_NAMES
 
 DEFAULT_DB = "postgresql+asyncpg://postgres@127.0.0.1:5432/foundry"
@@ -93,16 +94,21 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stop, sig)
         keepers = [asyncio.create_task(self._keep(name)) for name in self.commands]
         await self.stopping.wait()
-        try:
-            await asyncio.wait_for(asyncio.gather(*keepers), STOP_GRACE_SECONDS)
-        except TimeoutError:
+        # Not wait_for(gather(...)): on timeout it waits for the cancelled keepers without bound, so a
+        # swallowed cancel would hang the stop before the SIGKILL.
+        _, running = await asyncio.wait(keepers, timeout=STOP_GRACE_SECONDS)
+        if not running:
+            await asyncio.gather(*keepers)  # all ended: a keeper's error propagates, as before
+        else:
+            stuck = await cancel_and_wait(keepers)  # cancelled before the SIGKILL, as before
             for name, child in self.children.items():
                 if child.returncode is None:
                     self.say(
                         f"{name} (pid {child.pid}) did not stop within {STOP_GRACE_SECONDS:g} s: SIGKILL"
                     )
                     child.kill()
-            await asyncio.gather(*keepers, return_exceptions=True)
+            if stuck:
+                self.say(f"tasks ignored their cancel, left running: {where_tasks_wait(stuck)}")
         return max((c for c in self.codes.values() if c > 0), default=0)
 
 

@@ -25,7 +25,11 @@ from gateway.stream import frames
 from gateway.stream.connection import Connection
 from gateway.stream.topics import Topic, parse
 from gateway.stream.upstream import DEFAULT_BACKOFF, OpenStream, SharedUpstream, backoff_delay
+from services.platform.aio import cancel_and_wait, where_tasks_wait
 from services.platform.errors import FoundryError
+from services.platform.logging import get_logger
+
+log = get_logger("foundry.gateway.stream")
 
 Authorize = Callable[[Principal, str], Awaitable[None]]  # raises when the principal is not a member
 
@@ -175,8 +179,10 @@ class SubscriptionManager:
         """Stop every upstream and wait for their tasks."""
         for upstream in list(self.upstreams.values()):
             upstream.stop()
-        if self._stopping:
-            await asyncio.gather(*list(self._stopping), return_exceptions=True)
+        # Already cancelled: cancel_and_wait re-cancels a task that swallowed it, for at most 10 s.
+        stuck = await cancel_and_wait(list(self._stopping))
+        if stuck:
+            log.error("upstream_tasks_ignored_cancel", tasks=where_tasks_wait(stuck))
 
     def stats(self) -> dict[str, Any]:
         """{"connections": n, "upstreams": {topic key: subscriber count}}."""

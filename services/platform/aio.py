@@ -9,7 +9,7 @@ caller's own task, so a cancel always raises.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
 
@@ -25,24 +25,43 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
+FIRST_RECANCEL = 2.0  # seconds a cancelled task has to end before it is cancelled again
+
+
 async def cancel_and_wait(
     tasks: Collection[asyncio.Task[Any]], *, patience: float = 10.0
 ) -> list[asyncio.Task[Any]]:
-    """Cancel `tasks` and wait until they end, cancelling again, every second, those still running:
-    a cancellation swallowed once (by `asyncio.wait_for` on 3.11, above, or any library that
-    catches it) must not hang a shutdown. Returns the tasks still running after `patience` seconds,
-    for the caller to log. Their outcomes are retrieved (no "exception was never retrieved")."""
+    """Cancel `tasks` and wait until they end, cancelling again those still running after
+    FIRST_RECANCEL seconds and then every second: a cancellation swallowed once (by
+    `asyncio.wait_for` on 3.11, above, or any library that catches it) must not hang a shutdown,
+    while a cleanup that needs a moment after its cancel (killing and reaping a process) is not cut
+    short. Returns the tasks still running after `patience` seconds, for the caller to log. Their
+    outcomes are retrieved (no "exception was never retrieved")."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience
     pending = {task for task in tasks if not task.done()}
+    interval = FIRST_RECANCEL
     while pending:
         for task in pending:
             task.cancel()
         left = deadline - loop.time()
         if left <= 0:
             break
-        _, pending = await asyncio.wait(pending, timeout=min(1.0, left))
+        _, pending = await asyncio.wait(pending, timeout=min(interval, left))
+        interval = 1.0
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()
     return list(pending)
+
+
+def where_tasks_wait(tasks: Iterable[asyncio.Task[Any]]) -> dict[str, str]:
+    """Task name → where it waits, `file:line in function`, for logging what `cancel_and_wait`
+    returns. asyncio gives only a suspended task's own coroutine frame (not the frames it awaits)."""
+    return {
+        task.get_name(): " <- ".join(
+            f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+            for frame in reversed(task.get_stack(limit=4))
+        )
+        for task in tasks
+    }

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
-from services.platform.aio import wait_event
+from services.platform.aio import cancel_and_wait, wait_event, where_tasks_wait
 from services.platform.logging import configure, get_logger
 from services.platform.messaging.broker import Broker
 from services.platform.server import metrics
@@ -184,8 +184,9 @@ class Process:
             await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             if not attempt.done():
-                attempt.cancel()
-                await asyncio.gather(attempt, return_exceptions=True)
+                # Bounded: a connect that swallows the cancel must not hang the stop.
+                if await cancel_and_wait([attempt]):
+                    self.log.error("broker_connect_ignored_cancel", tasks=where_tasks_wait([attempt]))
                 self.log.info("start_aborted", waiting_for="message broker")
                 return False
             error = attempt.exception()

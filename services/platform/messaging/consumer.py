@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.platform.aio import wait_event
+from services.platform.aio import cancel_and_wait, wait_event, where_tasks_wait
 from services.platform.context import bound
 from services.platform.db.engine import Database
 from services.platform.errors import FoundryError, InvalidArgument
@@ -213,14 +213,18 @@ class Worker:
         """Wait up to `timeout` seconds for running handlers; cancel the rest. True when all finished.
 
         Cancelled handlers then run their cleanup (and requeue their message): wait for that up to
-        `unwind` seconds (None: until they are done), and log those still unwinding after it."""
+        `unwind` seconds (None: until they are done, cancelling again those that swallow it, for at
+        most 10 s: `cancel_and_wait`), and log those still unwinding after it."""
         if not await wait_event(self._idle, timeout):
             tasks = list(self._running)
             busy = self.active_by_queue()
             for task in tasks:
                 task.cancel()
             if unwind is None:
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Bounded (re-cancelling): a handler that swallowed its cancel must not hang the stop.
+                stuck = await cancel_and_wait(tasks)
+                if stuck:
+                    log.error("handlers_ignored_cancel", service=self._service, tasks=where_tasks_wait(stuck))
             elif tasks:
                 _, pending = await asyncio.wait(tasks, timeout=max(unwind, 0.0))
                 if pending:

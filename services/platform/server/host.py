@@ -18,7 +18,7 @@ import grpc
 from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_reflection.v1alpha import reflection
 
-from services.platform.aio import cancel_and_wait, wait_event
+from services.platform.aio import cancel_and_wait, wait_event, where_tasks_wait
 from services.platform.authz import Membership
 from services.platform.channels import Channels
 from services.platform.db import Database
@@ -289,7 +289,7 @@ class ServiceHost:
             log.error(
                 "tasks_ignored_cancel",
                 service=self.service,
-                tasks={task.get_name(): _where(task) for task in stuck},
+                tasks=where_tasks_wait(stuck),
             )
         if self.runtime:
             await self.relay.stop()
@@ -301,11 +301,3 @@ class ServiceHost:
             await self.runtime.peers.close()
         if self.db:
             await self.db.dispose()
-
-
-def _where(task: asyncio.Task[Any]) -> str:
-    """Where a task waits: its innermost frames, `file:line in function`."""
-    return " <- ".join(
-        f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-        for frame in reversed(task.get_stack(limit=4))
-    )

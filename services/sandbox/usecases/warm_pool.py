@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import uuid
 
+from services.platform.aio import cancel_and_wait, where_tasks_wait
 from services.platform.clock import now
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import Sandbox, SandboxKey, SandboxState
@@ -252,9 +253,9 @@ class WarmPool:
         self.draining = True
         self.wake.set()
         jobs = list(self._preparing)
-        for job in jobs:
-            job.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
+        stuck = await cancel_and_wait(jobs)  # bounded: a swallowed cancel must not hang the drain
+        if stuck:
+            log.error("warm_pool_jobs_ignored_cancel", tasks=where_tasks_wait(stuck))
         if jobs:
             log.info("warm_pool_drained", cancelled=len(jobs))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.platform.aio import cancel_and_wait
+from services.platform.aio import cancel_and_wait, where_tasks_wait
 
 
 async def _swallows(times: list[int], swallowed: list[int]) -> None:
@@ -48,3 +48,35 @@ async def test_a_task_that_never_ends_is_returned_after_the_patience() -> None:
     forever.cancel()
     await asyncio.gather(forever, return_exceptions=True)
     assert forever.cancelled()
+
+
+async def test_where_tasks_wait_names_each_task_and_the_line_it_waits_on() -> None:
+    swallowed: list[int] = []
+    times = [1_000_000]
+    forever = asyncio.create_task(_swallows(times, swallowed), name="stubborn")
+    await asyncio.sleep(0)
+    stuck = await cancel_and_wait([forever], patience=0.1)
+    where = where_tasks_wait(stuck)
+    assert list(where) == ["stubborn"]
+    assert where["stubborn"].startswith(__file__) and where["stubborn"].endswith(" in _swallows")
+    times[0] = 0
+    forever.cancel()
+    await asyncio.gather(forever, return_exceptions=True)
+
+
+async def test_a_cleanup_that_needs_a_moment_after_its_cancel_is_not_cut_short() -> None:
+    """A task that, once cancelled, spends 1.5 s cleaning up (as killing and reaping a process does)
+    finishes that cleanup: it is cancelled again only after FIRST_RECANCEL (2) seconds."""
+    cleaned: list[str] = []
+
+    async def reaps() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(1.5)  # a second cancel here would skip the line below
+            cleaned.append("reaped")
+
+    task = asyncio.create_task(reaps())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([task], patience=10) == []
+    assert cleaned == ["reaped"] and task.cancelled()

@@ -32,6 +32,7 @@ from acp import schema
 from acp.connection import StreamDirection, StreamEvent
 
 from services.platform import clock
+from services.platform.aio import cancel_and_wait, where_tasks_wait
 from services.platform.logging import get_logger
 from services.sandbox.domain import models as m
 from services.sandbox.domain import permissions as p
@@ -544,9 +545,14 @@ class AgentPool:
                 continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group (commands the agent started)
-        for task in handle.tasks:
-            task.cancel()
-        await asyncio.gather(*handle.tasks, return_exceptions=True)
+        stuck = await cancel_and_wait(handle.tasks)  # bounded: a swallowed cancel must not hang the stop
+        if stuck:
+            log.error(
+                "agent_tasks_ignored_cancel",
+                sandbox=handle.sandbox.name,
+                agent=handle.agent,
+                tasks=where_tasks_wait(stuck),
+            )
 
 
 def _json(value: Any) -> Any:
