@@ -22,7 +22,18 @@ and so gets (see README "Isolation"):
   `EgressProxy` on a unix socket bound in, forwarded by socat from `127.0.0.1:3128` inside;
 - limits set before exec (`Limits`, with util-linux `prlimit`): address space, CPU seconds, file
   size, open files, no core files; per sandbox, the number of processes (pids cgroup) and the memory
-  of all its processes together (memory cgroup) where this host lets the service make the groups.
+  of all its processes together (memory cgroup) where this host lets the service make the groups;
+- no life beyond the service's: every command starts under `setpriv --pdeathsig KILL` and first checks
+  that its parent is still the service, so bwrap is SIGKILLed with the service from its first
+  instruction (its own `--die-with-parent` comes only after it has cloned the sandbox: a service
+  killed in between, as the e2e kill tests do, left the whole sandbox running under init, its socat
+  forwarder included). bwrap has a window of its own, between cloning the sandbox's pid 1 and that
+  process's `PR_SET_PDEATHSIG` (tens of ms: the mounts), where the service's death orphans pid 1 and
+  the sandbox runs on: `_Reaper`, a small process started with the provider, SIGKILLs every bwrap of
+  this service life (found by a token in its arguments, `--unsetenv SANDBOX_LIFE_...`, a no-op) as
+  soon as the service is gone, and the next start kills any bwrap still binding a folder of this
+  sandbox root (`kill_leftovers`). By arguments, not environment: the sandbox's pid 1 is bwrap, whose
+  initial environment the sandbox can read (`/proc/1/environ`).
 
 Service-side steps that must see the host (a fresh clone, moving it into place, pushing from the
 service-owned push repository) run unconfined (`confined=False`) and never read what an agent wrote.
@@ -44,7 +55,7 @@ from pathlib import Path
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import SandboxKey
 from services.sandbox.providers.egress import EgressPolicy, EgressProxies
-from services.sandbox.providers.local import Command, LocalProvider, controlling_tty
+from services.sandbox.providers.local import Command, LocalProvider, controlling_tty, kill_where
 
 log = get_logger(__name__)
 
@@ -63,6 +74,78 @@ MODEL_CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "OPENAI_API
 # Read-only system paths every sandbox gets (missing ones are skipped).
 SYSTEM_PATHS = ("/usr", "/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/localtime")
 _MIB = 1024 * 1024
+# The reaper: blocks on a pipe only the service holds the write end of; at its end (the service died,
+# or closed the provider), SIGKILLs every other process with argv[1] among its arguments, pinned by a
+# pidfd and checked again (a reused pid is never hit), until a pass finds none. Python's own modules
+# only (-I -S): it starts in a few ms and imports nothing of the service.
+_REAPER = r"""
+import os, signal, sys, time
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+token, fd, me = sys.argv[1].encode(), int(sys.argv[2]), str(os.getpid())
+while True:
+    try:
+        if not os.read(fd, 4096):
+            break
+    except InterruptedError:
+        continue
+def marked(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return token in f.read().split(b"\0")
+for _ in range(50):
+    found = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name == me:
+            continue
+        try:
+            if not marked(name):
+                continue
+            pidfd = os.pidfd_open(int(name))
+        except OSError:
+            continue
+        try:
+            if marked(name):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                found += 1
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+    if not found:
+        break
+    time.sleep(0.02)
+"""
+
+
+class _Reaper:
+    """Kills this service life's sandboxes when the service is gone, however it went (see the module
+    docstring): a child process of its own session, holding the read end of a pipe whose write end
+    only this process has (close-on-exec: no command inherits it). `close` ends it the same way."""
+
+    def __init__(self) -> None:
+        self.token = f"SANDBOX_LIFE_{os.getpid()}_{os.urandom(8).hex()}"
+        read, self._write = os.pipe()  # both non-inheritable; the read end is passed explicitly
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _REAPER, self.token, str(read)],
+                pass_fds=(read,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read)
+
+    def close(self) -> None:
+        """Kill what is left of this life's sandboxes, and let the reaper exit."""
+        if self._write >= 0:
+            os.close(self._write)
+            self._write = -1
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(5)
+            self._proc = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +165,9 @@ def available(bwrap: str = "bwrap") -> str | None:
     path = shutil.which(bwrap)
     if path is None:
         return "bwrap is not installed (Debian package `bubblewrap`)"
+    for tool in ("setpriv", "prlimit"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian package `util-linux`)"
     probe = [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr", "--proc", "/proc"]
     probe += [
         "--symlink",
@@ -265,6 +351,7 @@ class BubblewrapProvider(LocalProvider):
         self._limits = limits
         self._egress = egress
         self._cgroups = _SandboxCgroups({"pids": limits.max_processes, "memory": limits.sandbox_memory_bytes})
+        self._reaper = _Reaper()
         self._system = [p for p in SYSTEM_PATHS if Path(p).exists()]
         inside_bins = [str(Path(p) / "bin") for p in self._toolchain if (Path(p) / "bin").is_dir()]
         node_bins = [str(Path(p) / "node_modules" / ".bin") for p in self._toolchain if p.endswith("/.tools")]
@@ -294,6 +381,7 @@ class BubblewrapProvider(LocalProvider):
         return provider_id
 
     async def close(self) -> None:
+        await asyncio.to_thread(self._reaper.close)
         await self._egress.close_all()
         await asyncio.to_thread(self._cgroups.remove_empty)
 
@@ -430,9 +518,26 @@ class BubblewrapProvider(LocalProvider):
             argv = ["/bin/sh", "-c", forward, "sh", *argv]
         sandbox_env.update(env or {})
         self._check_executable(base, inside_cwd, command, sandbox_env)
+        args += ["--unsetenv", self._reaper.token]  # a no-op: what the reaper finds this life's bwrap by
         args += ["--chdir", inside_cwd, "--", *argv]
         groups = await asyncio.to_thread(self._cgroups.join, base)
-        return Command([*_limit_prefix(self._limits, groups), *args], base, sandbox_env)
+        prefix = _limit_prefix(self._limits, groups, parent=os.getpid())
+        return Command([*prefix, *args], base, sandbox_env)
+
+    def kill_leftovers(self) -> list[int]:
+        """As `LocalProvider.kill_leftovers`, and every bwrap binding a folder of this sandbox root that
+        is not this process's: a sandbox an earlier life left (the reaper was killed with it)."""
+        killed = super().kill_leftovers()
+        bwrap = self._bwrap.encode()
+        under = f"{self._root.resolve()}/".encode()
+
+        def left(cmdline: list[bytes]) -> bool:
+            return cmdline[:1] == [bwrap] and any(arg.startswith(under) for arg in cmdline)
+
+        sandboxes = kill_where(left)
+        if sandboxes:
+            log.warning("sandbox_leftover_sandboxes_killed", count=len(sandboxes), pids=sandboxes)
+        return [*killed, *sandboxes]
 
 
 def _through_link(base: Path, host: Path) -> bool:
@@ -448,16 +553,19 @@ def _through_link(base: Path, host: Path) -> bool:
     return False
 
 
-def _limit_prefix(limits: Limits, groups: Sequence[Path]) -> list[str]:
-    """The commands that start bwrap: join the sandbox's cgroups (a shell writing its own pid to each
-    `cgroup.procs`, then exec), set the limits (util-linux `prlimit`). Commands rather than a preexec
-    hook, so the service never forks a copy of itself (unsafe with gRPC's threads) to start a sandbox
-    command."""
-    prefix: list[str] = []
-    if groups:
-        join = 'n=$0; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'
-        prefix += ["/bin/sh", "-c", join, str(len(groups)), *map(str, groups)]
-    prefix += ["prlimit", "--core=0"]
+def _limit_prefix(limits: Limits, groups: Sequence[Path], *, parent: int) -> list[str]:
+    """The commands that start bwrap: bind its life to the service's (`setpriv --pdeathsig KILL`, kept
+    across the execs that follow, then a shell that exits unless its parent is still `parent`: a
+    service that died before the prctl sends nothing), join the sandbox's cgroups (the shell writes
+    its own pid to each `cgroup.procs`, then execs), set the limits (util-linux `prlimit`). Commands
+    rather than a preexec hook, so the service never forks a copy of itself (unsafe with gRPC's
+    threads) to start a sandbox command."""
+    guard = (
+        '[ "$PPID" = "$0" ] || exit 125; n=$1; shift; '
+        'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+    )
+    prefix = ["setpriv", "--pdeathsig", "KILL", "--", "/bin/sh", "-c", guard, str(parent), str(len(groups))]
+    prefix += [*map(str, groups), "prlimit", "--core=0"]
     for flag, value in (
         ("--as", limits.memory_bytes),
         ("--cpu", limits.cpu_seconds),

@@ -11,7 +11,8 @@ environment (a digest of the sandbox root, inherited by everything it starts), a
 the service on that root kills every process still carrying it that is not its own descendant
 (`kill_leftovers`). Found by what the process is, not by a recorded pid, so a reused pid is never hit;
 a command that empties its environment (`env -i`) escapes it. Bubblewrap-confined commands die with
-their parent anyway (`--die-with-parent`, in a pid namespace of their own).
+the service instead, in a pid namespace of their own (see `bubblewrap`: `setpriv --pdeathsig`, its reaper,
+and its `kill_leftovers` finding bwrap by its arguments).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +280,20 @@ def _parent(pid: int) -> int:
 def kill_marked(entry: bytes) -> list[int]:
     """SIGKILL every process whose environment holds `entry` (`NAME=value`), except this process and its
     descendants. Race-free against pid reuse: the process is pinned with a pidfd, then checked again."""
+    return _kill_if(lambda pid: entry in _environ(pid))
+
+
+def kill_where(test: Callable[[list[bytes]], bool]) -> list[int]:
+    """As `kill_marked`, for every process whose arguments pass `test`."""
+    return _kill_if(lambda pid: test(_cmdline(pid)))
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().split(b"\0")[:-1]
+
+
+def _kill_if(matches: Callable[[int], bool]) -> list[int]:
     if not os.path.isdir("/proc"):
         return []
     me = os.getpid()
@@ -301,13 +316,13 @@ def kill_marked(entry: bytes) -> list[int]:
         if mine(pid):
             continue
         try:
-            if entry not in _environ(pid):
+            if not matches(pid):
                 continue
             fd = os.pidfd_open(pid)
         except OSError:  # gone, or not ours to read
             continue
         try:
-            if entry in _environ(pid):  # still the process we read (the pidfd pins it from here on)
+            if matches(pid):  # still the process we read (the pidfd pins it from here on)
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
                 killed.append(pid)
         except OSError:
