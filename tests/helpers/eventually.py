@@ -23,7 +23,10 @@ async def assert_eventually(
 async def assert_eventually(
     check: Callable[[], Awaitable[T]] | Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02
 ) -> T:
-    """Call `check` until it stops raising AssertionError (returns its result) or `timeout` passes."""
+    """Call `check` until it stops raising AssertionError or ValueError (returns its result) or
+    `timeout` passes, then raise what it raised last. ValueError too: a check that unpacks what has
+    not arrived yet (`[event] = log.of(kind)` before the outbox relay published it) raises it, and
+    must be asked again rather than fail at once (a CI run failed so)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -31,7 +34,7 @@ async def assert_eventually(
             if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
                 return cast(T, await result)
             return result
-        except AssertionError:
+        except (AssertionError, ValueError):
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(interval)
