@@ -25,7 +25,7 @@ from gateway.stream import frames
 from gateway.stream.connection import Connection
 from gateway.stream.topics import Topic, parse
 from gateway.stream.upstream import DEFAULT_BACKOFF, OpenStream, SharedUpstream, backoff_delay
-from services.platform.aio import cancel_and_wait, where_tasks_wait
+from services.platform.aio import cancel_and_log
 from services.platform.errors import FoundryError
 from services.platform.logging import get_logger
 
@@ -180,9 +180,7 @@ class SubscriptionManager:
         for upstream in list(self.upstreams.values()):
             upstream.stop()
         # Already cancelled: cancel_and_wait re-cancels a task that swallowed it, for at most 10 s.
-        stuck = await cancel_and_wait(list(self._stopping))
-        if stuck:
-            log.error("upstream_tasks_ignored_cancel", tasks=where_tasks_wait(stuck))
+        await cancel_and_log(list(self._stopping), log, "upstream_tasks_ignored_cancel")
 
     def stats(self) -> dict[str, Any]:
         """{"connections": n, "upstreams": {topic key: subscriber count}}."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -53,6 +53,27 @@ async def cancel_and_wait(
         if task.done() and not task.cancelled():
             task.exception()
     return list(pending)
+
+
+class _ErrorLog(Protocol):
+    def error(self, event: str, **fields: Any) -> Any: ...
+
+
+async def cancel_and_log(
+    tasks: Collection[asyncio.Task[Any]],
+    log: _ErrorLog,
+    event: str,
+    *,
+    patience: float = 10.0,
+    **fields: Any,
+) -> list[asyncio.Task[Any]]:
+    """`cancel_and_wait(tasks, patience=patience)`, then, if any task ignored its cancel, log `event`
+    at error level with `fields` and `tasks` (where each one still running waits). The shutdown
+    paths' one call: a stop goes on after it either way. Returns the tasks still running."""
+    stuck = await cancel_and_wait(tasks, patience=patience)
+    if stuck:
+        log.error(event, **fields, tasks=where_tasks_wait(stuck))
+    return stuck
 
 
 def where_tasks_wait(tasks: Iterable[asyncio.Task[Any]]) -> dict[str, str]:

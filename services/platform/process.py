@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
-from services.platform.aio import cancel_and_wait, wait_event, where_tasks_wait
+from services.platform.aio import cancel_and_log, wait_event
 from services.platform.logging import configure, get_logger
 from services.platform.messaging.broker import Broker
 from services.platform.server import metrics
@@ -185,8 +185,7 @@ class Process:
             stop.cancel()
             if not attempt.done():
                 # Bounded: a connect that swallows the cancel must not hang the stop.
-                if await cancel_and_wait([attempt]):
-                    self.log.error("broker_connect_ignored_cancel", tasks=where_tasks_wait([attempt]))
+                await cancel_and_log([attempt], self.log, "broker_connect_ignored_cancel")
                 self.log.info("start_aborted", waiting_for="message broker")
                 return False
             error = attempt.exception()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.platform.aio import cancel_and_wait, wait_event, where_tasks_wait
+from services.platform.aio import cancel_and_log, wait_event
 from services.platform.context import bound
 from services.platform.db.engine import Database
 from services.platform.errors import FoundryError, InvalidArgument
@@ -222,9 +222,7 @@ class Worker:
                 task.cancel()
             if unwind is None:
                 # Bounded (re-cancelling): a handler that swallowed its cancel must not hang the stop.
-                stuck = await cancel_and_wait(tasks)
-                if stuck:
-                    log.error("handlers_ignored_cancel", service=self._service, tasks=where_tasks_wait(stuck))
+                await cancel_and_log(tasks, log, "handlers_ignored_cancel", service=self._service)
             elif tasks:
                 _, pending = await asyncio.wait(tasks, timeout=max(unwind, 0.0))
                 if pending:

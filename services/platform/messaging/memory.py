@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from services.platform.aio import cancel_and_wait, wait_event, where_tasks_wait
+from services.platform.aio import cancel_and_log, wait_event
 from services.platform.errors import Unavailable
 from services.platform.logging import get_logger
 from services.platform.messaging._topic import topic_matches
@@ -168,9 +168,8 @@ class MemoryBroker:
             queue.consumers.clear()
         self._broadcast_subs.clear()
         self._event_subs.clear()
-        stuck = await cancel_and_wait(list(self._tasks))  # bounded: a swallowed cancel must not hang close
-        if stuck:
-            log.error("broker_tasks_ignored_cancel", tasks=where_tasks_wait(stuck))
+        # Bounded: a swallowed cancel must not hang close.
+        await cancel_and_log(list(self._tasks), log, "broker_tasks_ignored_cancel")
 
     async def settle(self, deadline: float) -> int:
         """Drain step of the embedded process, before its consumers stop: nobody else will ever consume

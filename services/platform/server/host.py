@@ -18,7 +18,7 @@ import grpc
 from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_reflection.v1alpha import reflection
 
-from services.platform.aio import cancel_and_wait, wait_event, where_tasks_wait
+from services.platform.aio import cancel_and_log, wait_event
 from services.platform.authz import Membership
 from services.platform.channels import Channels
 from services.platform.db import Database
@@ -284,13 +284,8 @@ class ServiceHost:
         """Close resources, last: only reached when no handler is active (or all were cancelled)."""
         if self.server is not None:
             await self.server.stop(grace=None)
-        stuck = await cancel_and_wait(self._tasks)
-        if stuck:  # they keep running: log where, and close the rest anyway
-            log.error(
-                "tasks_ignored_cancel",
-                service=self.service,
-                tasks=where_tasks_wait(stuck),
-            )
+        # Tasks that ignore their cancel keep running: logged, and the rest is closed anyway.
+        await cancel_and_log(self._tasks, log, "tasks_ignored_cancel", service=self.service)
         if self.runtime:
             await self.relay.stop()
             await self.runtime.hub.stop()

@@ -15,7 +15,7 @@ from types import TracebackType
 from foundry.common.v1 import watch_pb2
 
 from services.platform import clock
-from services.platform.aio import cancel_and_wait, wait_event, where_tasks_wait
+from services.platform.aio import cancel_and_log, wait_event
 from services.platform.db.engine import Database
 from services.platform.logging import get_logger
 from services.platform.messaging.broker import Broker, Subscription
@@ -114,9 +114,8 @@ class WatchHub:
             with contextlib.suppress(Exception):
                 await self._subscription.cancel()
             self._subscription = None
-        stuck = await cancel_and_wait([*self._tasks, *self._feed_tasks.values()])
-        if stuck:
-            log.error("watch_tasks_ignored_cancel", service=self.service, tasks=where_tasks_wait(stuck))
+        tasks = [*self._tasks, *self._feed_tasks.values()]
+        await cancel_and_log(tasks, log, "watch_tasks_ignored_cancel", service=self.service)
         self._tasks.clear()
         self._feed_tasks.clear()
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.platform.aio import cancel_and_wait, where_tasks_wait
+from services.platform.aio import cancel_and_log
 from services.platform.clock import now
 from services.platform.errors import Unavailable
 from services.platform.logging import get_logger
@@ -391,9 +391,8 @@ class Processes:
     async def close(self) -> None:
         """Stop supervising (the processes keep running; a restart adopts them)."""
         tasks = [r.task for r in self._running.values() if r.task is not None]
-        stuck = await cancel_and_wait(tasks)  # bounded: a swallowed cancel must not hang the shutdown
-        if stuck:
-            log.error("process_supervisors_ignored_cancel", tasks=where_tasks_wait(stuck))
+        # Bounded: a swallowed cancel must not hang the shutdown.
+        await cancel_and_log(tasks, log, "process_supervisors_ignored_cancel")
         for running in self._running.values():
             if running.terminal is not None:
                 running.terminal.close()

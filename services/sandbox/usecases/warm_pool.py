@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import uuid
 
-from services.platform.aio import cancel_and_wait, where_tasks_wait
+from services.platform.aio import cancel_and_log
 from services.platform.clock import now
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import Sandbox, SandboxKey, SandboxState
@@ -253,9 +253,7 @@ class WarmPool:
         self.draining = True
         self.wake.set()
         jobs = list(self._preparing)
-        stuck = await cancel_and_wait(jobs)  # bounded: a swallowed cancel must not hang the drain
-        if stuck:
-            log.error("warm_pool_jobs_ignored_cancel", tasks=where_tasks_wait(stuck))
+        await cancel_and_log(jobs, log, "warm_pool_jobs_ignored_cancel")  # bounded: must not hang the drain
         if jobs:
             log.info("warm_pool_drained", cancelled=len(jobs))
 

@@ -4,8 +4,9 @@ cancellation (as CI once saw the sandbox service's outbox relay do: `close()` th
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from services.platform.aio import cancel_and_wait, where_tasks_wait
+from services.platform.aio import cancel_and_log, cancel_and_wait, where_tasks_wait
 
 
 async def _swallows(times: list[int], swallowed: list[int]) -> None:
@@ -80,3 +81,34 @@ async def test_a_cleanup_that_needs_a_moment_after_its_cancel_is_not_cut_short()
     await asyncio.sleep(0)
     assert await cancel_and_wait([task], patience=10) == []
     assert cleaned == ["reaped"] and task.cancelled()
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.logged: list[tuple[str, dict[str, Any]]] = []
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.logged.append((event, fields))
+
+
+async def test_cancel_and_log_logs_only_the_tasks_that_ignored_their_cancel() -> None:
+    """The shutdown paths' one call: nothing logged when every task ends; otherwise one error event
+    with the caller's fields and where each stuck task waits."""
+    errors = _Errors()
+    plain = asyncio.create_task(asyncio.sleep(3600))
+    await asyncio.sleep(0)
+    assert await cancel_and_log([plain], errors, "quiet_ignored_cancel", service="task") == []
+    assert plain.cancelled() and errors.logged == []
+
+    times = [1_000_000]
+    forever = asyncio.create_task(_swallows(times, []), name="stubborn")
+    other = asyncio.create_task(asyncio.sleep(3600), name="other")
+    await asyncio.sleep(0)
+    stuck = await cancel_and_log([forever, other], errors, "x_ignored_cancel", patience=0.1, service="task")
+    assert stuck == [forever] and other.cancelled()
+    [(event, fields)] = errors.logged
+    assert event == "x_ignored_cancel" and fields["service"] == "task"
+    assert list(fields["tasks"]) == ["stubborn"] and fields["tasks"]["stubborn"].endswith(" in _swallows")
+    times[0] = 0
+    forever.cancel()
+    await asyncio.gather(forever, return_exceptions=True)

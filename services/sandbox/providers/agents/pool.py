@@ -32,7 +32,7 @@ from acp import schema
 from acp.connection import StreamDirection, StreamEvent
 
 from services.platform import clock
-from services.platform.aio import cancel_and_wait, where_tasks_wait
+from services.platform.aio import cancel_and_log
 from services.platform.logging import get_logger
 from services.sandbox.domain import models as m
 from services.sandbox.domain import permissions as p
@@ -545,14 +545,10 @@ class AgentPool:
                 continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group (commands the agent started)
-        stuck = await cancel_and_wait(handle.tasks)  # bounded: a swallowed cancel must not hang the stop
-        if stuck:
-            log.error(
-                "agent_tasks_ignored_cancel",
-                sandbox=handle.sandbox.name,
-                agent=handle.agent,
-                tasks=where_tasks_wait(stuck),
-            )
+        # Bounded: a swallowed cancel must not hang the stop.
+        await cancel_and_log(
+            handle.tasks, log, "agent_tasks_ignored_cancel", sandbox=handle.sandbox.name, agent=handle.agent
+        )
 
 
 def _json(value: Any) -> Any:

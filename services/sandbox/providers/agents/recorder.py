@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from services.platform.aio import cancel_and_wait, where_tasks_wait
+from services.platform.aio import cancel_and_log
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import EventKind, EventSender, NewEvent, SessionKey
 
@@ -68,12 +68,7 @@ class SessionRecorder:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), 10)
         # Bounded: the writer awaits the database, where a swallowed cancel must not hang a stop.
-        if await cancel_and_wait([self._writer]):
-            log.error(
-                "session_recorder_ignored_cancel",
-                session=self.key.name,
-                tasks=where_tasks_wait([self._writer]),
-            )
+        await cancel_and_log([self._writer], log, "session_recorder_ignored_cancel", session=self.key.name)
 
     async def _write_loop(self) -> None:
         while True:
