@@ -106,8 +106,13 @@ real-agent:
 
 ## Static checks first (seconds), then the whole suite against the real PostgreSQL and RabbitMQ.
 ## Tests marked own_process run after the rest, in a pytest process of their own (see the marker).
+## The rest runs in TEST_WORKERS pytest-xdist workers: most of a test's time is spent waiting on
+## processes, servers and sockets, so two workers on two cores halve the wall time. Each worker
+## starts its own PostgreSQL and RabbitMQ (tests/helpers/servers.py) and picks ports from its own
+## share (tests/helpers/infra.py). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: check browser sandbox-tools real-agent
-	$(PY) -m pytest -q --durations=30 -m "not own_process"
+	$(PY) -m pytest -q --durations=30 -n $(TEST_WORKERS) -m "not own_process"
 	$(PY) -m pytest -q -m own_process
 
 test-fast: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import socket
 import uuid
@@ -32,13 +33,28 @@ def _ephemeral_range() -> tuple[int, int]:
 _handed_out: set[int] = set()
 
 
+def _port_pool() -> range:
+    """The 12000 ports below the ephemeral range, or this pytest-xdist worker's share of them
+    (`make test` runs the suite in parallel workers, separate processes): each worker's `_handed_out`
+    only knows its own ports, so two workers must never choose from the same ones (a gRPC server of
+    one took the other's port between its choice and its bind)."""
+    low, _ = _ephemeral_range()
+    start = max(1024, low - 12000)
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return range(start, low)
+    share = (low - start) // int(count)
+    begin = start + int(worker[2:]) * share
+    return range(begin, begin + share)
+
+
 def free_port() -> int:
     """A port free to listen on now, chosen below the kernel's ephemeral range: a port the kernel
     picked for `bind(0)` is handed out again to outgoing connections (PostgreSQL, RabbitMQ, gRPC
     clients of other test processes), which took a gateway's admin port between its choice and
-    its bind in one CI run. Ports from this process are never handed out twice."""
-    low, _ = _ephemeral_range()
-    pool = range(max(1024, low - 12000), low)
+    its bind in one CI run. Ports from this process are never handed out twice, and parallel test workers
+    choose from separate shares (`_port_pool`)."""
+    pool = _port_pool()
     for _ in range(200):
         port = random.choice(pool)
         if port in _handed_out:

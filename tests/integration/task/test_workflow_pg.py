@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from itertools import pairwise
 from pathlib import Path
 
+import aio_pika
 import pytest
 from foundry.sandbox.v1 import sandbox_pb2, session_event_pb2
 from foundry.sandbox.v1 import sandbox_service_pb2 as sb_pb2
@@ -96,8 +97,13 @@ async def test_two_replicas_never_run_one_tasks_steps_concurrently(
         alice, organization, repository = await connect(mesh, make_repositories(tmp_path))
         async with task_replica(mesh.settings, alice) as a, task_replica(mesh.settings, alice) as b:
             world = TaskWorld(mesh, alice, organization, repository, tmp_path / "repos", a.stub)
-            tasks = [await world.create("add x") for _ in range(3)]
             queue = queue_name(mesh.settings.name_prefix, "task", "provision")
+
+            async def both_consume() -> None:  # else the first replica may take every first delivery
+                assert await _consumers(mesh.settings.amqp_url, queue) == 2
+
+            await assert_eventually(both_consume, timeout=15)
+            tasks = [await world.create("add x") for _ in range(3)]
             for task in tasks:  # duplicates land on both replicas
                 for i in range(4):
                     await mesh.broker.publish(
@@ -137,6 +143,16 @@ async def test_two_replicas_never_run_one_tasks_steps_concurrently(
         assert sorted((b.task, b.state) for b in boxes) == sorted((t.name, RUNNING) for t in tasks)
         for task_id in ids:
             assert len(await world.agent_session_rows(task_id)) == 1
+
+
+async def _consumers(amqp_url: str, queue: str) -> int:
+    """How many consumers `queue` has now (a passive declare's answer)."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        declared = await (await connection.channel()).declare_queue(queue, passive=True)
+        return declared.declaration_result.consumer_count or 0
+    finally:
+        await connection.close()
 
 
 def _step_runs(replica: Replica) -> StepRuns:
