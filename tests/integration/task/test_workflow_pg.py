@@ -91,7 +91,7 @@ async def test_provisioning_resumes_on_a_new_host_after_a_crash_mid_stage(
 
 
 async def test_two_replicas_never_run_one_tasks_steps_concurrently(
-    pg_settings: Callable[[float], Settings], tmp_path: Path
+    pg_settings: Callable[[float], Settings], amqp_url: str, tmp_path: Path
 ) -> None:
     async with running(pg_settings(0.5), PEERS) as mesh:
         alice, organization, repository = await connect(mesh, make_repositories(tmp_path))
@@ -100,7 +100,7 @@ async def test_two_replicas_never_run_one_tasks_steps_concurrently(
             queue = queue_name(mesh.settings.name_prefix, "task", "provision")
 
             async def both_consume() -> None:  # else the first replica may take every first delivery
-                assert await _consumers(mesh.settings.amqp_url, queue) == 2
+                assert await _consumers(amqp_url, queue) == 2
 
             await assert_eventually(both_consume, timeout=15)
             tasks = [await world.create("add x") for _ in range(3)]
