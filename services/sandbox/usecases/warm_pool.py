@@ -18,7 +18,8 @@ gives model API keys (the warm one has none); StartAgentSession opens the sessio
 sandbox is the task's like any other and is never returned to the pool.
 
 Refill runs in the background (`run`): at start, then whenever a claim or registration wakes it,
-else every `warm_pool_refill_seconds`. The rows are the state, so a restart loses nothing: at start
+else every `warm_pool_refill_seconds`, but never within REFILL_AFTER_CLAIM_SECONDS of a claim (the
+claiming task's steps first). The rows are the state, so a restart loses nothing: at start
 this replica's unclaimed sandboxes of an earlier process (their agents ended with it) are destroyed
 and the pools refilled. `drain` (SIGTERM) stops refilling and cancels the preparations in flight;
 the warm sandboxes are left as they are and reclaimed (destroyed) by the next start.
@@ -27,10 +28,9 @@ the warm sandboxes are left as they are and reclaimed (destroyed) by the next st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 
-from services.platform.aio import cancel_and_log
+from services.platform.aio import cancel_and_log, wait_event
 from services.platform.clock import now
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import Sandbox, SandboxKey, SandboxState
@@ -45,8 +45,9 @@ from services.sandbox.store.warm_pool import (
 from services.sandbox.usecases.sandboxes import Sandboxes
 
 log = get_logger(__name__)
-# A claim wakes the refill this much later: the claiming task's next steps (switch, session) run
-# first instead of competing with a clone and an agent start for the CPU.
+# No refill starts until this long after a claim (neither the claim's wake nor a periodic pass):
+# the claiming task's next steps (switch, session) run first instead of competing with a clone and
+# an agent start for the CPU.
 REFILL_AFTER_CLAIM_SECONDS = 1.0
 
 
@@ -82,6 +83,7 @@ class WarmPool:
         self.draining = False
         self.wake = asyncio.Event()
         self._preparing: set[asyncio.Task[None]] = set()
+        self._held_until = 0.0  # loop time before which no refill starts (REFILL_AFTER_CLAIM_SECONDS)
         self._registered: dict[tuple[str, str], PoolTarget] = {}
 
     def attach(self) -> None:
@@ -117,7 +119,9 @@ class WarmPool:
             for warm in stale:
                 await self.discard(warm, expected=warm.pool, reason="egress policy changed")
         if claimed is not None or stale:
-            asyncio.get_running_loop().call_later(REFILL_AFTER_CLAIM_SECONDS, self.wake.set)
+            loop = asyncio.get_running_loop()
+            self._held_until = loop.time() + REFILL_AFTER_CLAIM_SECONDS
+            loop.call_later(REFILL_AFTER_CLAIM_SECONDS, self.wake.set)
         return claimed
 
     async def register(self, sandbox: Sandbox) -> None:
@@ -148,14 +152,18 @@ class WarmPool:
         if self.size <= 0:
             return
         await self.reclaim()
+        loop = asyncio.get_running_loop()
         while not self.draining:
+            held = self._held_until - loop.time()
+            if held > 0:  # a task just claimed a warm sandbox: its next steps go first
+                await asyncio.sleep(held)
+                continue
             self.wake.clear()
             try:
                 await self.refill()
             except Exception:  # retried at the next pass
                 log.warning("warm_pool_refill_failed", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.refill_seconds)
+            await wait_event(self.wake, self.refill_seconds)
 
     async def reclaim(self) -> int:
         """Destroy this replica's unclaimed sandboxes (an earlier process's: their agents are gone)."""

@@ -5,6 +5,7 @@ sandbox took is read from its record (`from_warm_pool`), never from timing."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from services.platform.db import Database
 from services.platform.settings import Settings
 from services.sandbox.domain.models import SandboxKey
 from services.sandbox.store.warm_pool import PREPARING, WARM, PoolTarget
-from services.sandbox.usecases.warm_pool import WarmPool
+from services.sandbox.usecases.warm_pool import REFILL_AFTER_CLAIM_SECONDS, WarmPool
 from tests.helpers.eventually import assert_eventually
 from tests.helpers.mesh import Mesh, running
 from tests.unit.sandbox.conftest import ORG, sandbox_stub
@@ -202,6 +203,29 @@ async def test_a_warm_sandbox_never_serves_another_organization_repository_or_eg
         )
     )
     assert keyed.agent_connection.start_time.ToDatetime() >= claimed.sandbox.update_time.ToDatetime()
+
+
+async def test_no_refill_starts_within_a_second_of_a_claim_even_with_frequent_refill_passes(
+    mesh: Mesh, stub: pb_grpc.SandboxServiceAsyncStub, tmp_path: Path
+) -> None:
+    """The claiming task's switch and session run before the refill's clone and agent start
+    compete with them for the CPU: the periodic pass (every 0.2 s here) waits out the hold too."""
+    origin = make_origin(tmp_path)
+    first = await create(stub, "t1")
+    await prepare(stub, first.sandbox.name, origin, "feat/one")
+    await one_warm(mesh)
+    claimed = await create(stub, "t2")
+    assert claimed.sandbox.from_warm_pool
+    claimed_at = claimed.sandbox.update_time.ToDatetime(tzinfo=dt.UTC)
+
+    async def refill_started() -> Any:
+        pool = pool_of(mesh)
+        (row,) = await pool.records.unclaimed(pool.replica, ORG_ID, REPO)
+        return row
+
+    refill = await assert_eventually(refill_started, timeout=30)
+    held = (refill.create_time - claimed_at).total_seconds()
+    assert held >= REFILL_AFTER_CLAIM_SECONDS - 0.05, held
 
 
 async def test_drain_stops_refilling_and_cancels_preparations_in_flight(
