@@ -9,7 +9,8 @@ caller's own task, so a cancel always raises.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from typing import Any, Protocol
 
 
@@ -23,6 +24,36 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+@contextlib.asynccontextmanager
+async def periodically(
+    seconds: float, beat: Callable[[], Awaitable[bool | None]], *, name: str
+) -> AsyncIterator[None]:
+    """Run `await beat()` every `seconds` while the block runs (a lease renewal, a liveness stamp).
+    A beat returning False ends the beats early; an exception it raises propagates at the block's end.
+
+    Stopped between two beats, never inside one: a beat is a database write, and a cancel landing in
+    its commit leaves SQLAlchemy resetting the pooled connection under the cancel (logged as an error,
+    the connection discarded). Leaving the block waits for a beat in flight; a second cancel
+    meanwhile (`cancel_and_wait`) cancels the beat too."""
+    stop = asyncio.Event()
+
+    async def beats() -> None:
+        while not await wait_event(stop, seconds):
+            if await beat() is False:
+                return
+
+    task = asyncio.create_task(beats(), name=name)
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
 
 
 FIRST_RECANCEL = 2.0  # seconds a cancelled task has to end before it is cancelled again

@@ -50,6 +50,7 @@ from services.github_data.usecases.upserts import (
     upsert_pull_request,
     upsert_repository,
 )
+from services.platform.aio import periodically
 from services.platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -130,29 +131,27 @@ class SyncRun:
         if claimed is None:
             log.info("sync_dropped", organization=self.org, generation=self.generation)
             return
-        beat = asyncio.create_task(self._renew_lease(), name=f"sync-lease:{self.org}")
         try:
-            await self._run(*claimed)
+            # Renewed every third of the lease, never cut off in its transaction.
+            async with periodically(
+                self.lease.total_seconds() / 3, self._renew_lease, name=f"sync-lease:{self.org}"
+            ):
+                await self._run(*claimed)
         except asyncio.CancelledError:  # a stop: hand the job back so the next runner need not wait
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._hand_back())
             raise
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
 
-    async def _renew_lease(self) -> None:
-        """Every third of the lease, until cancelled; a runner that lost the job stops at its next write."""
-        while True:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
-            try:
-                async with self.deps.db.transaction() as session:
-                    until = self.deps.now() + self.lease
-                    if not await queries.renew_lease(session, org=self.org, token=self.token, until=until):
-                        return
-            except Exception:  # a missed renewal only shortens the lease; the next one may succeed
-                log.warning("sync_lease_renew_failed", organization=self.org, exc_info=True)
+    async def _renew_lease(self) -> bool:
+        """One renewal; False once the job is no longer ours (the runner then stops at its next
+        write). A failure only shortens the lease: logged, and the next renewal may succeed."""
+        try:
+            async with self.deps.db.transaction() as session:
+                until = self.deps.now() + self.lease
+                return await queries.renew_lease(session, org=self.org, token=self.token, until=until)
+        except Exception:
+            log.warning("sync_lease_renew_failed", organization=self.org, exc_info=True)
+            return True
 
     async def _hand_back(self) -> None:
         async with self.deps.db.transaction() as session:

@@ -9,7 +9,6 @@ the queue after each release, so a turn queued while the claim was held is never
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -17,7 +16,9 @@ import socket
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 
+from services.platform.aio import periodically
 from services.platform.clock import now
 from services.platform.errors import FoundryError
 from services.platform.logging import get_logger
@@ -188,9 +189,12 @@ class TurnRunner:
                 {"prompt": [{"type": "text", "text": b} for b in prompt_blocks(turn)], "user": turn.user},
             )
         )
-        heartbeat = asyncio.create_task(self._heartbeat(turn, live), name=f"heartbeat-{turn.turn_id}")
+        heartbeat = periodically(
+            HEARTBEAT_SECONDS, partial(self._heartbeat, turn, live, []), name=f"heartbeat-{turn.turn_id}"
+        )
         try:
-            stop_reason = await live.prompt(prompt_blocks(turn))
+            async with heartbeat:  # never cut off in its write
+                stop_reason = await live.prompt(prompt_blocks(turn))
         except Exception as exc:  # the agent failed or died: the turn fails with its message
             message = await live.failure(exc)
             dead = not live.alive
@@ -209,9 +213,6 @@ class TurnRunner:
                 await self._fail_queued(key, f"the agent of this session failed: {message}")
             return
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
             recorder.turn_id = ""
         await recorder.flush()
         state = TurnState.CANCELLED if stop_reason == "cancelled" else TurnState.COMPLETED
@@ -223,17 +224,19 @@ class TurnRunner:
         )
         log_.info("turn_completed", stop_reason=stop_reason)
 
-    async def _heartbeat(self, turn: Turn, live: LiveSession) -> None:
-        """Prove the turn is alive, and forward a cancel requested through another replica."""
-        cancel_sent = False
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+    async def _heartbeat(self, turn: Turn, live: LiveSession, cancel_sent: list[bool]) -> None:
+        """Prove the turn is alive, and forward (once: `cancel_sent`) a cancel requested through
+        another replica. A failed write is logged; the next beat tries again."""
+        try:
             await self.records.update_turn(turn.session, turn.turn_id, heartbeat_time=now())
             current = await self.records.get_turn(turn.session, turn.turn_id)
-            if current is not None and current.cancel_requested and not cancel_sent:
-                cancel_sent = True
-                with contextlib.suppress(Exception):
-                    await live.cancel()
+        except Exception:
+            log.warning("turn_heartbeat_failed", session=turn.session.name, turn=turn.turn_id, exc_info=True)
+            return
+        if current is not None and current.cancel_requested and not cancel_sent:
+            cancel_sent.append(True)
+            with contextlib.suppress(Exception):
+                await live.cancel()
 
     async def _fail_before_start(self, turn: Turn, message: str) -> None:
         await self.records.finish_turn(
