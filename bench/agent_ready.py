@@ -52,7 +52,12 @@ PROFILE_NOTES = (
     "same cores. What would take it further: the claim, switch and session in one sandbox call, and "
     "fewer transactions per step. Since 2026-12-07 13:00 UTC the git state after the switch takes one "
     "confined process instead of seven, and PrepareRepository asks its read-only questions at once: "
-    "warm p50 216-221 ms, p99 290 ms on this machine (was 306-319 ms)."
+    "warm p50 216-221 ms, p99 290 ms on this machine (was 306-319 ms). On a slower machine "
+    "(2026-12-07 23:30 UTC) the embedded process used 305 ms of CPU per 333 ms warm task: the path is "
+    "CPU-bound in that one process (py-spy: SQLAlchemy 42 %, asyncio 18 %, aiosqlite 16 %), where every "
+    "service's transactions for the task (steps, summaries, audit, outbox relays) share one core; a "
+    "refill that started during the claiming task's steps (a periodic pass ignored the hold after a "
+    "claim) cost about 30 ms of p50 until it was fixed."
 )
 
 
