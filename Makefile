@@ -109,10 +109,11 @@ real-agent:
 ## The rest runs in TEST_WORKERS pytest-xdist workers: most of a test's time is spent waiting on
 ## processes, servers and sockets, so two workers on two cores halve the wall time. Each worker
 ## starts its own PostgreSQL and RabbitMQ (tests/helpers/servers.py) and picks ports from its own
-## share (tests/helpers/infra.py). TEST_WORKERS=0 runs them in this process.
+## share (tests/helpers/infra.py; a crashed worker is not replaced: its test fails and the shares
+## stay disjoint). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: check browser sandbox-tools real-agent
-	$(PY) -m pytest -q --durations=30 -n $(TEST_WORKERS) -m "not own_process"
+	$(PY) -m pytest -q --durations=30 -n $(TEST_WORKERS) --max-worker-restart=0 -m "not own_process"
 	$(PY) -m pytest -q -m own_process
 
 test-fast: install

@@ -120,7 +120,8 @@ class WarmPool:
                 await self.discard(warm, expected=warm.pool, reason="egress policy changed")
         if claimed is not None or stale:
             loop = asyncio.get_running_loop()
-            self._held_until = loop.time() + REFILL_AFTER_CLAIM_SECONDS
+            if loop.time() >= self._held_until:  # not extended by later claims: steady claims still refill
+                self._held_until = loop.time() + REFILL_AFTER_CLAIM_SECONDS
             loop.call_later(REFILL_AFTER_CLAIM_SECONDS, self.wake.set)
         return claimed
 
@@ -203,6 +204,8 @@ class WarmPool:
                         egress=target.egress,
                     )
                 )
+                if self.draining:  # began during the insert: the row is left for the next start to reclaim
+                    return started
                 job = asyncio.create_task(self._prepare(key, target), name=f"warm-{key.sandbox_id}")
                 self._preparing.add(job)
                 job.add_done_callback(self._preparing.discard)
