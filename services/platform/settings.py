@@ -161,7 +161,7 @@ class SandboxSettings(BaseModel):
         description="Deadline of each stage of preparing a warm sandbox (create, checkout, agent).",
     )
     warm_pool_refill_seconds: float = Field(
-        5.0, gt=0, description="Longest time between two refill passes (claims wake the refill at once)."
+        5.0, gt=0, description="Longest time between two refill passes (a claim wakes the refill 1 s later)."
     )
     create_delay_seconds: float = Field(0.0, ge=0, description="Artificial provider latency (benchmarks).")
 
