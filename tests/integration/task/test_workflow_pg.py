@@ -4,6 +4,7 @@ prompt to its agent once)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from itertools import pairwise
 from pathlib import Path
@@ -103,7 +104,11 @@ async def test_two_replicas_never_run_one_tasks_steps_concurrently(
                 assert await _consumers(amqp_url, queue) == 2
 
             await assert_eventually(both_consume, timeout=15)
-            tasks = [await world.create("add x") for _ in range(3)]
+            # Created through each replica in turn, so both have warm database pools and peer
+            # channels when the deliveries race (a cold one lost every claim under load); six tasks
+            # make it all but certain that each replica wins some (each task is a fair race).
+            on_b = dataclasses.replace(world, stub=b.stub)
+            tasks = [await (world if i % 2 else on_b).create("add x") for i in range(6)]
             for task in tasks:  # duplicates land on both replicas
                 for i in range(4):
                     await mesh.broker.publish(
