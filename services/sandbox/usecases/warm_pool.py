@@ -119,10 +119,10 @@ class WarmPool:
             for warm in stale:
                 await self.discard(warm, expected=warm.pool, reason="egress policy changed")
         if claimed is not None or stale:
-            loop = asyncio.get_running_loop()
-            if loop.time() >= self._held_until:  # not extended by later claims: steady claims still refill
-                self._held_until = loop.time() + REFILL_AFTER_CLAIM_SECONDS
-            loop.call_later(REFILL_AFTER_CLAIM_SECONDS, self.wake.set)
+            at = asyncio.get_running_loop().time()
+            if at >= self._held_until:  # not extended by later claims: steady claims still refill
+                self._held_until = at + REFILL_AFTER_CLAIM_SECONDS
+            self.wake.set()  # `run` waits out the hold, then refills
         return claimed
 
     async def register(self, sandbox: Sandbox) -> None:
