@@ -379,11 +379,18 @@ async def test_organization_killed_mid_flight_loses_nothing_and_applies_nothing_
         if e.get("event") in ("message_handled", "message_duplicate_skipped")
     }
     outcome = {hold: settled.get(e["message_id"], "not redelivered") for hold, e in held.items()}
+    ids = {e["message_id"]: hold for hold, e in held.items()}
+    trace = [  # every line about a held message or the broker connection, for the assertion message
+        (run, ids.get(e.get("message_id", "")), e["event"], e.get("attempt"), e.get("timestamp"))
+        for run in (1, 2)
+        for e in replica.events(run)
+        if e.get("message_id") in ids or str(e.get("event", "")).startswith("amqp_")
+    ]
     assert outcome == {
         ("audit", "before_commit"): "message_handled",
         ("audit", "after_commit"): "message_duplicate_skipped",
         ("summary_events", "after_commit"): "message_duplicate_skipped",
-    }, outcome
+    }, (outcome, trace)
     for hold in (("audit", "before_commit"), ("audit", "after_commit")):
         e = held[hold]
         stored = [

@@ -79,7 +79,9 @@ class Replica:
         assert self.proc is None or self.proc.poll() is not None, f"{self.label} is running"
         self.starts += 1
         with self.log.open("ab") as f:
-            f.write(f'{{"event": "e2e_spawn", "start": {self.starts}}}\n'.encode())
+            # A leading newline: a kill -9 can cut the previous run's last line short, and a marker
+            # appended to it would not parse (every later line would count as the earlier run's).
+            f.write(f'\n{{"event": "e2e_spawn", "start": {self.starts}}}\n'.encode())
         full_env = {**os.environ, "GRPC_VERBOSITY": "ERROR", **self.env}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
