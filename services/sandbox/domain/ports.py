@@ -111,6 +111,12 @@ class Provider(Protocol):
         and controlling terminal (a terminal: the caller keeps the master end)."""
         ...
 
+    async def signal(self, pid: int, sig: int) -> None:
+        """Deliver `sig` to the command `spawn` started as `pid` and to what it started (its process
+        group; in a sandbox of its own, every process of it), so the command can shut down. SIGKILL
+        ends all of it at once. A process already gone is fine."""
+        ...
+
     def sandbox_path(self, provider_id: str, path: str) -> str:
         """`path` (relative to the sandbox root) as the sandbox's own processes see it (the checkout is
         `/workspace` in a bubblewrap sandbox, the host path in a local one)."""

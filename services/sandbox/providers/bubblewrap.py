@@ -46,8 +46,10 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +57,14 @@ from pathlib import Path
 from services.platform.logging import get_logger
 from services.sandbox.domain.models import SandboxKey
 from services.sandbox.providers.egress import EgressPolicy, EgressProxies
-from services.sandbox.providers.local import Command, LocalProvider, controlling_tty, kill_where
+from services.sandbox.providers.local import (
+    Command,
+    LocalProvider,
+    _parent,
+    _proc_pids,
+    controlling_tty,
+    kill_where,
+)
 
 log = get_logger(__name__)
 
@@ -74,6 +83,9 @@ MODEL_CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "OPENAI_API
 # Read-only system paths every sandbox gets (missing ones are skipped).
 SYSTEM_PATHS = ("/usr", "/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/localtime")
 _MIB = 1024 * 1024
+# How long a signal other than SIGKILL waits for a sandbox just started to reach its command (its
+# mounts take tens of ms); a sandbox still setting up after it is killed instead.
+SETUP_WAIT_SECONDS = 2.0
 # The reaper: blocks on a pipe only the service holds the write end of; at its end (the service died,
 # or closed the provider), SIGKILLs every other process with argv[1] among its arguments, pinned by a
 # pidfd and checked again (a reused pid is never hit), until a pass finds none. Python's own modules
@@ -438,6 +450,18 @@ class BubblewrapProvider(LocalProvider):
         env = {**self._credentials, **(env or {})}
         return await super().spawn(provider_id, argv, cwd=cwd, env=env, stdin=stdin, tty=tty)
 
+    async def signal(self, pid: int, sig: int) -> None:
+        """`pid` is bwrap; the command runs below the sandbox's pid 1 (a second bwrap). A signal other
+        than SIGKILL goes to every process below pid 1: the command and what it started (in its own
+        group or session too, as a terminal's command is) get it and can shut down, and the sandbox
+        ends when the command does. Sent to bwrap instead, it would kill the sandbox outright, and
+        during the set-up (before pid 1 binds its life to bwrap's) leave it running under init with
+        the command's pipes open (StopProcess then never saw the process end).
+        SIGKILL, or a sandbox still setting up after SETUP_WAIT_SECONDS: bwrap is held (SIGSTOP: it
+        cannot clone pid 1 meanwhile), pid 1 is killed (the kernel kills the rest of its namespace),
+        then bwrap."""
+        await asyncio.to_thread(_signal_sandbox, pid, sig)
+
     def sandbox_path(self, provider_id: str, path: str) -> str:
         parts = Path(path).parts
         if parts[:1] == ("work",):
@@ -538,6 +562,64 @@ class BubblewrapProvider(LocalProvider):
         if sandboxes:
             log.warning("sandbox_leftover_sandboxes_killed", count=len(sandboxes), pids=sandboxes)
         return [*killed, *sandboxes]
+
+
+def _signal_sandbox(bwrap: int, sig: int) -> None:
+    """See `BubblewrapProvider.signal`."""
+    if sig != signal.SIGKILL:
+        deadline = time.monotonic() + SETUP_WAIT_SECONDS
+        while _state(bwrap) not in ("", "Z"):
+            tree = _process_tree()
+            inside = [p for init in tree.get(bwrap, []) for p in _descendants(tree, init)]
+            if inside:  # pid 1 started the command: every process below pid 1 gets it
+                for pid in inside:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, sig)
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        else:
+            return  # gone already
+    if _state(bwrap) not in ("", "Z"):  # alive, so not reaped: the pid is still bwrap's
+        with contextlib.suppress(OSError):
+            os.killpg(bwrap, signal.SIGSTOP)
+        deadline = time.monotonic() + 1.0
+        while _state(bwrap) not in ("", "T", "Z") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for init in _process_tree().get(bwrap, []):
+            with contextlib.suppress(OSError):
+                os.kill(init, signal.SIGKILL)
+    with contextlib.suppress(OSError):  # and a pid 1 not yet in a session of its own, bwrap gone or not
+        os.killpg(bwrap, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    """The state letter of `pid` (`R`, `S`, `T`, `Z`, ...), "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
+
+
+def _process_tree() -> dict[int, list[int]]:
+    """Every process of this host's /proc, as parent pid -> child pids."""
+    tree: dict[int, list[int]] = {}
+    for pid in _proc_pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            tree.setdefault(_parent(pid), []).append(pid)
+    return tree
+
+
+def _descendants(tree: Mapping[int, list[int]], pid: int) -> list[int]:
+    found, todo = [], list(tree.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(tree.get(child, []))
+    return found
 
 
 def _through_link(base: Path, host: Path) -> bool:

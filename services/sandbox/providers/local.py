@@ -232,6 +232,11 @@ class LocalProvider:
             limit=16 * 1024 * 1024,
         )
 
+    async def signal(self, pid: int, sig: int) -> None:
+        """`sig` to the process group `spawn` made (`start_new_session`)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
     async def read_file(self, provider_id: str, path: str) -> bytes:
         return await asyncio.to_thread(self._path(provider_id, path).read_bytes)
 

@@ -91,6 +91,7 @@ class _Running:
     size: int = 0
     task: asyncio.Task[None] | None = None
     terminal: _Terminal | None = None
+    stopper: asyncio.Task[None] | None = None  # StopProcess's SIGKILL after the grace period
 
 
 class Processes:
@@ -330,13 +331,17 @@ class Processes:
         updated = await self.logs.update_process(
             key, process_id, when_state=ProcessState.RUNNING, state=ProcessState.STOPPING
         )
-        _signal_group(process.pid, signal.SIGTERM)
+        provider = self.sandboxes.provider
+        await provider.signal(process.pid, signal.SIGTERM)
 
-        def kill_if_still_running() -> None:
+        async def kill_if_still_running() -> None:
+            await asyncio.sleep(grace_seconds or 5)
             if (key, process_id) in self._running:
-                _signal_group(process.pid, signal.SIGKILL)
+                await provider.signal(process.pid, signal.SIGKILL)
 
-        asyncio.get_running_loop().call_later(grace_seconds or 5, kill_if_still_running)
+        running = self._running.get((key, process_id))
+        if running is not None and running.stopper is None:
+            running.stopper = asyncio.create_task(kill_if_still_running(), name=f"stop-{process_id}")
         return updated
 
     async def kill(self, key: SandboxKey, process_id: str) -> Process:
@@ -344,7 +349,7 @@ class Processes:
         process = await self.get(key, process_id)
         if process.state is ProcessState.EXITED:
             return process
-        _signal_group(process.pid, signal.SIGKILL)
+        await self.sandboxes.provider.signal(process.pid, signal.SIGKILL)
         running = self._running.get((key, process_id))
         if running is not None and running.task is not None:
             with contextlib.suppress(TimeoutError):
@@ -376,7 +381,7 @@ class Processes:
         for process in await self.logs.running_processes(self.sandboxes.replica):
             if pid_alive(process.pid):
                 if process.spec.tty:
-                    _signal_group(process.pid, signal.SIGKILL)
+                    await self.sandboxes.provider.signal(process.pid, signal.SIGKILL)
                 running = self._running[(process.sandbox, process.process_id)] = _Running(
                     None, process.pid, Path()
                 )
@@ -390,7 +395,7 @@ class Processes:
 
     async def close(self) -> None:
         """Stop supervising (the processes keep running; a restart adopts them)."""
-        tasks = [r.task for r in self._running.values() if r.task is not None]
+        tasks = [t for r in self._running.values() for t in (r.task, r.stopper) if t is not None]
         # Bounded: a swallowed cancel must not hang the shutdown.
         await cancel_and_log(tasks, log, "process_supervisors_ignored_cancel")
         for running in self._running.values():
@@ -555,8 +560,3 @@ async def _ready(add: Any, remove: Any, fd: int, timeout: float | None) -> None:
             await asyncio.wait_for(ready, timeout)
     finally:
         remove(fd)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)

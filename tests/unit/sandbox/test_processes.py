@@ -137,9 +137,69 @@ async def test_stop_sends_sigterm_and_create_is_idempotent_by_request_id(
         tree, _ = await ps.communicate()
         print(f"process {first.name} (pid {first.pid}) still not EXITED; processes:\n{tree.decode()}")
         raise
-    # Ended by the stop's SIGTERM, not by the SIGKILL after the grace. (Under bubblewrap the signal
-    # reaches the sandbox's monitor process, which reports it as its own signal or exit status.)
+    # Ended by the stop's SIGTERM, not by the SIGKILL after the grace. (Under bubblewrap the command
+    # gets it below the sandbox's pid 1, and bwrap reports its end as its own signal or exit status.)
     assert done.exit_signal != 9 and (done.exit_signal == 15 or done.HasField("exit_code")), done
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipes", "terminal"])
+async def test_stop_lets_the_command_handle_sigterm_and_shut_down(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path, tty: bool
+) -> None:
+    """The command itself gets the SIGTERM (under bubblewrap too, where it runs below the sandbox's
+    pid 1, a terminal's command in a session of its own) and exits on its own terms within the grace
+    period: no SIGKILL."""
+    sandbox = (await prepared_sandbox(stub, origin)).name
+    script = "trap 'echo cleaned up; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
+    process = (
+        await stub.CreateProcess(
+            pb.CreateProcessRequest(
+                parent=sandbox, process=process_pb2.Process(command="/bin/sh", args=["-c", script], tty=tty)
+            )
+        )
+    ).process
+
+    async def output(expected: bytes) -> bytes:
+        logs = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=process.name))
+        data = b"".join(c.data for c in logs.chunks)
+        assert expected in data, data
+        return data
+
+    await assert_eventually(lambda: output(b"ready"))
+    await stub.StopProcess(pb.StopProcessRequest(name=process.name, grace_period_seconds=30))
+
+    async def exited() -> process_pb2.Process:
+        current = (await stub.GetProcess(pb.GetProcessRequest(name=process.name))).process
+        assert current.state == process_pb2.PROCESS_STATE_EXITED
+        return current
+
+    done = await assert_eventually(exited, timeout=20)
+    assert (done.exit_code, done.exit_signal) == (7, 0), done
+    assert (await output(b"ready")).rstrip().endswith(b"cleaned up")
+
+
+async def test_a_process_stopped_as_it_starts_leaves_nothing_running(
+    stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
+) -> None:
+    """StopProcess right after CreateProcess lands while a bubblewrap sandbox is still being set up:
+    the process still ends (EXITED) and nothing of it is left on the host. (SIGTERM sent to bwrap in
+    that window left the sandbox's pid 1 running under init, holding the output pipes: STOPPING for
+    good.)"""
+    sandbox = (await prepared_sandbox(stub, origin)).name
+    marker = str(61000 + os.getpid() % 1000)
+    names = []
+    for _ in range(12):
+        process = await start(stub, sandbox, f"sleep {marker}")
+        await stub.StopProcess(pb.StopProcessRequest(name=process.name, grace_period_seconds=30))
+        names.append(process.name)
+
+    async def all_exited() -> None:
+        for name in names:
+            current = (await stub.GetProcess(pb.GetProcessRequest(name=name))).process
+            assert current.state == process_pb2.PROCESS_STATE_EXITED, current
+
+    await assert_eventually(all_exited, timeout=20)
+    await assert_eventually(lambda: _gone(["sleep", marker]))
 
 
 async def test_watch_processes_streams_the_list_then_changes(

@@ -536,15 +536,13 @@ class AgentPool:
                 process.stdin.close()
         for sig, wait in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
             if sig is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, sig)
+                await self._provider.signal(process.pid, sig)
             try:
                 await asyncio.wait_for(process.wait(), wait)
                 break
             except TimeoutError:
                 continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group (commands the agent started)
+        await self._provider.signal(process.pid, signal.SIGKILL)  # leftovers (commands the agent started)
         # Bounded: a swallowed cancel must not hang the stop.
         await cancel_and_log(
             handle.tasks, log, "agent_tasks_ignored_cancel", sandbox=handle.sandbox.name, agent=handle.agent
