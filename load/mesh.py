@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from load.ports import free_port
 from services.platform.settings import SERVICE_NAMES
 
+__all__ = ["ROOT", "EmbeddedMesh", "Ports", "free_port", "spawn", "stop", "wait_ready"]
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# What a listener's log says when its port was taken (grpc.aio, uvicorn).
+BIND_FAILED = ("Failed to bind to address", "address already in use")
 
 
 @dataclass
@@ -137,8 +135,22 @@ class EmbeddedMesh:
         return self.workdir / "embedded.log"
 
     @staticmethod
-    def start(env: Mapping[str, str] | None = None, *, workdir: Path | None = None) -> EmbeddedMesh:
-        """Start the process (extra FOUNDRY_* settings in `env`) and wait until all five listeners serve."""
+    def start(
+        env: Mapping[str, str] | None = None, *, workdir: Path | None = None, attempts: int = 3
+    ) -> EmbeddedMesh:
+        """Start the process (extra FOUNDRY_* settings in `env`) and wait until all five listeners serve.
+        A port another process took between its choice and the bind starts it again on new ports, up
+        to `attempts` starts. Raises RuntimeError (with the log's tail) when it does not start."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return EmbeddedMesh._start(env, workdir)
+            except RuntimeError as exc:
+                if attempt == attempts or not any(m in str(exc) for m in BIND_FAILED):
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _start(env: Mapping[str, str] | None, workdir: Path | None) -> EmbeddedMesh:
         owns = workdir is None
         workdir = workdir or Path(tempfile.mkdtemp(prefix="foundry-mesh-"))
         workdir.mkdir(parents=True, exist_ok=True)
@@ -160,8 +172,9 @@ class EmbeddedMesh:
                 proc,
             )
         except (RuntimeError, TimeoutError) as exc:
+            stop(proc)
+            tail = mesh.log.read_text(errors="replace")[-3000:]  # before stop() removes the directory
             mesh.stop()
-            tail = (workdir / "embedded.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"embedded mesh did not start: {exc}\n{tail}") from exc
         return mesh
 

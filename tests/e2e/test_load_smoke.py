@@ -4,11 +4,14 @@ starts itself writes the CSV/HTML reports, with every request type of the mix pr
 from __future__ import annotations
 
 import csv
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from load import mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -67,3 +70,38 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+
+
+def test_the_embedded_mesh_starts_again_on_new_ports_when_one_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`EmbeddedMesh.start` (what `--spawn` and the benchmarks use): another process holds the task
+    service's port (CI: a port chosen, then taken before the bind); the mesh starts on new ports, and
+    when every start meets a taken port, the error shows the process's own log."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        made: list[mesh.Ports] = []
+        real = mesh.Ports
+
+        def ports(first_taken: bool) -> mesh.Ports:
+            chosen = real()
+            if not (first_taken and made):
+                chosen.services["task"] = taken
+            made.append(chosen)
+            return chosen
+
+        monkeypatch.setattr(mesh, "Ports", lambda: ports(True))
+        started = mesh.EmbeddedMesh.start()
+        try:
+            assert len(made) == 2 and started.target("task") != f"127.0.0.1:{taken}"
+            assert started.proc.poll() is None
+        finally:
+            started.stop()
+
+        made.clear()
+        monkeypatch.setattr(mesh, "Ports", lambda: ports(False))
+        with pytest.raises(RuntimeError, match=f"Failed to bind to address 127.0.0.1:{taken}"):
+            mesh.EmbeddedMesh.start(attempts=2)
+        assert len(made) == 2

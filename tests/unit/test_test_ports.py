@@ -1,11 +1,11 @@
-"""The suite's free ports (tests/helpers/infra.py): parallel pytest-xdist workers choose from disjoint
+"""The suite's free ports (load/ports.py): parallel pytest-xdist workers choose from disjoint
 shares below the kernel's ephemeral range, so one never binds a port another just picked."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.helpers import infra
+from load import ports
 
 
 def _pool(monkeypatch: pytest.MonkeyPatch, worker: str | None, count: str | None) -> range:
@@ -14,11 +14,11 @@ def _pool(monkeypatch: pytest.MonkeyPatch, worker: str | None, count: str | None
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    return infra._port_pool()
+    return ports.port_pool()
 
 
 def test_workers_get_disjoint_shares_below_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    low, _ = infra._ephemeral_range()
+    low, _ = ports.ephemeral_range()
     whole = _pool(monkeypatch, None, None)
     assert whole.stop == low and len(whole) > 0
     first, second = _pool(monkeypatch, "gw0", "2"), _pool(monkeypatch, "gw1", "2")
@@ -32,5 +32,5 @@ def test_workers_get_disjoint_shares_below_the_ephemeral_range(monkeypatch: pyte
 
 def test_free_port_stays_in_the_workers_share(monkeypatch: pytest.MonkeyPatch) -> None:
     share = _pool(monkeypatch, "gw1", "2")
-    ports = {infra.free_port() for _ in range(20)}
-    assert len(ports) == 20 and all(port in share for port in ports)
+    chosen = {ports.free_port() for _ in range(20)}
+    assert len(chosen) == 20 and all(port in share for port in chosen)
