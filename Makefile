@@ -109,7 +109,7 @@ real-agent:
 ## The rest runs in TEST_WORKERS pytest-xdist workers: most of a test's time is spent waiting on
 ## processes, servers and sockets, so two workers on two cores halve the wall time. Each worker
 ## starts its own PostgreSQL and RabbitMQ (tests/helpers/servers.py) and picks ports from its own
-## share (tests/helpers/infra.py; a crashed worker is not replaced: its test fails and the shares
+## share (load/ports.py; a crashed worker is not replaced: its test fails and the shares
 ## stay disjoint). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: check browser sandbox-tools real-agent

@@ -28,8 +28,9 @@ from services.platform.settings import SERVICE_NAMES
 __all__ = ["ROOT", "EmbeddedMesh", "Ports", "free_port", "spawn", "stop", "wait_ready"]
 
 ROOT = Path(__file__).resolve().parents[1]
-# What a listener's log says when its port was taken (grpc.aio, uvicorn).
-BIND_FAILED = ("Failed to bind to address", "address already in use")
+# What a listener's log says when its port was taken (grpc.aio; the gateway's and admin's HTTP
+# listeners), lower case.
+BIND_FAILED = ("failed to bind to address", "address already in use")
 
 
 @dataclass
@@ -121,6 +122,10 @@ def wait_ready(
             time.sleep(0.2)
 
 
+class _PortTaken(RuntimeError):
+    """The embedded mesh exited because another process held one of its ports."""
+
+
 @dataclass
 class EmbeddedMesh:
     """A `python -m services.embedded` process on free ports with its own data directory."""
@@ -141,13 +146,14 @@ class EmbeddedMesh:
         """Start the process (extra FOUNDRY_* settings in `env`) and wait until all five listeners serve.
         A port another process took between its choice and the bind starts it again on new ports, up
         to `attempts` starts. Raises RuntimeError (with the log's tail) when it does not start."""
-        for attempt in range(1, attempts + 1):
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {attempts}")
+        for _ in range(attempts - 1):
             try:
                 return EmbeddedMesh._start(env, workdir)
-            except RuntimeError as exc:
-                if attempt == attempts or not any(m in str(exc) for m in BIND_FAILED):
-                    raise
-        raise AssertionError("unreachable")
+            except _PortTaken as exc:
+                print(f"{exc}\nstarting again on new ports", file=sys.stderr)
+        return EmbeddedMesh._start(env, workdir)
 
     @staticmethod
     def _start(env: Mapping[str, str] | None, workdir: Path | None) -> EmbeddedMesh:
@@ -173,9 +179,12 @@ class EmbeddedMesh:
             )
         except (RuntimeError, TimeoutError) as exc:
             stop(proc)
-            tail = mesh.log.read_text(errors="replace")[-3000:]  # before stop() removes the directory
+            log = mesh.log.read_text(errors="replace")  # before stop() removes the directory
             mesh.stop()
-            raise RuntimeError(f"embedded mesh did not start: {exc}\n{tail}") from exc
+            lines = log.splitlines()
+            taken = "\n".join(dict.fromkeys(ln for ln in lines if any(m in ln.lower() for m in BIND_FAILED)))
+            error = _PortTaken if taken else RuntimeError
+            raise error(f"embedded mesh did not start: {exc}\n{taken or log[-3000:]}") from exc
         return mesh
 
     def target(self, service: str) -> str:

@@ -72,12 +72,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "GRPC_VERBOSITY": "ERROR"}
 
 
+@pytest.mark.parametrize("listener", ["task", "gateway"])
 def test_the_embedded_mesh_starts_again_on_new_ports_when_one_was_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch, listener: str
 ) -> None:
     """`EmbeddedMesh.start` (what `--spawn` and the benchmarks use): another process holds the task
-    service's port (CI: a port chosen, then taken before the bind); the mesh starts on new ports, and
-    when every start meets a taken port, the error shows the process's own log."""
+    service's (gRPC) or the gateway's (HTTP) port (CI: a port chosen, then taken before the bind); the
+    mesh starts on new ports, and when every start meets a taken port, the error names it."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -88,20 +89,23 @@ def test_the_embedded_mesh_starts_again_on_new_ports_when_one_was_taken(
         def ports(first_taken: bool) -> mesh.Ports:
             chosen = real()
             if not (first_taken and made):
-                chosen.services["task"] = taken
+                if listener == "gateway":
+                    chosen.gateway = taken
+                else:
+                    chosen.services["task"] = taken
             made.append(chosen)
             return chosen
 
         monkeypatch.setattr(mesh, "Ports", lambda: ports(True))
         started = mesh.EmbeddedMesh.start()
         try:
-            assert len(made) == 2 and started.target("task") != f"127.0.0.1:{taken}"
+            assert len(made) == 2 and taken not in (started.ports.gateway, *started.ports.services.values())
             assert started.proc.poll() is None
         finally:
             started.stop()
 
         made.clear()
         monkeypatch.setattr(mesh, "Ports", lambda: ports(False))
-        with pytest.raises(RuntimeError, match=f"Failed to bind to address 127.0.0.1:{taken}"):
+        with pytest.raises(RuntimeError, match=f"127.0.0.1:{taken}"):
             mesh.EmbeddedMesh.start(attempts=2)
         assert len(made) == 2

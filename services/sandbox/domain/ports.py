@@ -113,7 +113,7 @@ class Provider(Protocol):
 
     async def signal(self, pid: int, sig: int) -> None:
         """Deliver `sig` to the command `spawn` started as `pid` and to what it started (its process
-        group; in a sandbox of its own, every process of it), so the command can shut down. SIGKILL
+        group; under bubblewrap, the processes of its sandbox), so the command can shut down. SIGKILL
         ends all of it at once. A process already gone is fine."""
         ...
 

@@ -60,8 +60,8 @@ from services.sandbox.providers.egress import EgressPolicy, EgressProxies
 from services.sandbox.providers.local import (
     Command,
     LocalProvider,
+    _cmdline,
     _parent,
-    _proc_pids,
     controlling_tty,
     kill_where,
 )
@@ -74,6 +74,7 @@ EGRESS_SOCKET = "/run/foundry/egress.sock"
 PUSH_MOUNT = "/run/foundry/push.git"
 FETCH_MOUNT = "/run/foundry/fetch.git"
 PROXY_PORT = 3128
+FORWARD_LISTEN = f"TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr"  # the egress forwarder's socat
 UID = 1000
 # Variables a sandbox process may inherit from the service's environment (values, not secrets).
 ENV_ALLOWLIST = ("LANG", "LC_ALL", "TERM", "TZ")
@@ -452,15 +453,16 @@ class BubblewrapProvider(LocalProvider):
 
     async def signal(self, pid: int, sig: int) -> None:
         """`pid` is bwrap; the command runs below the sandbox's pid 1 (a second bwrap). A signal other
-        than SIGKILL goes to every process below pid 1: the command and what it started (in its own
-        group or session too, as a terminal's command is) get it and can shut down, and the sandbox
-        ends when the command does. Sent to bwrap instead, it would kill the sandbox outright, and
-        during the set-up (before pid 1 binds its life to bwrap's) leave it running under init with
-        the command's pipes open (StopProcess then never saw the process end).
+        than SIGKILL goes to every process below pid 1 but the egress forwarder: the command and what
+        it started (in its own group or session too, as a terminal's command is) get it and can shut
+        down, and the sandbox ends when the command does. Sent to bwrap instead, it would kill the
+        sandbox outright, and during the set-up (before pid 1 binds its life to bwrap's) leave it
+        running under init with the command's pipes open (StopProcess then never saw it end).
         SIGKILL, or a sandbox still setting up after SETUP_WAIT_SECONDS: bwrap is held (SIGSTOP: it
         cannot clone pid 1 meanwhile), pid 1 is killed (the kernel kills the rest of its namespace),
-        then bwrap."""
-        await asyncio.to_thread(_signal_sandbox, pid, sig)
+        then bwrap. A pid that is no longer this service's unreaped child is left alone (it may have
+        been reused); before bwrap has started (its prefix), the prefix gets `sig`."""
+        await asyncio.to_thread(_signal_sandbox, pid, sig, self._bwrap.encode())
 
     def sandbox_path(self, provider_id: str, path: str) -> str:
         parts = Path(path).parts
@@ -535,7 +537,7 @@ class BubblewrapProvider(LocalProvider):
                 sandbox_env[name] = proxy
             sandbox_env["NO_PROXY"] = sandbox_env["no_proxy"] = ""
             forward = (
-                f"socat TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{EGRESS_SOCKET} "
+                f"socat {FORWARD_LISTEN} UNIX-CONNECT:{EGRESS_SOCKET} "
                 # Never the command's pipes: a forwarder left behind must not keep its output open.
                 '</dev/null >/dev/null 2>&1 & exec "$@"'
             )
@@ -564,34 +566,60 @@ class BubblewrapProvider(LocalProvider):
         return [*killed, *sandboxes]
 
 
-def _signal_sandbox(bwrap: int, sig: int) -> None:
-    """See `BubblewrapProvider.signal`."""
-    if sig != signal.SIGKILL:
-        deadline = time.monotonic() + SETUP_WAIT_SECONDS
-        while _state(bwrap) not in ("", "Z"):
-            tree = _process_tree()
-            inside = [p for init in tree.get(bwrap, []) for p in _descendants(tree, init)]
-            if inside:  # pid 1 started the command: every process below pid 1 gets it
-                for pid in inside:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, sig)
-                return
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.01)
-        else:
-            return  # gone already
-    if _state(bwrap) not in ("", "Z"):  # alive, so not reaped: the pid is still bwrap's
-        with contextlib.suppress(OSError):
-            os.killpg(bwrap, signal.SIGSTOP)
+def _signal_sandbox(bwrap: int, sig: int, path: bytes) -> None:
+    """See `BubblewrapProvider.signal`. Every process is pinned by a pidfd and checked again (still
+    the child of the process it was listed under) before it is signalled: a pid that was reaped and
+    reused, by this host or by a sandbox cycling through pids, is never hit."""
+    try:
+        pinned = os.pidfd_open(bwrap)
+    except OSError:
+        return  # gone
+    try:
+        if _parent(bwrap) != os.getpid():
+            return  # reaped (and maybe reused): not this service's bwrap any more
+        if _cmdline(bwrap)[:1] != [path]:  # still in its prefix (setpriv, checks, prlimit): no sandbox yet
+            signal.pidfd_send_signal(pinned, sig)
+            return
+        if sig != signal.SIGKILL:
+            deadline = time.monotonic() + SETUP_WAIT_SECONDS
+            while _state(bwrap) not in ("", "Z"):
+                inside = [(p, parent) for init in _children(bwrap) for p, parent in _descendants(init)]
+                if inside:  # pid 1 started the command: every process below pid 1 gets it
+                    for pid, parent in inside:
+                        if not _is_forwarder(pid):  # the egress forwarder: the command may need it to finish
+                            _send(pid, parent, sig)
+                    return
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.01)
+            else:
+                return  # gone already
+        signal.pidfd_send_signal(pinned, signal.SIGSTOP)  # it cannot clone pid 1 while stopped
         deadline = time.monotonic() + 1.0
         while _state(bwrap) not in ("", "T", "Z") and time.monotonic() < deadline:
             time.sleep(0.005)
-        for init in _process_tree().get(bwrap, []):
-            with contextlib.suppress(OSError):
-                os.kill(init, signal.SIGKILL)
-    with contextlib.suppress(OSError):  # and a pid 1 not yet in a session of its own, bwrap gone or not
-        os.killpg(bwrap, signal.SIGKILL)
+        for init in _children(bwrap):
+            _send(init, bwrap, signal.SIGKILL)  # the kernel kills the rest of its namespace
+        signal.pidfd_send_signal(pinned, signal.SIGKILL)
+    except OSError:
+        pass  # exited meanwhile
+    finally:
+        os.close(pinned)
+
+
+def _send(pid: int, parent: int, sig: int) -> None:
+    """`sig` to `pid` if it is still the child of `parent` (pinned by a pidfd, then checked)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if _parent(pid) == parent:
+            signal.pidfd_send_signal(fd, sig)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _state(pid: int) -> str:
@@ -604,22 +632,36 @@ def _state(pid: int) -> str:
     return stat[stat.rindex(b")") + 2 :].split()[0].decode()
 
 
-def _process_tree() -> dict[int, list[int]]:
-    """Every process of this host's /proc, as parent pid -> child pids."""
-    tree: dict[int, list[int]] = {}
-    for pid in _proc_pids():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            tree.setdefault(_parent(pid), []).append(pid)
-    return tree
-
-
-def _descendants(tree: Mapping[int, list[int]], pid: int) -> list[int]:
-    found, todo = [], list(tree.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo.extend(tree.get(child, []))
+def _children(pid: int) -> list[int]:
+    """`pid`'s children, from each of its threads' `children` list (no scan of /proc)."""
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in threads:
+        with contextlib.suppress(OSError, ValueError):
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found += [int(child) for child in f.read().split()]
     return found
+
+
+def _descendants(pid: int) -> list[tuple[int, int]]:
+    """Every process below `pid`, as (pid, its parent)."""
+    found: list[tuple[int, int]] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child in _children(parent):
+            found.append((child, parent))
+            todo.append(child)
+    return found
+
+
+def _is_forwarder(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return _cmdline(pid)[:2] == [b"socat", FORWARD_LISTEN.encode()]
+    return False
 
 
 def _through_link(base: Path, host: Path) -> bool:

@@ -92,6 +92,7 @@ class _Running:
     task: asyncio.Task[None] | None = None
     terminal: _Terminal | None = None
     stopper: asyncio.Task[None] | None = None  # StopProcess's SIGKILL after the grace period
+    kill_at: float = 0.0  # when the stopper sends it (loop time)
 
 
 class Processes:
@@ -323,7 +324,8 @@ class Processes:
         return running.terminal
 
     async def stop(self, key: SandboxKey, process_id: str, grace_seconds: int) -> Process:
-        """SIGTERM to the process group, SIGKILL after `grace_seconds` (0 means 5)."""
+        """SIGTERM to the process and what it started (`Provider.signal`), SIGKILL after
+        `grace_seconds` (0 means 5; a later stop with a shorter grace brings the SIGKILL forward)."""
         process = await self.get(key, process_id)
         if process.state is not ProcessState.RUNNING:
             return process
@@ -334,23 +336,31 @@ class Processes:
         provider = self.sandboxes.provider
         await provider.signal(process.pid, signal.SIGTERM)
 
-        async def kill_if_still_running() -> None:
-            await asyncio.sleep(grace_seconds or 5)
+        async def kill_if_still_running(grace: float) -> None:
+            await asyncio.sleep(grace)
             if (key, process_id) in self._running:
                 await provider.signal(process.pid, signal.SIGKILL)
 
         running = self._running.get((key, process_id))
-        if running is not None and running.stopper is None:
-            running.stopper = asyncio.create_task(kill_if_still_running(), name=f"stop-{process_id}")
+        grace = grace_seconds or 5
+        kill_at = asyncio.get_running_loop().time() + grace
+        if running is not None and (running.stopper is None or kill_at < running.kill_at):
+            if running.stopper is not None:
+                running.stopper.cancel()
+            running.kill_at = kill_at
+            running.stopper = asyncio.create_task(kill_if_still_running(grace), name=f"stop-{process_id}")
         return updated
 
     async def kill(self, key: SandboxKey, process_id: str) -> Process:
-        """SIGKILL to the process group; returns the process once its exit is recorded (EXITED)."""
+        """SIGKILL to the process and what it started; returns the process once its exit is recorded
+        (EXITED)."""
         process = await self.get(key, process_id)
         if process.state is ProcessState.EXITED:
             return process
-        await self.sandboxes.provider.signal(process.pid, signal.SIGKILL)
+        # Looked up first: while the signal is sent the supervisor may see the exit and drop the entry
+        # before the EXITED row is written.
         running = self._running.get((key, process_id))
+        await self.sandboxes.provider.signal(process.pid, signal.SIGKILL)
         if running is not None and running.task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(running.task), 10)
@@ -436,6 +446,8 @@ class Processes:
                 )
             code = await proc.wait()
         self._running.pop((key, process_id), None)
+        if running.stopper is not None:
+            running.stopper.cancel()  # ended: no SIGKILL to send (the pid may be reused)
         exit_code, exit_signal = (None, -code) if code is not None and code < 0 else (code, 0)
         await self.logs.update_process(
             key,

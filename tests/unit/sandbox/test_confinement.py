@@ -251,6 +251,42 @@ async def test_egress_reaches_only_the_allowlist_through_the_proxy(
     assert out.strip() == "403", out
 
 
+async def test_a_stopped_command_still_reaches_its_allowlisted_api_while_it_cleans_up(
+    confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path, model_api: int
+) -> None:
+    """StopProcess's SIGTERM goes to the command and what it started, not to the sandbox's egress
+    forwarder: a command that reports to its model API when it is stopped still gets through."""
+    _, stub = confined
+    sandbox = await prepared_sandbox(stub, origin)
+    report = _fetch_command() + f"http://127.0.0.1:{model_api}/v1/messages"
+    script = f"trap '{report}; exit 0' TERM; echo ready; while :; do sleep 0.1; done"
+    process = (
+        await stub.CreateProcess(
+            pb.CreateProcessRequest(
+                parent=sandbox.name, process=process_pb2.Process(command="/bin/sh", args=["-c", script])
+            )
+        )
+    ).process
+
+    async def output(expected: str) -> str:
+        logs = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=process.name))
+        text = b"".join(c.data for c in logs.chunks).decode(errors="replace")
+        assert expected in text, text
+        return text
+
+    await assert_eventually(lambda: output("ready"))
+    await stub.StopProcess(pb.StopProcessRequest(name=process.name, grace_period_seconds=30))
+
+    async def exited() -> process_pb2.Process:
+        current = (await stub.GetProcess(pb.GetProcessRequest(name=process.name))).process
+        assert current.state == process_pb2.PROCESS_STATE_EXITED
+        return current
+
+    done = await assert_eventually(exited, timeout=20)
+    assert (done.exit_code, done.exit_signal) == (0, 0), (done, await output(""))
+    assert "model-api-ok" in await output("ready")
+
+
 async def test_process_and_memory_limits_hold(
     confined: tuple[Mesh, pb_grpc.SandboxServiceAsyncStub], origin: Path
 ) -> None:

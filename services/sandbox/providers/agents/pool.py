@@ -519,7 +519,8 @@ class AgentPool:
             handle.stderr_tail.append(line.decode(errors="replace").rstrip())
 
     async def _stop(self, handle: AgentHandle) -> None:
-        """Close stdin (well-behaved agents exit on EOF), then SIGTERM and SIGKILL the process group.
+        """Close stdin (well-behaved agents exit on EOF), then SIGTERM and SIGKILL the agent and what it
+        started (`Provider.signal`).
         Its unanswered permission requests stay PENDING (answered later, they are not delivered)."""
         for future, owner in list(self._waiting.values()):
             if owner is handle and not future.done():
