@@ -35,7 +35,7 @@ from services.sandbox.providers.bubblewrap import _SandboxCgroups, available, to
 from tests.helpers.eventually import assert_eventually
 from tests.helpers.mesh import Mesh, running
 from tests.unit.sandbox.conftest import prepared_sandbox, sandbox_stub
-from tests.unit.sandbox.test_processes import _host_pids
+from tests.unit.sandbox.test_processes import _host_pids, stop_when_ready
 
 CANARY = "canary-7f3e9b21-not-for-sandboxes"
 MODEL_KEY = "sk-ant-test-9c2d-for-agents-only"
@@ -268,23 +268,9 @@ async def test_a_stopped_command_still_reaches_its_allowlisted_api_while_it_clea
         )
     ).process
 
-    async def output(expected: str) -> str:
-        logs = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=process.name))
-        text = b"".join(c.data for c in logs.chunks).decode(errors="replace")
-        assert expected in text, text
-        return text
-
-    await assert_eventually(lambda: output("ready"))
-    await stub.StopProcess(pb.StopProcessRequest(name=process.name, grace_period_seconds=30))
-
-    async def exited() -> process_pb2.Process:
-        current = (await stub.GetProcess(pb.GetProcessRequest(name=process.name))).process
-        assert current.state == process_pb2.PROCESS_STATE_EXITED
-        return current
-
-    done = await assert_eventually(exited, timeout=20)
-    assert (done.exit_code, done.exit_signal) == (0, 0), (done, await output(""))
-    assert "model-api-ok" in await output("ready")
+    done, output = await stop_when_ready(stub, process.name)
+    assert (done.exit_code, done.exit_signal) == (0, 0), (done, output)
+    assert b"model-api-ok" in output, output
 
 
 async def test_process_and_memory_limits_hold(

@@ -31,6 +31,29 @@ async def start(
     return response.process
 
 
+async def stop_when_ready(
+    stub: pb_grpc.SandboxServiceAsyncStub, name: str
+) -> tuple[process_pb2.Process, bytes]:
+    """Once the process has printed `ready`, StopProcess (30 s grace); the process once EXITED, and
+    its whole output."""
+
+    async def output(expected: bytes) -> bytes:
+        logs = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=name))
+        data = b"".join(c.data for c in logs.chunks)
+        assert expected in data, data
+        return data
+
+    async def exited() -> process_pb2.Process:
+        current = (await stub.GetProcess(pb.GetProcessRequest(name=name))).process
+        assert current.state == process_pb2.PROCESS_STATE_EXITED
+        return current
+
+    await assert_eventually(lambda: output(b"ready"))
+    await stub.StopProcess(pb.StopProcessRequest(name=name, grace_period_seconds=30))
+    done = await assert_eventually(exited, timeout=20)
+    return done, await output(b"ready")
+
+
 async def test_process_output_is_captured_per_stream_and_readable_from_an_offset(
     stub: pb_grpc.SandboxServiceAsyncStub, origin: Path
 ) -> None:
@@ -159,23 +182,9 @@ async def test_stop_lets_the_command_handle_sigterm_and_shut_down(
         )
     ).process
 
-    async def output(expected: bytes) -> bytes:
-        logs = await stub.GetProcessLogs(pb.GetProcessLogsRequest(name=process.name))
-        data = b"".join(c.data for c in logs.chunks)
-        assert expected in data, data
-        return data
-
-    await assert_eventually(lambda: output(b"ready"))
-    await stub.StopProcess(pb.StopProcessRequest(name=process.name, grace_period_seconds=30))
-
-    async def exited() -> process_pb2.Process:
-        current = (await stub.GetProcess(pb.GetProcessRequest(name=process.name))).process
-        assert current.state == process_pb2.PROCESS_STATE_EXITED
-        return current
-
-    done = await assert_eventually(exited, timeout=20)
+    done, output = await stop_when_ready(stub, process.name)
     assert (done.exit_code, done.exit_signal) == (7, 0), done
-    assert (await output(b"ready")).rstrip().endswith(b"cleaned up")
+    assert output.rstrip().endswith(b"cleaned up"), output
 
 
 async def test_a_process_stopped_as_it_starts_leaves_nothing_running(
