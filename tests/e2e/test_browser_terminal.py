@@ -69,9 +69,19 @@ async def test_the_terminal_runs_commands_in_the_sandbox_in_chromium(tmp_path: P
             await expect(page.get_by_test_id("terminal-status")).to_contain_text("has ended (signal 9)")
             await expect(page.get_by_test_id("terminal-end")).to_be_hidden()
 
-        with steps.step("without the vendored xterm.js the panel says what is missing"):
+        with steps.step("until the page knows the task's sandbox, the terminal cannot be opened"):
+            held: list[Any] = []  # the event stream, held back: the task (and its sandbox) not yet known
+            await page.route("**/v1/stream?*", lambda route: held.append(route))
             await page.route("**/vendor/xterm/**", lambda route: route.fulfill(status=404, body="not found"))
             await page.reload()
+            await expect(page.get_by_test_id("terminal-panel")).to_be_visible()
+            await expect(page.get_by_test_id("terminal-open")).to_be_disabled()
+            await page.unroute("**/v1/stream?*")
+            for route in held:
+                await route.continue_()
+            await page.reload()  # (a held EventSource request does not come back by itself)
+
+        with steps.step("without the vendored xterm.js the panel says what is missing"):
             await expect(page.get_by_test_id("terminal-open")).to_be_enabled()
             await page.get_by_test_id("terminal-open").click()
             missing = page.get_by_test_id("terminal-missing")

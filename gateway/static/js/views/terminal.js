@@ -46,6 +46,7 @@ export function terminalPanel(container) {
   container.append(h("div", { class: "card", "data-testid": "terminal-panel" },
     h("h3", {}, "Terminal"), h("div", {}, button, " ", end, " ", status), screen));
 
+  button.disabled = true; // until `update` names the sandbox (a click before that would do nothing)
   let sandbox = null;
   let live = null; // {name, offs, observer} while a terminal runs in the panel
   let opening = false;
