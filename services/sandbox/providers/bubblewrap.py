@@ -62,8 +62,10 @@ from services.sandbox.providers.local import (
     LocalProvider,
     _cmdline,
     _parent,
+    _stat,
     controlling_tty,
     kill_where,
+    signal_pinned,
 )
 
 log = get_logger(__name__)
@@ -608,28 +610,16 @@ def _signal_sandbox(bwrap: int, sig: int, path: bytes) -> None:
 
 
 def _send(pid: int, parent: int, sig: int) -> None:
-    """`sig` to `pid` if it is still the child of `parent` (pinned by a pidfd, then checked)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        if _parent(pid) == parent:
-            signal.pidfd_send_signal(fd, sig)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """`sig` to `pid` if it is still the child of `parent`."""
+    signal_pinned(pid, lambda p: _parent(p) == parent, sig)
 
 
 def _state(pid: int) -> str:
     """The state letter of `pid` (`R`, `S`, `T`, `Z`, ...), "" when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        return _stat(pid)[0].decode()
     except OSError:
         return ""
-    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
 
 
 def _children(pid: int) -> list[int]:

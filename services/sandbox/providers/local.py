@@ -276,10 +276,33 @@ def _environ(pid: int) -> list[bytes]:
         return f.read().split(b"\0")
 
 
-def _parent(pid: int) -> int:
+def _stat(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after "pid (comm)": state, parent pid, ... Raises OSError."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])  # after "pid (comm) state"
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def _parent(pid: int) -> int:
+    return int(_stat(pid)[1])
+
+
+def signal_pinned(pid: int, still: Callable[[int], bool], sig: int) -> bool:
+    """Send `sig` to `pid` if `still(pid)` holds once the process is pinned by a pidfd: a pid that was
+    reaped and reused between a caller's read of /proc and the signal is never hit. True when sent."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone
+        return False
+    try:
+        if still(pid):  # still the process the caller read (the pidfd pins it from here on)
+            signal.pidfd_send_signal(fd, sig)
+            return True
+    except OSError:  # exited meanwhile, or not ours to read
+        pass
+    finally:
+        os.close(fd)
+    return False
 
 
 def kill_marked(entry: bytes) -> list[int]:
@@ -323,15 +346,8 @@ def _kill_if(matches: Callable[[int], bool]) -> list[int]:
         try:
             if not matches(pid):
                 continue
-            fd = os.pidfd_open(pid)
         except OSError:  # gone, or not ours to read
             continue
-        try:
-            if matches(pid):  # still the process we read (the pidfd pins it from here on)
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-                killed.append(pid)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        if signal_pinned(pid, matches, signal.SIGKILL):
+            killed.append(pid)
     return killed
